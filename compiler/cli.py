@@ -1,0 +1,143 @@
+"""``llama-aot``: one command, thin subcommands; each calls one function.
+
+Imports are inside the subcommands so ``llama-aot run`` never loads the compiler
+(it works with TVM's runtime-only library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LlamaAotError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llama3"
+
+
+def _cmd_compile(args) -> int:
+    from .compile import CompileOptions, compile_model
+
+    options = CompileOptions(
+        target=args.target,
+        quant=args.quant,
+        context_window=args.context_window,
+        prefill_chunk=args.prefill_chunk,
+        keep_embedding_precision=args.keep_embedding_precision,
+        num_threads=args.threads,
+    )
+    out = compile_model(args.model_dir, args.output, options)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise LlamaAotError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from runtime_stubs.engine import Engine, peak_rss_mb
+
+    engine = Engine(args.package, num_threads=args.threads, verify=args.verify)
+    if args.prompt_ids is not None:
+        prompt_ids = _parse_ids(args.prompt_ids)
+    elif args.prompt is not None:
+        prompt_ids = engine.encode(args.prompt)
+    else:
+        raise LlamaAotError("give a prompt: --prompt TEXT or --prompt-ids 1,2,3")
+    temperature = 0.0 if args.greedy else args.temperature
+    stream = not args.json and (engine.package_dir / "tokenizer.json").is_file()
+    printed = [""]
+    generated: list[int] = []
+
+    def on_token(token: int) -> None:
+        generated.append(token)
+        if stream:
+            text = engine.decode_text(generated)
+            sys.stdout.write(text[len(printed[0]) :])
+            sys.stdout.flush()
+            printed[0] = text
+
+    if stream and args.prompt is not None:
+        sys.stdout.write(args.prompt)
+    gen = engine.generate(
+        prompt_ids,
+        max_tokens=args.max_tokens,
+        temperature=temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_on_eos=not args.ignore_eos,
+        keep_logits=args.dump_logits is not None,
+        on_token=on_token,
+    )
+    if args.dump_logits:
+        np.save(args.dump_logits, np.stack(gen.logits) if gen.logits else np.zeros((0, engine.vocab_size)))
+    if args.json:
+        print(json.dumps(gen.to_json()))
+    else:
+        if not stream:
+            print(",".join(map(str, gen.token_ids)))
+        print(
+            f"\n[prefill {len(gen.prompt_ids)} tok at {gen.prefill_tokens_per_s:.1f} tok/s, "
+            f"decode {gen.decode_steps} tok at {gen.decode_tokens_per_s:.1f} tok/s, "
+            f"peak RSS {peak_rss_mb():.0f} MB]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-aot", description="Ahead-of-time compiler for Llama 3 checkpoints")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile a Hugging Face Llama 3 checkpoint into a package")
+    c.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
+    c.add_argument("-o", "--output", required=True, help="package directory to write")
+    c.add_argument("--target", default="host", help="target (default: host)")
+    c.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16 or q4f16 (default q4f16)")
+    c.add_argument("--context-window", type=int, default=None, help="max tokens per sequence")
+    c.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")
+    c.add_argument(
+        "--keep-embedding-precision", action="store_true", help="store embedding and lm_head as q0f16"
+    )
+    c.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
+    c.set_defaults(func=_cmd_compile)
+
+    r = sub.add_parser("run", help="generate with a compiled package")
+    r.add_argument("package")
+    r.add_argument("--prompt", default=None)
+    r.add_argument("--prompt-ids", default=None, help="comma-separated token ids")
+    r.add_argument("--max-tokens", type=int, default=64)
+    r.add_argument("--greedy", action="store_true")
+    r.add_argument("--temperature", type=float, default=0.7)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--ignore-eos", action="store_true", help="keep generating after an end-of-text token")
+    r.add_argument("--json", action="store_true", help="print generated ids and timings as JSON")
+    r.add_argument("--dump-logits", default=None, metavar="PATH.npy", help="save logits of every generated position")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--verify", action="store_true", help="check every weight's sha256 before running")
+    r.set_defaults(func=_cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LlamaAotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

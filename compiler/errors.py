@@ -1,0 +1,9 @@
+"""One exception type for every user-facing failure.
+
+The CLI prints ``error: <message>`` on one line and exits non-zero for it; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class LlamaAotError(Exception):
+    """A problem with the user's input or environment, with a message saying what to do."""

@@ -1,0 +1,210 @@
+"""Llama 3 in ``tvm.relax.frontend.nn``, built from a ModelSpec with per-layer shapes.
+
+Exported functions (the package's calling convention, also read by the C runtime):
+  embed(input_ids[seq] int32, params)                  -> [1, seq, hidden]
+  prefill(input_embed[1, seq, hidden], kv_0.., params) -> logits[1, 1, vocab] f32 (last position)
+  decode(input_embed[1, 1, hidden], kv_0.., params)    -> logits[1, 1, vocab] f32
+  create_paged_kv_cache_<g>(max_batch, max_total_seq, prefill_chunk, page_size, sliding) -> cache
+There is one KV cache per attention group (layers with equal head counts), because TVM's paged
+cache fixes its head counts per object; an unpruned model has exactly one.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from tvm import relax as rx
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+
+from ..frontend.spec import LayerSpec, ModelSpec
+from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
+
+
+class Attention(nn.Module):
+    """GQA self-attention: fused QKV projection, RoPE + paged attention inside the KV cache."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme: QuantScheme, dtype: str):
+        self.num_heads = layer.num_attention_heads
+        self.num_kv_heads = layer.num_key_value_heads
+        self.head_dim = spec.head_dim
+        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = QuantizedLinear(spec.hidden_size, qkv_out, scheme, dtype)
+        self.o_proj = QuantizedLinear(self.num_heads * self.head_dim, spec.hidden_size, scheme, dtype)
+
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int) -> nn.Tensor:
+        b, s, _ = x.shape
+        qkv = op.reshape(self.qkv_proj(x), (b, s, self.num_heads + 2 * self.num_kv_heads, self.head_dim))
+        out = cache.attention_with_fused_qkv(
+            cache_layer_id, qkv, self.num_heads, sm_scale=self.head_dim**-0.5
+        )
+        return self.o_proj(op.reshape(out, (b, s, self.num_heads * self.head_dim)))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward with gate and up projections fused into one matmul."""
+
+    def __init__(self, hidden: int, ffn: int, scheme: QuantScheme, dtype: str):
+        self.ffn = ffn
+        self.gate_up_proj = QuantizedLinear(hidden, 2 * ffn, scheme, dtype)
+        self.down_proj = QuantizedLinear(ffn, hidden, scheme, dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(op.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme: QuantScheme, dtype: str):
+        self.input_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
+        self.self_attn = Attention(spec, layer, scheme, dtype)
+        self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
+        self.mlp = MLP(spec.hidden_size, layer.intermediate_size, scheme, dtype)
+
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int) -> nn.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, cache_layer_id)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _last_position(x: nn.Tensor) -> nn.Tensor:
+    """[b, s, h] -> [b, 1, h]: only the last position feeds the lm_head during prefill."""
+
+    def compute(t: te.Tensor):
+        b, s, h = t.shape
+        return te.compute((b, 1, h), lambda i, _, k: t[i, s - 1, k], name="last_position")
+
+    return op.tensor_expr_op(compute, "last_position", [x])
+
+
+class LlamaForCausalLM(nn.Module):
+    """The whole model; ``dtype`` is the activation dtype (float32 on CPU targets)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        scheme: QuantScheme,
+        head_scheme: QuantScheme,
+        dtype: str,
+        target,
+    ):
+        self.spec = spec
+        self.dtype = dtype
+        self.target = target
+        self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
+        self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
+        self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
+        if not spec.tie_word_embeddings:
+            self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
+        self.groups = spec.attention_groups()
+        # layer index -> (cache index, layer index inside that cache)
+        self.cache_slot = {}
+        for g, (_, layer_ids) in enumerate(self.groups):
+            for local, layer_id in enumerate(layer_ids):
+                self.cache_slot[layer_id] = (g, local)
+        for g in range(len(self.groups)):
+            setattr(self, f"create_paged_kv_cache_{g}", self._make_cache_factory(g))
+        self.prefill = _with_cache_args(self._prefill, len(self.groups))
+        self.decode = _with_cache_args(self._decode, len(self.groups))
+
+    # --- exported functions -------------------------------------------------------------------
+    def embed(self, input_ids: nn.Tensor) -> nn.Tensor:
+        x = self.embed_tokens(input_ids)
+        return op.reshape(x, (1, input_ids.shape[0], self.spec.hidden_size))
+
+    def _forward(self, x: nn.Tensor, caches) -> nn.Tensor:
+        for i, layer in enumerate(self.layers):
+            g, local = self.cache_slot[i]
+            x = layer(x, caches[g], local)
+        x = self.norm(_last_position(x))
+        if self.spec.tie_word_embeddings:
+            logits = self.embed_tokens.lm_head_forward(x)
+        else:
+            logits = self.lm_head(x)
+        if logits.dtype != "float32":
+            logits = logits.astype("float32")
+        return logits
+
+    def _prefill(self, input_embed: nn.Tensor, *caches) -> nn.Tensor:
+        return self._forward(input_embed, caches)
+
+    def _decode(self, input_embed: nn.Tensor, *caches) -> nn.Tensor:
+        return self._forward(input_embed, caches)
+
+    def _make_cache_factory(self, g: int):
+        (num_heads, num_kv_heads), layer_ids = self.groups[g]
+        spec = self.spec
+
+        def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
+            return TIRPagedKVCache(
+                attn_kind="mha",
+                max_batch_size=max_batch_size,
+                max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size,
+                page_size=page_size,
+                support_sliding_window=support_sliding_window,
+                layer_partition=rx.ShapeExpr([0, len(layer_ids)]),
+                num_hidden_layers=len(layer_ids),
+                num_attention_heads=num_heads,
+                num_key_value_heads=num_kv_heads,
+                qk_head_dim=spec.head_dim,
+                v_head_dim=spec.head_dim,
+                mla_original_qk_head_dim=0,
+                mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NORMAL,
+                rope_scale=1,
+                rope_theta=spec.rope_theta,
+                rope_scaling=spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
+                rope_ext_factors=rx.prim_value(0),
+                rotary_dim=spec.head_dim,
+                enable_disaggregation=False,
+                dtype=self.dtype,
+                target=self.target,
+                name=f"paged_kv_cache_{g}",
+            )
+
+        return create
+
+    def export_spec(self) -> dict:
+        """The nn export spec: names, shapes and calling mode of every exported function."""
+        h = self.spec.hidden_size
+        caches = {f"kv_cache_{g}": nn.spec.Object(object_type=PagedKVCache) for g in range(len(self.groups))}
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        spec = {
+            "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+            "prefill": {
+                "input_embed": nn.spec.Tensor([1, "seq_len", h], self.dtype),
+                **caches,
+                "$": packed,
+            },
+            "decode": {"input_embed": nn.spec.Tensor([1, 1, h], self.dtype), **caches, "$": packed},
+        }
+        for g in range(len(self.groups)):
+            spec[f"create_paged_kv_cache_{g}"] = {
+                "max_batch_size": int,
+                "max_total_seq_len": int,
+                "prefill_chunk_size": int,
+                "page_size": int,
+                "support_sliding_window": int,
+                "$": {"param_mode": "none", "effect_mode": "none"},
+            }
+        return spec
+
+
+def _with_cache_args(fn, num_caches: int):
+    """Give ``fn(input_embed, *caches)`` a signature with one named argument per KV cache.
+
+    nn's exporter maps spec entries to arguments by the method's parameter names, so a
+    model with G attention groups needs methods taking kv_cache_0 .. kv_cache_{G-1}.
+    """
+
+    def method(*args):
+        return fn(*args)
+
+    params = [inspect.Parameter("input_embed", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [
+        inspect.Parameter(f"kv_cache_{g}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for g in range(num_caches)
+    ]
+    method.__signature__ = inspect.Signature(params)
+    return method

@@ -1,0 +1,67 @@
+"""Which Hugging Face tensors feed which parameter of our model, and how they are converted.
+
+Fused projections (qkv, gate_up) are HF row blocks concatenated along the output dim; every
+quantization scheme packs rows independently, so concatenating first is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..frontend.spec import ModelSpec
+from ..quantization import QuantScheme
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One module's weights: HF tensors to concatenate, and the scheme that packs them (None = raw f32)."""
+
+    hf_names: tuple[str, ...]
+    scheme: QuantScheme | None
+
+
+def weight_plan(spec: ModelSpec, scheme: QuantScheme, head_scheme: QuantScheme) -> dict[str, WeightSource]:
+    """Module path in our model -> where its weights come from."""
+    plan = {"embed_tokens": WeightSource(("model.embed_tokens.weight",), head_scheme)}
+    for i in range(spec.num_layers):
+        hf = f"model.layers.{i}"
+        ours = f"layers.{i}"
+        plan[f"{ours}.self_attn.qkv_proj"] = WeightSource(
+            tuple(f"{hf}.self_attn.{p}_proj.weight" for p in "qkv"), scheme
+        )
+        plan[f"{ours}.self_attn.o_proj"] = WeightSource((f"{hf}.self_attn.o_proj.weight",), scheme)
+        plan[f"{ours}.mlp.gate_up_proj"] = WeightSource(
+            (f"{hf}.mlp.gate_proj.weight", f"{hf}.mlp.up_proj.weight"), scheme
+        )
+        plan[f"{ours}.mlp.down_proj"] = WeightSource((f"{hf}.mlp.down_proj.weight",), scheme)
+        plan[f"{ours}.input_layernorm"] = WeightSource((f"{hf}.input_layernorm.weight",), None)
+        plan[f"{ours}.post_attention_layernorm"] = WeightSource((f"{hf}.post_attention_layernorm.weight",), None)
+    plan["norm"] = WeightSource(("model.norm.weight",), None)
+    if not spec.tie_word_embeddings:
+        plan["lm_head"] = WeightSource(("lm_head.weight",), head_scheme)
+    return plan
+
+
+def converted_params(
+    checkpoint, plan: dict[str, WeightSource], param_names: list[str], param_dtypes: dict[str, str]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (param name, array) in ``param_names`` order, converting one module at a time.
+
+    Only one module's source tensors and packed arrays are alive at once, so peak memory
+    stays near the largest (fused) tensor.
+    """
+    current_prefix, packed = None, {}
+    for name in param_names:
+        prefix, suffix = name.rsplit(".", 1)
+        if prefix != current_prefix:
+            source = plan[prefix]
+            tensors = [checkpoint.read(n) for n in source.hf_names]
+            w = tensors[0] if len(tensors) == 1 else np.concatenate(tensors, axis=0)
+            del tensors
+            packed = {"weight": w} if source.scheme is None else source.scheme.pack(w)
+            current_prefix = prefix
+        arr = packed.pop(suffix)
+        yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False))

@@ -1,0 +1,62 @@
+"""Our Relax -> TIR -> VM pipeline: which passes run, in what order, and why.
+
+``tvm.compile(mod, target, relax_pipeline=build_pipeline(target))`` runs it; after it
+``tvm.compile`` only lowers TIR to machine code.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+
+
+def _schedule_rules(target: tvm.target.Target) -> list:
+    """Schedule rules for the target's kernels, most specific first."""
+    if target.kind.name == "llvm":
+        from schedules import cpu_rules
+
+        return cpu_rules(target)
+    return [
+        dl.gpu.Matmul(),
+        dl.gpu.GEMV(),
+        dl.gpu.Reduction(),
+        dl.gpu.GeneralReduction(),
+        dl.gpu.Fallback(),
+    ]
+
+
+def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]:
+    """The ordered passes, each with the one-line reason it is there."""
+    return [
+        ("DispatchSampling", relax.backend.DispatchSampling()),  # lower sampling ops to TIR kernels
+        ("LegalizeOps", relax.transform.LegalizeOps()),  # every high-level op -> a TIR PrimFunc
+        ("AnnotateTIROpPattern", relax.transform.AnnotateTIROpPattern()),  # tag kernels (elemwise/reduce/...) for fusion
+        ("FoldConstant", relax.transform.FoldConstant()),  # evaluate shape-only/constant subgraphs at compile time
+        ("FuseOps", relax.transform.FuseOps()),  # group epilogues (residual add, casts) with their producer
+        ("FuseTIR", relax.transform.FuseTIR()),  # one PrimFunc per group: no intermediate tensors in memory
+        ("DeadCodeElimination", relax.transform.DeadCodeElimination()),  # drop unused PrimFuncs before scheduling
+        ("ApplySchedules", dl.ApplyDefaultSchedule(*_schedule_rules(target))),  # our per-target schedules
+        ("RewriteDataflowReshape", relax.transform.RewriteDataflowReshape()),  # reshapes become free views
+        ("ToNonDataflow", relax.transform.ToNonDataflow()),
+        ("RemovePurityChecking", relax.transform.RemovePurityChecking()),
+        ("CallTIRRewrite", relax.transform.CallTIRRewrite()),  # explicit output allocation
+        ("StaticPlanBlockMemory", relax.transform.StaticPlanBlockMemory()),  # reuse activation buffers
+        ("LowerAllocTensor", relax.transform.LowerAllocTensor()),
+        ("KillAfterLastUse", relax.transform.KillAfterLastUse()),  # free tensors as early as possible
+        ("LowerRuntimeBuiltin", relax.transform.LowerRuntimeBuiltin()),
+        ("ComputePrimValue", relax.transform.ComputePrimValue()),
+        ("VMShapeLower", relax.transform.VMShapeLower()),  # symbolic shapes -> VM shape heap
+        ("AttachGlobalSymbol", relax.transform.AttachGlobalSymbol()),
+    ]
+
+
+def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    passes = [p for _, p in pass_list(target)]
+
+    @tvm.transform.module_pass(opt_level=0, name="LlamaAotPipeline")
+    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline

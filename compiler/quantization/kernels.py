@@ -1,0 +1,97 @@
+"""TE bodies shared by ``QuantizedLinear`` and ``QuantizedEmbedding``.
+
+The dequantization of every scheme is inlined into the single TE compute that consumes the
+weight (a matmul reduction or an embedding gather), so after ``LegalizeOps``/``FuseOps``/
+``FuseTIR`` the weight is only ever read in packed form: no ``[N, K]`` float buffer exists.
+
+Block names (schedules look these up):
+
+* :data:`MATMUL_BLOCK` (``"dequant_matmul"``): ``y[..., n] = sum_k float32(x[..., k]) *
+  deq(W)[n, k]``, float32 accumulation, one reduction block for every scheme (for q0f32 the
+  "dequantization" is the identity).
+* :data:`CAST_BLOCK` (``"dequant_matmul_cast"``): elementwise float32 -> output dtype epilogue,
+  present only when the output dtype is not float32 (e.g. compute_dtype float16).
+* :data:`TAKE_BLOCK` (``"dequant_take"``): ``out[..., h] = deq(W)[ids[...], h]`` cast to the
+  output dtype, no reduction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import LlamaAotError
+from .base import QuantScheme
+
+MATMUL_BLOCK = "dequant_matmul"
+CAST_BLOCK = "dequant_matmul_cast"
+TAKE_BLOCK = "dequant_take"
+
+COMPUTE_DTYPES = ("float32", "float16")
+
+
+def check_compute_dtype(dtype: str) -> str:
+    if dtype not in COMPUTE_DTYPES:
+        raise LlamaAotError(
+            f"unsupported compute dtype {dtype!r}; expected one of {', '.join(COMPUTE_DTYPES)}"
+        )
+    return dtype
+
+
+def dequant_matmul_te(scheme: QuantScheme, out_features: int, in_features: int, out_dtype: str):
+    """TE function ``(x, *packed) -> y`` for ``y = x @ deq(W)^T``; x is ``[..., K]``."""
+    from tvm import te  # pylint: disable=import-outside-toplevel
+
+    names = scheme.param_names(out_features, in_features)
+
+    def compute(x, *packed):
+        tensors = dict(zip(names, packed, strict=True))
+        lead = tuple(x.shape[:-1])
+        k = te.reduce_axis((0, in_features), name="k")
+
+        def body(*idx):
+            n = idx[-1]
+            w = scheme.dequant_expr(tensors, n, k)
+            return te.sum(x[idx[:-1] + (k,)].astype("float32") * w, axis=k)
+
+        acc = te.compute(lead + (out_features,), body, name=MATMUL_BLOCK)
+        if out_dtype == "float32":
+            return acc
+        return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name=CAST_BLOCK)
+
+    return compute
+
+
+def dequant_take_te(scheme: QuantScheme, vocab_size: int, hidden_size: int, out_dtype: str):
+    """TE function ``(ids, *packed) -> out`` for ``out[..., h] = deq(W)[ids[...], h]``.
+
+    Ids are not range-checked (as with ``take``): callers guarantee ``0 <= id < vocab_size``.
+    """
+    from tvm import te  # pylint: disable=import-outside-toplevel
+
+    names = scheme.param_names(vocab_size, hidden_size)
+
+    def compute(ids, *packed):
+        tensors = dict(zip(names, packed, strict=True))
+
+        def body(*idx):
+            h = idx[-1]
+            row = ids[idx[:-1]].astype(_dtype_of(h))
+            return scheme.dequant_expr(tensors, row, h).astype(out_dtype)
+
+        return te.compute(tuple(ids.shape) + (hidden_size,), body, name=TAKE_BLOCK)
+
+    return compute
+
+
+def _dtype_of(expr) -> str:
+    """dtype string of a ``tirx.PrimExpr`` (0.27 exposes it as ``expr.ty.dtype``)."""
+    return str(expr.ty.dtype)
+
+
+def static_last_dim(shape: Sequence, expected: int, what: str) -> None:
+    """Raise when the last dim of ``shape`` is a known int different from ``expected``."""
+    last = shape[-1] if len(shape) else None
+    if isinstance(last, int) and last != expected:
+        raise LlamaAotError(
+            f"{what}: input of shape {list(shape)} has last dimension {last}, expected {expected}"
+        )

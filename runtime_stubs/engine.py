@@ -1,0 +1,221 @@
+"""Run a compiled package on the host through TVM's runtime only.
+
+Imports ``tvm.runtime`` and nothing of the compiler, so it also works with
+``TVM_USE_RUNTIME_LIB=1`` (runtime-only TVM, as on a device).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from compiler.errors import LlamaAotError
+
+from .package_format import read_manifest, read_package_config
+from .sampling import sample
+
+
+@dataclass
+class Generation:
+    """What one ``Engine.generate`` call produced, with its timings."""
+
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)  # one row per generated token
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    stopped_on_eos: bool = False
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return len(self.prompt_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "prompt_ids": self.prompt_ids,
+            "token_ids": self.token_ids,
+            "stopped_on_eos": self.stopped_on_eos,
+            "prefill_tokens": len(self.prompt_ids),
+            "prefill_seconds": self.prefill_seconds,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "decode_steps": self.decode_steps,
+            "decode_seconds": self.decode_seconds,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Engine:
+    """A loaded package: ``Engine(OUT).generate(prompt_ids, max_tokens=...)``."""
+
+    def __init__(self, package_dir: str | Path, num_threads: int | None = None, verify: bool = False):
+        if num_threads:
+            os.environ["TVM_NUM_THREADS"] = str(num_threads)
+        import tvm.runtime  # after TVM_NUM_THREADS: the thread pool reads it once
+
+        self._tvm = tvm
+        self.package_dir = Path(package_dir)
+        self.config = read_package_config(self.package_dir)
+        rt = self.config["runtime"]
+        lib_path = self.package_dir / rt["library"]
+        if not lib_path.is_file():
+            raise LlamaAotError(f"{lib_path} is missing; recompile the package")
+        self.device = tvm.runtime.cpu(0)
+        self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+        self.params = self._load_params(verify)
+        self.context_window = int(self.config["context_window"])
+        self.prefill_chunk = int(self.config["prefill_chunk"])
+        self.page_size = int(rt["page_size"])
+        model = self.config["model"]
+        self.vocab_size = int(model["vocab_size"])
+        self.eos_token_ids = set(model["eos_token_ids"])
+        self.bos_token_id = model.get("bos_token_id")
+        self._embed = self.vm[rt["functions"]["embed"]]
+        self._prefill = self.vm[rt["functions"]["prefill"]]
+        self._decode = self.vm[rt["functions"]["decode"]]
+        self._f_add_seq = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
+        self._f_remove_seq = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
+        self._f_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
+        self._f_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
+        shape = tvm.runtime.ShapeTuple
+        self.caches = [
+            self.vm[name](
+                shape([1]), shape([self.context_window]), shape([self.prefill_chunk]), shape([self.page_size]), shape([0])
+            )
+            for name in rt["functions"]["create_kv_cache"]
+        ]
+        self._tokenizer = None
+        self._seq_len = 0
+        for cache in self.caches:
+            self._f_add_seq(cache, 0)
+
+    def _load_params(self, verify: bool) -> list:
+        import hashlib
+
+        entries = read_manifest(self.package_dir)
+        params = []
+        for e in entries:
+            path = self.package_dir / "params" / e["file"]
+            if not path.is_file():
+                raise LlamaAotError(f"weight shard {path} is missing; recompile the package")
+            count = int(np.prod(e["shape"], dtype=np.int64))
+            try:
+                arr = np.memmap(path, dtype=e["dtype"], mode="r", offset=e["offset"], shape=(count,))
+            except ValueError:
+                raise LlamaAotError(f"weight shard {path} is truncated; recompile the package") from None
+            if verify and hashlib.sha256(memoryview(arr).cast("B")).hexdigest() != e["sha256"]:
+                raise LlamaAotError(f"{e['name']} in {path} fails its sha256 check; the package is corrupted")
+            params.append(self._tvm.runtime.tensor(arr.reshape(e["shape"]), self.device))
+            del arr
+        return params
+
+    # --- tokenizer --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            path = self.package_dir / "tokenizer.json"
+            if not path.is_file():
+                raise LlamaAotError(f"{path} is missing: pass token ids with --prompt-ids instead of a text prompt")
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(path))
+        return self._tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).ids
+        if self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids = [self.bos_token_id] + ids
+        return ids
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # --- forward passes ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        for cache in self.caches:
+            self._f_remove_seq(cache, 0)
+            self._f_add_seq(cache, 0)
+        self._seq_len = 0
+
+    def _forward(self, fn, ids: Sequence[int]) -> np.ndarray:
+        tvm = self._tvm
+        if self._seq_len + len(ids) > self.context_window:
+            raise LlamaAotError(
+                f"sequence of {self._seq_len + len(ids)} tokens exceeds the context window of "
+                f"{self.context_window}; recompile with a larger --context-window or shorten the prompt"
+            )
+        lengths = tvm.runtime.ShapeTuple([len(ids)])
+        for cache in self.caches:
+            self._f_begin(cache, tvm.runtime.ShapeTuple([0]), lengths)
+        embeds = self._embed(tvm.runtime.tensor(np.asarray(ids, dtype="int32"), self.device), self.params)
+        logits = fn(embeds, *self.caches, self.params)
+        for cache in self.caches:
+            self._f_end(cache)
+        self._seq_len += len(ids)
+        return logits.numpy().reshape(-1)
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Feed ids in chunks of the compiled prefill size; return the last position's logits."""
+        logits = None
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits = self._forward(self._prefill, ids[start : start + self.prefill_chunk])
+        return logits
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._forward(self._decode, [token])
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_on_eos: bool = True,
+        keep_logits: bool = False,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Generation:
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids:
+            raise LlamaAotError("empty prompt: give at least one token")
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise LlamaAotError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        self.reset()
+        rng = np.random.default_rng(seed)
+        gen = Generation(prompt_ids=prompt_ids)
+        t0 = time.perf_counter()
+        logits = self.prefill(prompt_ids)
+        gen.prefill_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(max_tokens):
+            if keep_logits:
+                gen.logits.append(logits.copy())
+            token = sample(logits, temperature, top_p, rng)
+            gen.token_ids.append(token)
+            if on_token:
+                on_token(token)
+            if stop_on_eos and token in self.eos_token_ids:
+                gen.stopped_on_eos = True
+                break
+            if step + 1 == max_tokens or self._seq_len + 1 > self.context_window:
+                break
+            logits = self.decode(token)
+            gen.decode_steps += 1
+        gen.decode_seconds = time.perf_counter() - t0
+        return gen

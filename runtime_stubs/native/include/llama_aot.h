@@ -1,0 +1,103 @@
+/*
+ * llama-aot on-device runtime: C API.
+ *
+ * Runs a package produced by `llama-aot compile` (OUT/llama-aot.json, OUT/lib/model.so or a
+ * statically linked system-lib model, OUT/params/manifest.json + shard files) with TVM's Relax VM
+ * and paged KV cache, one sequence at a time.
+ *
+ *   llama_aot_model* m;
+ *   if (llama_aot_open("/data/local/tmp/OUT", "cpu", &m) != LLAMA_AOT_OK) {
+ *     fprintf(stderr, "%s\n", llama_aot_last_error());
+ *   }
+ *   float* logits = malloc(sizeof(float) * llama_aot_vocab_size(m));
+ *   llama_aot_prefill(m, prompt, n, logits);
+ *   for (;;) {
+ *     int32_t tok = llama_aot_sample(m, logits, 0.0f, 1.0f, 0);   // greedy
+ *     if (llama_aot_is_eos(m, tok)) break;
+ *     llama_aot_decode(m, tok, logits);
+ *   }
+ *   llama_aot_close(m);
+ *
+ * Conventions: functions returning `int` return LLAMA_AOT_OK (0) or a negative llama_aot_status;
+ * the message of the last failure on the calling thread is llama_aot_last_error().  A handle may
+ * be used from any thread, but not from two threads at once.
+ */
+#ifndef LLAMA_AOT_H_
+#define LLAMA_AOT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define LLAMA_AOT_API __declspec(dllexport)
+#else
+#define LLAMA_AOT_API __attribute__((visibility("default")))
+#endif
+
+#define LLAMA_AOT_VERSION "0.1.0"
+
+typedef enum llama_aot_status {
+  LLAMA_AOT_OK = 0,
+  LLAMA_AOT_ERR_INVALID_ARGUMENT = -1, /* NULL handle/pointer, token outside the vocabulary, ... */
+  LLAMA_AOT_ERR_IO = -2,               /* a package file is missing, unreadable or truncated */
+  LLAMA_AOT_ERR_FORMAT = -3,           /* llama-aot.json / manifest malformed or inconsistent */
+  LLAMA_AOT_ERR_RUNTIME = -4,          /* TVM raised while loading or running the model */
+  LLAMA_AOT_ERR_CONTEXT_FULL = -5,     /* the sequence would exceed the context window */
+  LLAMA_AOT_ERR_UNSUPPORTED = -6       /* e.g. a device kind this runtime was built without */
+} llama_aot_status;
+
+typedef struct llama_aot_model llama_aot_model;
+
+/* Open a package directory.  `device` is "cpu" (or NULL), optionally "kind:index"
+ * ("cpu:0", "opencl:0", "vulkan:0", "metal:0"); non-CPU kinds need their device API compiled in.
+ * On success *out receives a handle holding one empty sequence. */
+LLAMA_AOT_API int llama_aot_open(const char* package_dir, const char* device, llama_aot_model** out);
+
+/* Append `n` prompt tokens to the sequence (fed in chunks of the compiled prefill size).  When
+ * `logits_out` is not NULL it receives the vocab_size float32 logits of the last position. */
+LLAMA_AOT_API int llama_aot_prefill(llama_aot_model* m, const int32_t* ids, int32_t n,
+                                    float* logits_out);
+
+/* Append one token; `logits_out` (may be NULL) receives the next-token logits. */
+LLAMA_AOT_API int llama_aot_decode(llama_aot_model* m, int32_t token, float* logits_out);
+
+/* Pick a token from `logits` (vocab_size floats).  temperature <= 0: greedy argmax (ties: lowest
+ * id).  Otherwise softmax(logits / temperature), restricted to the smallest most-probable set whose
+ * mass reaches top_p (top_p >= 1: no restriction), sampled with one uniform draw that is a pure
+ * function of `seed` (pass a different seed per step, e.g. base_seed + step).
+ * Returns the token id (>= 0) or a negative llama_aot_status. */
+LLAMA_AOT_API int32_t llama_aot_sample(const llama_aot_model* m, const float* logits,
+                                       float temperature, float top_p, uint64_t seed);
+
+/* Drop the sequence (KV cache contents) and start an empty one. */
+LLAMA_AOT_API int llama_aot_reset(llama_aot_model* m);
+
+/* Model facts (0 / -1 when m is NULL). */
+LLAMA_AOT_API int32_t llama_aot_vocab_size(const llama_aot_model* m);
+LLAMA_AOT_API int32_t llama_aot_context_window(const llama_aot_model* m);
+LLAMA_AOT_API int32_t llama_aot_seq_len(const llama_aot_model* m); /* tokens in the KV cache */
+LLAMA_AOT_API int llama_aot_is_eos(const llama_aot_model* m, int32_t token); /* 1 / 0 */
+
+/* Configure TVM's CPU thread pool before or between calls: num_threads <= 0 keeps the default
+ * (TVM_NUM_THREADS or the number of cores); affinity 0 = default, 1 = big cores, -1 = little. */
+LLAMA_AOT_API int llama_aot_set_threads(int num_threads, int affinity);
+
+/* Free the handle (NULL is allowed). */
+LLAMA_AOT_API void llama_aot_close(llama_aot_model* m);
+
+/* Message of the last failure on this thread ("" if none).  Valid until the next call that fails
+ * on this thread. */
+LLAMA_AOT_API const char* llama_aot_last_error(void);
+
+/* Human-readable name of a status code. */
+LLAMA_AOT_API const char* llama_aot_status_string(int status);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* LLAMA_AOT_H_ */

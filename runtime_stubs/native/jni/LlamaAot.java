@@ -1,0 +1,117 @@
+/*
+ * llama-aot on-device runtime: Java binding (JNI over include/llama_aot.h).
+ *
+ * Android: put libllama_aot_runtime.so, libllama_aot_jni.so (and the NDK's libc++_shared.so when
+ * the runtime was built with the shared STL) under jniLibs/arm64-v8a/, copy the package directory
+ * to app storage, then
+ *
+ *   try (LlamaAot m = new LlamaAot(packageDir, "cpu")) {
+ *     float[] logits = m.prefill(promptIds);
+ *     for (int i = 0; i < maxTokens; i++) {
+ *       int tok = m.sample(logits, 0f, 1f, i);   // greedy
+ *       if (m.isEos(tok)) break;
+ *       logits = m.decode(tok);
+ *     }
+ *   }
+ *
+ * Errors surface as LlamaAot.LlamaAotException carrying the C status code.  An instance is not
+ * thread-safe: use it from one thread at a time.
+ */
+package org.llamaaot;
+
+public final class LlamaAot implements AutoCloseable {
+  static {
+    System.loadLibrary("llama_aot_jni");
+  }
+
+  /** A failure reported by the native runtime; {@code status} is a negative llama_aot_status. */
+  public static final class LlamaAotException extends RuntimeException {
+    public final int status;
+
+    public LlamaAotException(int status, String message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  // llama_aot_status values
+  public static final int ERR_INVALID_ARGUMENT = -1;
+  public static final int ERR_IO = -2;
+  public static final int ERR_FORMAT = -3;
+  public static final int ERR_RUNTIME = -4;
+  public static final int ERR_CONTEXT_FULL = -5;
+  public static final int ERR_UNSUPPORTED = -6;
+
+  private long handle;
+
+  /** Open a package directory on a device ("cpu", or "kind:index"). */
+  public LlamaAot(String packageDir, String device) {
+    handle = nativeOpen(packageDir, device);
+  }
+
+  /** Feed prompt ids; returns the next-token logits (vocabSize floats). */
+  public float[] prefill(int[] ids) {
+    return nativePrefill(live(), ids);
+  }
+
+  /** Feed one token; returns the next-token logits. */
+  public float[] decode(int token) {
+    return nativeDecode(live(), token);
+  }
+
+  /** temperature <= 0: greedy; else softmax/top-p with one draw determined by {@code seed}. */
+  public int sample(float[] logits, float temperature, float topP, long seed) {
+    return nativeSample(live(), logits, temperature, topP, seed);
+  }
+
+  /** Start an empty sequence. */
+  public void reset() {
+    nativeReset(live());
+  }
+
+  public int vocabSize() {
+    return nativeVocabSize(live());
+  }
+
+  public int contextWindow() {
+    return nativeContextWindow(live());
+  }
+
+  public int seqLen() {
+    return nativeSeqLen(live());
+  }
+
+  public boolean isEos(int token) {
+    return nativeIsEos(live(), token);
+  }
+
+  /** TVM CPU thread pool: numThreads <= 0 keeps the default; affinity 1 big / -1 little / 0. */
+  public static void setThreads(int numThreads, int affinity) {
+    nativeSetThreads(numThreads, affinity);
+  }
+
+  @Override
+  public synchronized void close() {
+    if (handle != 0) {
+      nativeClose(handle);
+      handle = 0;
+    }
+  }
+
+  private long live() {
+    if (handle == 0) throw new IllegalStateException("LlamaAot is closed");
+    return handle;
+  }
+
+  private static native long nativeOpen(String packageDir, String device);
+  private static native float[] nativePrefill(long handle, int[] ids);
+  private static native float[] nativeDecode(long handle, int token);
+  private static native int nativeSample(long handle, float[] logits, float temperature, float topP, long seed);
+  private static native void nativeReset(long handle);
+  private static native int nativeVocabSize(long handle);
+  private static native int nativeContextWindow(long handle);
+  private static native int nativeSeqLen(long handle);
+  private static native boolean nativeIsEos(long handle, int token);
+  private static native void nativeSetThreads(int numThreads, int affinity);
+  private static native void nativeClose(long handle);
+}

@@ -1,0 +1,212 @@
+/*
+ * llama-aot runtime: package reading.  JSON goes through tvm_ffi's parser (ffi::json::Parse, built
+ * from the wheel's src/ffi/extra/json_parser.cc), so the runtime has no other JSON dependency.
+ */
+#include "package.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/string.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "llama_aot.h"
+
+namespace llama_aot {
+
+namespace json = tvm::ffi::json;
+using tvm::ffi::Any;
+using tvm::ffi::String;
+
+namespace {
+
+[[noreturn]] void FormatError(const std::string& where, const std::string& what) {
+  throw StatusError(LLAMA_AOT_ERR_FORMAT, where + ": " + what);
+}
+
+std::string ReadTextFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    throw StatusError(LLAMA_AOT_ERR_IO, path + " cannot be opened (" + std::strerror(errno) +
+                                            "): is this a llama-aot package directory?");
+  }
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+json::Object ParseObject(const std::string& path) {
+  String err;
+  json::Value v = json::Parse(String(ReadTextFile(path)), &err);
+  if (!err.empty()) FormatError(path, "not valid JSON (" + std::string(err) + ")");
+  auto obj = v.try_cast<json::Object>();
+  if (!obj.has_value()) FormatError(path, "top level is not a JSON object");
+  return *obj;
+}
+
+/*! \brief Typed access to a JSON object with error messages that name the file and key. */
+struct Obj {
+  json::Object o;
+  std::string where;
+
+  bool Has(const char* key) const { return o.count(String(key)) != 0; }
+  Any Get(const char* key) const {
+    auto it = o.find(String(key));
+    if (it == o.end()) FormatError(where, std::string("missing key \"") + key + "\"");
+    return (*it).second;
+  }
+  Obj Child(const char* key) const {
+    auto v = Get(key).try_cast<json::Object>();
+    if (!v.has_value()) FormatError(where, std::string("\"") + key + "\" is not an object");
+    return Obj{*v, where + "." + key};
+  }
+  std::string Str(const char* key) const { return AsStr(Get(key), key); }
+  int64_t Int(const char* key) const { return AsInt(Get(key), key); }
+  std::vector<int64_t> IntList(const char* key) const {
+    auto arr = Get(key).try_cast<json::Array>();
+    if (!arr.has_value()) FormatError(where, std::string("\"") + key + "\" is not a list");
+    std::vector<int64_t> out;
+    for (const Any& v : *arr) out.push_back(AsInt(v, key));
+    return out;
+  }
+  std::vector<std::string> StrList(const char* key) const {
+    auto arr = Get(key).try_cast<json::Array>();
+    if (!arr.has_value()) FormatError(where, std::string("\"") + key + "\" is not a list");
+    std::vector<std::string> out;
+    for (const Any& v : *arr) out.push_back(AsStr(v, key));
+    return out;
+  }
+  std::string AsStr(const Any& v, const char* key) const {
+    auto s = v.try_cast<String>();
+    if (!s.has_value()) FormatError(where, std::string("\"") + key + "\" is not a string");
+    return std::string(*s);
+  }
+  int64_t AsInt(const Any& v, const char* key) const {
+    if (auto i = v.try_cast<int64_t>()) return *i;
+    if (auto d = v.try_cast<double>()) {
+      if (*d == static_cast<double>(static_cast<int64_t>(*d))) return static_cast<int64_t>(*d);
+    }
+    FormatError(where, std::string("\"") + key + "\" is not an integer");
+  }
+};
+
+}  // namespace
+
+std::string JoinPath(const std::string& a, const std::string& b) {
+  if (b.empty()) return a;
+  if (b[0] == '/' || a.empty()) return b;
+  if (a.back() == '/') return a + b;
+  return a + "/" + b;
+}
+
+PackageConfig ReadPackage(const std::string& package_dir) {
+  PackageConfig cfg;
+  cfg.package_dir = package_dir;
+  const std::string config_path = JoinPath(package_dir, "llama-aot.json");
+  Obj top{ParseObject(config_path), config_path};
+  Obj rt = top.Child("runtime");
+
+  cfg.library = rt.Str("library");
+  if (cfg.library.rfind("system:", 0) == 0) {
+    cfg.system_lib = true;
+    cfg.system_lib_prefix = cfg.library.substr(7);
+  }
+  if (rt.Has("params_manifest")) cfg.params_manifest = rt.Str("params_manifest");
+  if (rt.Has("page_size")) cfg.page_size = rt.Int("page_size");
+  // context_window / prefill_chunk: in "runtime" per the contract; the compiler also writes them
+  // at the top level, which is accepted as a fallback.
+  cfg.context_window = rt.Has("context_window") ? rt.Int("context_window") : top.Int("context_window");
+  cfg.prefill_chunk = rt.Has("prefill_chunk") ? rt.Int("prefill_chunk") : top.Int("prefill_chunk");
+
+  Obj fns = rt.Child("functions");
+  if (fns.Has("embed")) cfg.fn_embed = fns.Str("embed");
+  if (fns.Has("prefill")) cfg.fn_prefill = fns.Str("prefill");
+  if (fns.Has("decode")) cfg.fn_decode = fns.Str("decode");
+  cfg.fn_create_kv_cache = fns.StrList("create_kv_cache");
+  cfg.num_kv_caches = rt.Has("num_kv_caches") ? rt.Int("num_kv_caches")
+                                              : static_cast<int64_t>(cfg.fn_create_kv_cache.size());
+  if (cfg.num_kv_caches != static_cast<int64_t>(cfg.fn_create_kv_cache.size())) {
+    FormatError(rt.where, "num_kv_caches (" + std::to_string(cfg.num_kv_caches) +
+                              ") differs from the number of functions.create_kv_cache entries (" +
+                              std::to_string(cfg.fn_create_kv_cache.size()) + ")");
+  }
+  if (cfg.context_window <= 0 || cfg.prefill_chunk <= 0 || cfg.page_size <= 0) {
+    FormatError(rt.where, "context_window, prefill_chunk and page_size must be positive");
+  }
+
+  if (top.Has("model")) {
+    Obj model = top.Child("model");
+    if (model.Has("vocab_size")) cfg.vocab_size = model.Int("vocab_size");
+    if (model.Has("eos_token_ids")) {
+      Any v = model.Get("eos_token_ids");
+      if (v.try_cast<json::Array>().has_value()) {
+        cfg.eos_token_ids = model.IntList("eos_token_ids");
+      } else if (v.try_cast<int64_t>().has_value()) {
+        cfg.eos_token_ids.push_back(model.Int("eos_token_ids"));
+      }
+    }
+  }
+
+  // ---- params manifest ----
+  const std::string manifest_path = JoinPath(package_dir, cfg.params_manifest);
+  Obj manifest{ParseObject(manifest_path), manifest_path};
+  auto list = manifest.Get("params").try_cast<json::Array>();
+  if (!list.has_value()) FormatError(manifest_path, "\"params\" is not a list");
+  for (size_t i = 0; i < list->size(); ++i) {
+    auto o = (*list)[i].try_cast<json::Object>();
+    std::string where = manifest_path + ": params[" + std::to_string(i) + "]";
+    if (!o.has_value()) FormatError(where, "not an object");
+    Obj e{*o, where};
+    ParamEntry p;
+    p.name = e.Str("name");
+    p.dtype = e.Str("dtype");
+    p.shape = e.IntList("shape");
+    p.file = e.Str("file");
+    p.offset = static_cast<uint64_t>(e.Int("offset"));
+    p.nbytes = static_cast<uint64_t>(e.Int("nbytes"));
+    cfg.params.push_back(std::move(p));
+  }
+  return cfg;
+}
+
+std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    throw StatusError(LLAMA_AOT_ERR_IO,
+                      "weight shard " + path + " cannot be opened: " + std::strerror(errno));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw StatusError(LLAMA_AOT_ERR_IO, "cannot stat " + path + ": " + std::strerror(e));
+  }
+  std::shared_ptr<MappedFile> m(new MappedFile());
+  m->size_ = static_cast<uint64_t>(st.st_size);
+  if (m->size_ != 0) {
+    void* p = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      throw StatusError(LLAMA_AOT_ERR_IO, "cannot mmap " + path + ": " + std::strerror(e));
+    }
+    m->data_ = static_cast<uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping stays valid
+  return m;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+}  // namespace llama_aot

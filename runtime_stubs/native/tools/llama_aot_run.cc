@@ -1,0 +1,179 @@
+/*
+ * llama_aot_run: command-line driver over the C API (include/llama_aot.h).
+ *
+ *   llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N
+ *                 [--device cpu] [--threads N] [--temperature T] [--top-p P] [--seed S]
+ *                 [--no-stop-on-eos] [--logits-out FILE]
+ *
+ * Prints one JSON object on stdout: the generated token ids and timings (same keys as the Python
+ * engine's Generation.to_json, plus load_seconds).  --logits-out writes the float32 logits row each
+ * generated token was sampled from, back to back (little-endian raw, vocab_size floats per row).
+ * Exit status: 0 on success, 2 on bad usage, 1 when the runtime reports an error (on stderr).
+ */
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "llama_aot.h"
+
+namespace {
+
+double Now() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+double PeakRssMb() {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+#if defined(__APPLE__)
+  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
+#else
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+#endif
+}
+
+[[noreturn]] void Usage(const char* msg) {
+  std::fprintf(stderr,
+               "error: %s\n"
+               "usage: llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N [--device cpu]\n"
+               "       [--threads N] [--temperature T] [--top-p P] [--seed S] [--no-stop-on-eos]\n"
+               "       [--logits-out FILE]\n",
+               msg);
+  std::exit(2);
+}
+
+std::vector<int32_t> ParseIds(const char* s) {
+  std::vector<int32_t> ids;
+  const char* p = s;
+  while (*p) {
+    char* end = nullptr;
+    long v = std::strtol(p, &end, 10);
+    if (end == p) Usage("--prompt-ids takes comma-separated integers");
+    ids.push_back(static_cast<int32_t>(v));
+    p = end;
+    if (*p == ',') ++p;
+    else if (*p) Usage("--prompt-ids takes comma-separated integers");
+  }
+  return ids;
+}
+
+int Die(const char* what, int rc) {
+  std::fprintf(stderr, "llama_aot_run: %s failed (%s): %s\n", what, llama_aot_status_string(rc),
+               llama_aot_last_error());
+  return 1;
+}
+
+void PrintIds(const std::vector<int32_t>& v) {
+  std::printf("[");
+  for (size_t i = 0; i < v.size(); ++i) std::printf(i ? ", %d" : "%d", v[i]);
+  std::printf("]");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* package = nullptr;
+  const char* device = "cpu";
+  const char* logits_path = nullptr;
+  std::vector<int32_t> prompt;
+  long max_tokens = 16;
+  int threads = 0;
+  float temperature = 0.0f, top_p = 1.0f;
+  unsigned long long seed = 0;
+  bool stop_on_eos = true;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) Usage((a + " needs a value").c_str());
+      return argv[++i];
+    };
+    if (a == "--prompt-ids") prompt = ParseIds(next());
+    else if (a == "--max-tokens") max_tokens = std::strtol(next(), nullptr, 10);
+    else if (a == "--device") device = next();
+    else if (a == "--threads") threads = static_cast<int>(std::strtol(next(), nullptr, 10));
+    else if (a == "--temperature") temperature = std::strtof(next(), nullptr);
+    else if (a == "--top-p") top_p = std::strtof(next(), nullptr);
+    else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
+    else if (a == "--no-stop-on-eos") stop_on_eos = false;
+    else if (a == "--logits-out") logits_path = next();
+    else if (a == "-h" || a == "--help") Usage("help requested");
+    else if (!a.empty() && a[0] == '-') Usage(("unknown option " + a).c_str());
+    else if (!package) package = argv[i];
+    else Usage("more than one PACKAGE_DIR");
+  }
+  if (!package) Usage("PACKAGE_DIR is required");
+  if (prompt.empty()) Usage("--prompt-ids is required (at least one id)");
+  if (max_tokens < 1) Usage("--max-tokens must be >= 1");
+
+  int rc;
+  if (threads > 0 && (rc = llama_aot_set_threads(threads, 0)) != LLAMA_AOT_OK) {
+    return Die("llama_aot_set_threads", rc);
+  }
+  double t0 = Now();
+  llama_aot_model* m = nullptr;
+  if ((rc = llama_aot_open(package, device, &m)) != LLAMA_AOT_OK) return Die("llama_aot_open", rc);
+  double load_seconds = Now() - t0;
+  const int32_t vocab = llama_aot_vocab_size(m);
+  // The vocab size may only be known after the first forward when llama-aot.json lacks it.
+  std::vector<float> logits(vocab > 0 ? static_cast<size_t>(vocab) : 0);
+  FILE* flog = nullptr;
+  if (logits_path && !(flog = std::fopen(logits_path, "wb"))) {
+    std::fprintf(stderr, "llama_aot_run: cannot write %s\n", logits_path);
+    return 1;
+  }
+
+  t0 = Now();
+  if (vocab <= 0) {  // learn the size with a throwaway prefill, then redo it into a real buffer
+    if ((rc = llama_aot_prefill(m, prompt.data(), static_cast<int32_t>(prompt.size()), nullptr)) ||
+        (rc = llama_aot_reset(m))) {
+      return Die("llama_aot_prefill", rc);
+    }
+    logits.resize(static_cast<size_t>(llama_aot_vocab_size(m)));
+  }
+  rc = llama_aot_prefill(m, prompt.data(), static_cast<int32_t>(prompt.size()), logits.data());
+  if (rc != LLAMA_AOT_OK) return Die("llama_aot_prefill", rc);
+  double prefill_seconds = Now() - t0;
+
+  std::vector<int32_t> out;
+  bool stopped_on_eos = false;
+  long decode_steps = 0;
+  t0 = Now();
+  for (long step = 0; step < max_tokens; ++step) {
+    if (flog) std::fwrite(logits.data(), sizeof(float), logits.size(), flog);
+    int32_t tok = llama_aot_sample(m, logits.data(), temperature, top_p, seed + step);
+    if (tok < 0) return Die("llama_aot_sample", tok);
+    out.push_back(tok);
+    if (stop_on_eos && llama_aot_is_eos(m, tok)) {
+      stopped_on_eos = true;
+      break;
+    }
+    if (step + 1 == max_tokens || llama_aot_seq_len(m) + 1 > llama_aot_context_window(m)) break;
+    if ((rc = llama_aot_decode(m, tok, logits.data())) != LLAMA_AOT_OK) {
+      return Die("llama_aot_decode", rc);
+    }
+    ++decode_steps;
+  }
+  double decode_seconds = Now() - t0;
+  if (flog) std::fclose(flog);
+
+  std::printf("{\"prompt_ids\": ");
+  PrintIds(prompt);
+  std::printf(", \"token_ids\": ");
+  PrintIds(out);
+  std::printf(
+      ", \"stopped_on_eos\": %s, \"load_seconds\": %.6f, \"prefill_tokens\": %zu, "
+      "\"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, \"decode_steps\": %ld, "
+      "\"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
+      stopped_on_eos ? "true" : "false", load_seconds, prompt.size(), prefill_seconds,
+      prefill_seconds > 0 ? prompt.size() / prefill_seconds : 0.0, decode_steps, decode_seconds,
+      decode_seconds > 0 ? decode_steps / decode_seconds : 0.0, PeakRssMb());
+  llama_aot_close(m);
+  return 0;
+}

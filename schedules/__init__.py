@@ -1,0 +1,41 @@
+"""Schedule rules per kernel kind.
+
+Fixed contract with the pipeline: ``cpu_rules(target)`` returns an ordered list of dlight ``ScheduleRule``s for
+an LLVM CPU target, applied after LegalizeOps/FuseOps/FuseTIR as ``dl.ApplyDefaultSchedule(*cpu_rules(t))``.
+Each rule returns None for functions it does not match (and never raises), so the order is only a priority.
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+from .cpu.params import CPUParams
+
+
+def cpu_rules(target: Target | dict | None = None, params: CPUParams | None = None) -> list[dl.ScheduleRule]:
+    """Rules for an LLVM CPU target, most specific first.
+
+    params: tile facts (vector width, cores, caches); derived from the target when None. The SoC room can pass
+    a CPUParams built from its description (e.g. ``CPUParams.from_target(t, l2_bytes=..., num_cores=...)``).
+    """
+    from .cpu import DequantGEMM, DequantGEMV, Elementwise, RowReduction
+    from .cpu.attention import PagedAttentionCPU
+
+    if isinstance(target, dict):
+        target = Target(target)
+    if params is None and target is not None:
+        params = CPUParams.from_target(target)
+    return [
+        DequantGEMV(params),
+        DequantGEMM(params),
+        PagedAttentionCPU(params),
+        RowReduction(params),
+        Elementwise(params),
+        # generic fallbacks from dlight for shapes ours do not take
+        dl.cpu.GEMV(),
+        dl.cpu.Reduction(),
+    ]
+
+
+__all__ = ["CPUParams", "cpu_rules"]

@@ -1,0 +1,54 @@
+"""Common base for our CPU rules: target check, params, and "never raise" wrapping."""
+
+from __future__ import annotations
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+from .params import CPUParams
+
+logger = logging.getLogger(__name__)
+
+
+class CPURule(dl.ScheduleRule):
+    """A dlight ScheduleRule for LLVM CPU targets.
+
+    Subclasses implement `schedule(func, target, params) -> Schedule | None`. `apply` returns None for non-CPU
+    targets, for functions already marked scheduled, and whenever the subclass raises: a rule that does not
+    match (or hits a schedule error on an unexpected shape) must leave the function to the next rule.
+    """
+
+    name = "cpu-rule"
+
+    def __init__(self, params: CPUParams | None = None):
+        self.params = params
+        self._params_cache: dict[str, CPUParams] = {}
+
+    def is_target_available(self, target: Target) -> bool:
+        return target is not None and target.kind.name == "llvm"
+
+    def params_for(self, target: Target) -> CPUParams:
+        if self.params is not None:
+            return self.params
+        key = str(target)
+        if key not in self._params_cache:
+            self._params_cache[key] = CPUParams.from_target(target)
+        return self._params_cache[key]
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            if int(func.attrs["tirx.is_scheduled"]) == 1:
+                return None
+        try:
+            return self.schedule(func, target, self.params_for(target))
+        except Exception as err:  # pylint: disable=broad-except
+            logger.debug("%s did not apply: %s", type(self).__name__, err)
+            return None
+
+    def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams) -> s_tir.Schedule | None:
+        raise NotImplementedError

@@ -1,0 +1,73 @@
+"""Decode matmul (GEMV, one activation row) with the weight dequantization fused.
+
+Schedule (per output row n, K reduction):
+
+    parallel for n_o in N / R:                       # contiguous chunks of rows per thread
+        acc[R, L] = 0                                # R*L f32, a stack array -> registers
+        for k_o in K / L:
+            for n_i in R (unrolled):                 # R independent FMA chains share the x vector
+                acc[n_i, :] += x[k_o*L : +L] * deq(W)[n, k_o*L : +L]     # vector of L lanes
+        y[n] = sum(acc[n_i, :])                      # horizontal sum, then the fused epilogue
+
+The dequantization stays an expression inside the vector body, so the packed weight is read exactly once
+(8 nibbles of a uint32 word become 8 lanes with a variable shift + mask; LLVM emits one vector load, a permute,
+a shift, an and, a convert per L lanes). Rows are split into tiles of R = 4 (two on 16-register ISAs);
+L = max(16, native f32 lanes) so one logical vector covers two packed int4 words.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most, pow2_divisor_at_most
+from .base import CPURule
+from .elementwise import schedule_injective_block
+from .params import CPUParams
+
+
+class DequantGEMV(CPURule):
+    """Matmul with a single activation row (decode), weight dequantization inlined."""
+
+    def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
+        sch = s_tir.Schedule(func)
+        pat = analyze_matmul(sch)
+        if pat is None or not pat.is_gemv:
+            return None
+        if pat.producers:
+            if not inline_producers(sch, pat.producers):
+                return None
+            pat = analyze_matmul(sch)
+            if pat is None or pat.producers:
+                return None
+        return schedule_gemv(sch, pat, params)
+
+
+def schedule_gemv(sch: s_tir.Schedule, pat, params: CPUParams) -> s_tir.Schedule:
+    k_ext, n_ext = pat.k_extent, pat.n_extent
+    lanes = pow2_divisor_at_most(k_ext, params.gemv_vector_lanes())
+    rows = largest_divisor_at_most(n_ext, params.gemv_row_tile())
+    block = pat.block
+    nrows = len(pat.row_loops)
+
+    sch.reorder(*pat.row_loops, pat.n_loop, pat.k_loop)
+    n_o, n_i = sch.split(pat.n_loop, [None, rows])
+    k_o, k_v = sch.split(pat.k_loop, [None, lanes])
+    sch.reorder(n_o, k_o, n_i, k_v)
+    out_ndim = len(sch.get(block).writes[0].source.shape)
+    rf = sch.rfactor(k_v, out_ndim)
+
+    loops = sch.get_loops(rf)
+    r_no, r_ko, r_ni, r_kv = loops[nrows : nrows + 4]
+    sch.parallel(r_no)
+    sch.reverse_compute_at(block, r_no)
+    sch.vectorize(r_kv)
+    sch.unroll(r_ni)
+    sch.decompose_reduction(rf, r_ko)
+
+    for epi in pat.epilogues:
+        try:
+            sch.reverse_compute_at(epi, r_no)
+        except Exception:  # pylint: disable=broad-except
+            schedule_injective_block(sch, epi, params)
+    return sch

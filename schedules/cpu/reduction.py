@@ -1,0 +1,147 @@
+"""Row reductions followed by elementwise work (RMSNorm, mean/variance norms, softmax-like chains).
+
+    parallel for row in rows:                   # fused leading spatial axes (S in prefill)
+        partial[L] = 0
+        for k_o in H / L: partial[:] += f(x[row, k_o*L : +L])      # vectorized reduction (rfactor)
+        r = sum(partial)
+        out[row, :] = g(x[row, :], r)                                # vectorized elementwise
+
+Every block must start with the same leading spatial axes; reductions have one trailing reduction axis
+with a static extent. Anything else is left to the next rule (dlight's cpu.Reduction).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.target import Target
+
+from .analysis import dtype_bits, loop_extent, pow2_divisor_at_most
+from .base import CPURule
+from .elementwise import PARALLEL_MIN_ELEMS
+from .params import CPUParams
+
+
+def _leading_s(kinds: str) -> int:
+    return len(kinds) - len(kinds.lstrip("S"))
+
+
+class RowReduction(CPURule):
+    """RMSNorm-like: SR reduction blocks feeding a final injective block over the same rows."""
+
+    def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or len(infos) < 2:
+            return None
+        if all(info.is_injective() for info in infos):
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        if not infos or not infos[-1].is_injective():
+            return None
+        # re-derive infos after inlining (block RVs stay valid)
+        infos = normalize_prim_func(sch)
+        if not infos or not infos[-1].is_injective():
+            return None
+        nrow = None
+        for info in infos:
+            kinds = info.dom_kind()
+            if not kinds or kinds[0] != "S":
+                return None
+            if not info.is_injective():
+                if kinds.count("R") != 1 or not kinds.endswith("R") or any(c not in "SR" for c in kinds):
+                    return None
+                if not isinstance(info.iters[-1].dom, int):
+                    return None
+                n = len(kinds) - 1
+            else:
+                n = _leading_s(kinds)
+            nrow = n if nrow is None else min(nrow, n)
+        reds = [info for info in infos if not info.is_injective()]
+        if not nrow or any(len(info.dom_kind()) - 1 != nrow for info in reds):
+            return None
+        # row extents must agree between the last block and the reductions
+        last = infos[-1]
+        for info in reds:
+            for a, b in zip(info.iters[:nrow], last.iters[:nrow]):
+                if str(a.dom) != str(b.dom):
+                    return None
+
+        last_bits = max(8, dtype_bits(sch.get(last.block_rv).writes[0].source.dtype))
+        row_elems = 1
+        symbolic_rows = False
+        for it in last.iters[:nrow]:
+            if isinstance(it.dom, int):
+                row_elems *= it.dom
+            else:
+                symbolic_rows = True
+        total = row_elems
+        for it in last.iters[nrow:]:
+            total *= it.dom if isinstance(it.dom, int) else 1
+
+        # 1. vectorize each reduction with rfactor (before compute_at: rfactor wants its own loop nest)
+        chain = []  # blocks in topological order, rfactor blocks inserted before their reductions
+        for info in infos[:-1]:
+            if info.is_injective():
+                chain.append(info.block_rv)
+                continue
+            r_loop = sch.get_loops(info.block_rv)[-1]
+            r_ext = loop_extent(sch, r_loop)
+            bits = dtype_bits(sch.get(info.block_rv).writes[0].source.dtype)
+            lanes = pow2_divisor_at_most(r_ext, params.lanes(max(8, bits)))
+            if lanes >= 2 and r_ext > lanes:
+                _, r_v = sch.split(r_loop, [None, lanes])
+                rf = sch.rfactor(r_v, nrow)
+                chain.append(rf)
+            chain.append(info.block_rv)
+
+        # 2. rows of the last block: fused, parallel when worth it
+        loops = sch.get_loops(last.block_rv)
+        row = sch.fuse(*loops[:nrow]) if nrow > 1 else loops[0]
+        if params.num_cores > 1 and (symbolic_rows or (row_elems > 1 and total >= PARALLEL_MIN_ELEMS)):
+            sch.parallel(row)
+        _vectorize_inner(sch, last.block_rv, params.lanes(last_bits))
+
+        # 3. everything else under the row loop
+        for blk in reversed(chain):
+            sch.compute_at(blk, row, preserve_unit_loops=True)
+
+        # 4. inner loops: vectorize injective and rfactor blocks, keep the final horizontal sums scalar
+        for blk in chain:
+            stmt = sch.get(blk)
+            inner = sch.get_loops(blk)
+            if len(inner) <= 1:
+                continue
+            is_red = any(iv.iter_type != 0 for iv in stmt.iter_vars)
+            bits = max(8, dtype_bits(stmt.writes[0].source.dtype))
+            if not is_red:
+                _vectorize_inner(sch, blk, params.lanes(bits))
+            elif stmt.name_hint.endswith("_rf"):
+                # loops after compute_at: (lane, k_o) -> (k_o, lane), lane vectorized
+                gen = inner[1:]
+                if len(gen) == 2:
+                    lane, k_o = gen
+                    if isinstance(loop_extent(sch, lane), int) and loop_extent(sch, lane) <= 64:
+                        sch.reorder(k_o, lane)
+                        sch.vectorize(lane)
+                        sch.decompose_reduction(blk, k_o)
+        return sch
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if len(loops) <= 1:
+        return
+    inner = loops[-1]
+    ext = loop_extent(sch, inner)
+    if not isinstance(ext, int):
+        return
+    v = pow2_divisor_at_most(ext, lanes)
+    if v < 2:
+        return
+    if v == ext:
+        sch.vectorize(inner)
+    else:
+        _, vec = sch.split(inner, [None, v])
+        sch.vectorize(vec)

@@ -1,0 +1,1 @@
+"""Shipped SoC data files (``<name>.toml``); a package only so that wheels include them."""

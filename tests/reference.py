@@ -1,0 +1,121 @@
+"""Independent references for end-to-end checks: transformers' LlamaForCausalLM on given weights.
+
+For pruned (heterogeneous) checkpoints transformers has no config for per-layer shapes, so the
+reference model is built uniform and each layer's projections are replaced with modules of that
+layer's shape (transformers' eager attention reshapes with -1 heads, so this is exact).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _hf_config(model_dir: Path):
+    from transformers import LlamaConfig
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg.pop("layer_shapes", None)
+    return LlamaConfig(**cfg)
+
+
+def reference_model(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
+    """A float32 transformers Llama with the checkpoint's (or the given) weights, heterogeneous layers included."""
+    from safetensors import safe_open
+    from transformers import LlamaForCausalLM
+
+    model_dir = Path(model_dir)
+    raw = json.loads((model_dir / "config.json").read_text())
+    config = _hf_config(model_dir)
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config).eval().to(torch.float32)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    for i, shape in enumerate(raw.get("layer_shapes") or []):
+        nh = shape.get("num_attention_heads", config.num_attention_heads)
+        nkv = shape.get("num_key_value_heads", config.num_key_value_heads)
+        ffn = shape.get("intermediate_size", config.intermediate_size)
+        layer = model.model.layers[i]
+        h = config.hidden_size
+        attn = layer.self_attn
+        attn.q_proj = torch.nn.Linear(h, nh * head_dim, bias=False)
+        attn.k_proj = torch.nn.Linear(h, nkv * head_dim, bias=False)
+        attn.v_proj = torch.nn.Linear(h, nkv * head_dim, bias=False)
+        attn.o_proj = torch.nn.Linear(nh * head_dim, h, bias=False)
+        attn.num_key_value_groups = nh // nkv
+        layer.mlp.gate_proj = torch.nn.Linear(h, ffn, bias=False)
+        layer.mlp.up_proj = torch.nn.Linear(h, ffn, bias=False)
+        layer.mlp.down_proj = torch.nn.Linear(ffn, h, bias=False)
+    if weights is None:
+        weights = {}
+        for f in sorted(model_dir.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    weights[k] = st.get_tensor(k).to(torch.float32)
+    state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v for k, v in weights.items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    assert not missing and not unexpected, (missing, unexpected)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def reference_logits(model, ids: list[int]) -> np.ndarray:
+    """Logits [len(ids), vocab] of one causal forward pass (float32)."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=False)
+    return out.logits[0].float().numpy()
+
+
+def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
+    """Read a package's packed weights back, dequantize with numpy and split fused projections to HF names."""
+    from compiler.quantization import get_scheme
+    from runtime_stubs.package_format import read_manifest, read_package_config
+
+    cfg = read_package_config(package_dir)
+    model = cfg["model"]
+    body = get_scheme(cfg["quantization"]["name"])
+    head = get_scheme(cfg["quantization"]["embedding_and_lm_head"]["name"])
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for e in read_manifest(package_dir):
+        raw = np.fromfile(Path(package_dir) / "params" / e["file"], dtype=e["dtype"], count=int(np.prod(e["shape"])), offset=e["offset"])
+        prefix, suffix = e["name"].rsplit(".", 1)
+        arrays.setdefault(prefix, {})[suffix] = raw.reshape(e["shape"])
+    hd = model["head_dim"]
+    out: dict[str, np.ndarray] = {}
+    for prefix, packed in arrays.items():
+        if prefix.endswith("layernorm") or prefix == "norm":
+            w = packed["weight"].astype(np.float32)
+        else:
+            w = (head if prefix in ("embed_tokens", "lm_head") else body).dequantize(packed)
+        if prefix == "embed_tokens":
+            out["model.embed_tokens.weight"] = w
+        elif prefix == "lm_head":
+            out["lm_head.weight"] = w
+        elif prefix == "norm":
+            out["model.norm.weight"] = w
+        else:
+            i = int(prefix.split(".")[1])
+            layer = model["layers"][i]
+            base = f"model.layers.{i}"
+            if prefix.endswith("qkv_proj"):
+                nq, nkv = layer["num_attention_heads"] * hd, layer["num_key_value_heads"] * hd
+                out[f"{base}.self_attn.q_proj.weight"] = w[:nq]
+                out[f"{base}.self_attn.k_proj.weight"] = w[nq : nq + nkv]
+                out[f"{base}.self_attn.v_proj.weight"] = w[nq + nkv :]
+            elif prefix.endswith("o_proj"):
+                out[f"{base}.self_attn.o_proj.weight"] = w
+            elif prefix.endswith("gate_up_proj"):
+                f = layer["intermediate_size"]
+                out[f"{base}.mlp.gate_proj.weight"] = w[:f]
+                out[f"{base}.mlp.up_proj.weight"] = w[f:]
+            elif prefix.endswith("down_proj"):
+                out[f"{base}.mlp.down_proj.weight"] = w
+            else:
+                out[f"{base}.{prefix.split('.', 2)[2]}.weight"] = w
+    return out
