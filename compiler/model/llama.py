@@ -11,6 +11,7 @@ cache fixes its head counts per object; an unpruned model has exactly one.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 from tvm import relax as rx
@@ -133,38 +134,43 @@ class LlamaForCausalLM(nn.Module):
         return self._forward(input_embed, caches)
 
     def _make_cache_factory(self, g: int):
-        (num_heads, num_kv_heads), layer_ids = self.groups[g]
-        spec = self.spec
-
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
-            return TIRPagedKVCache(
-                attn_kind="mha",
-                max_batch_size=max_batch_size,
-                max_total_seq_len=max_total_seq_len,
-                prefill_chunk_size=prefill_chunk_size,
-                page_size=page_size,
-                support_sliding_window=support_sliding_window,
-                layer_partition=rx.ShapeExpr([0, len(layer_ids)]),
-                num_hidden_layers=len(layer_ids),
-                num_attention_heads=num_heads,
-                num_key_value_heads=num_kv_heads,
-                qk_head_dim=spec.head_dim,
-                v_head_dim=spec.head_dim,
-                mla_original_qk_head_dim=0,
-                mla_original_v_head_dim=0,
-                rope_mode=RopeMode.NORMAL,
-                rope_scale=1,
-                rope_theta=spec.rope_theta,
-                rope_scaling=spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
-                rope_ext_factors=rx.prim_value(0),
-                rotary_dim=spec.head_dim,
-                enable_disaggregation=False,
-                dtype=self.dtype,
-                target=self.target,
-                name=f"paged_kv_cache_{g}",
-            )
+            with _unique_kernel_symbols():
+                return self._new_cache(
+                    g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
+                )
 
         return create
+
+    def _new_cache(self, g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
+        (num_heads, num_kv_heads), layer_ids = self.groups[g]
+        spec = self.spec
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=rx.ShapeExpr([0, len(layer_ids)]),
+            num_hidden_layers=len(layer_ids),
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            qk_head_dim=spec.head_dim,
+            v_head_dim=spec.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL,
+            rope_scale=1,
+            rope_theta=spec.rope_theta,
+            rope_scaling=spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
+            rope_ext_factors=rx.prim_value(0),
+            rotary_dim=spec.head_dim,
+            enable_disaggregation=False,
+            dtype=self.dtype,
+            target=self.target,
+            name=f"paged_kv_cache_{g}",
+        )
 
     def export_spec(self) -> dict:
         """The nn export spec: names, shapes and calling mode of every exported function."""
@@ -190,6 +196,28 @@ class LlamaForCausalLM(nn.Module):
                 "$": {"param_mode": "none", "effect_mode": "none"},
             }
         return spec
+
+
+@contextlib.contextmanager
+def _unique_kernel_symbols():
+    """Let every KV cache add its attention kernels under a unique symbol.
+
+    The cache's kernel generators stamp a fixed ``global_symbol`` on each PrimFunc, so a
+    second cache (another head configuration) would collide; without the attribute the
+    BlockBuilder's unique GlobalVar name becomes the symbol.
+    """
+    original = rx.BlockBuilder.add_func
+
+    def add_func(bb, func, func_name):
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and "global_symbol" in func.attrs:
+            func = func.without_attr("global_symbol")
+        return original(bb, func, func_name)
+
+    rx.BlockBuilder.add_func = add_func
+    try:
+        yield
+    finally:
+        rx.BlockBuilder.add_func = original
 
 
 def _with_cache_args(fn, num_caches: int):

@@ -3,25 +3,29 @@
 Schedule (dot-product form: every accumulator is a vector along K, reduced horizontally at the end):
 
     parallel for n_o in N / Tn:                        # one weight panel per task
-        W_p[Tn, K] = deq(W)[n_o*Tn : +Tn, :]           # dequantized once, vectorized along K (if the TE has a
-                                                       #   separate dequantize stage; see below)
+        W_p[Tn, K] = deq(W)[n_o*Tn : +Tn, :]           # dequantized once per task, vectorized along K
         for s_o in ceil(S / SR):
+            x_t[SR, K] = x[s_o*SR : +SR, :] (zero past S)
             for n_m in Tn / NR:
                 acc[SR, NR, L] = 0                     # SR*NR vector accumulators (registers)
                 for k_o in K / L:
                     for s_i in SR, n_i in NR (unrolled):
-                        acc[s_i, n_i, :] += x[s, k_o*L : +L] * W_p[n, k_o*L : +L]
-                y[s, n] = sum(acc[s_i, n_i, :]); epilogue(y)
+                        acc[s_i, n_i, :] += x_t[s_i, k_o*L : +L] * W_p[n, k_o*L : +L]
+                y[s, n] = sum(acc[s_i, n_i, :]) for s < S; epilogue(y)
 
-Tn is chosen so the f32 panel fits in about half of the per-core L2 (params.gemm_panel), SR x NR so the
-accumulators plus one x and one W vector per row/column fit the register file and the accumulator tile stays
-under TVM's 1 KiB stack-allocation limit (it must be a stack array for LLVM to keep it in registers).
+Tn: the f32 panel fits in about half of the per-core L2 (params.gemm_panel). SR x NR: the accumulators plus
+one x and one W vector per row/column fit the register file, and the accumulator tile stays under TVM's 1 KiB
+stack-allocation limit (a stack array is what LLVM promotes to registers).
+
+The S tail: the rows are padded to a multiple of SR with `pad_einsum` (a zero-filled x_t, computed per S tile,
+and results past S never stored), so the inner loop carries no predicate. Where pad_einsum does not apply (the
+dequantization inlined into the reduction: indices like k // 8 are not einsum) the split is predicated instead.
 
 When the dequantization is inlined into the matmul (one TE reduction with deq() inside the sum) there is no
-block to materialize the panel from; the schedule is the same without the panel: the dequant expression is then
-evaluated in the inner loop, shared by the SR unrolled rows through LLVM's common-subexpression elimination, so
-it costs 1/SR of a dequant per FMA instead of 1/S. Quantization TEs should therefore emit the dequantization
-as its own ``te.compute`` stage feeding the reduction (both in one ``tensor_expr_op``).
+block to materialize the panel from; the schedule is then the same without the panel: the dequant expression is
+evaluated in the inner loop and shared by the SR unrolled rows through LLVM's common-subexpression elimination
+(1/SR of a dequant per FMA instead of 1/S). Quantization TEs should therefore emit the dequantization as its own
+``te.compute`` stage feeding the reduction (both in one ``tensor_expr_op``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most, pow2_divisor_at_most
+from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
 from .base import CPURule
 from .elementwise import schedule_injective_block
 from .params import CPUParams
@@ -40,28 +44,28 @@ class DequantGEMM(CPURule):
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
         try:
-            return self._build(func, params, padded=True)
+            return self._build(func, params, pad=True)
         except Exception:  # pylint: disable=broad-except
-            # e.g. mixed int32/int64 indices defeat the row-axis layout split: use the predicated form
-            return self._build(func, params, padded=False)
+            # pad_einsum refuses non-einsum blocks (inlined dequant): predicated row tail instead
+            return self._build(func, params, pad=False)
 
-    def _build(self, func: tirx.PrimFunc, params: CPUParams, padded: bool):
+    def _build(self, func: tirx.PrimFunc, params: CPUParams, pad: bool):
         sch = s_tir.Schedule(func)
         pat = analyze_matmul(sch)
         if pat is None or pat.is_gemv:
             return None
-        panel_block = None
+        panel_name = None
         if pat.weight_is_intermediate:
-            # keep the block that writes the weight operand; inline everything feeding it
+            # keep the block that writes the weight operand as the panel; inline everything else
             w_buf = pat.weight_expr
             while type(w_buf).__name__ == "Cast":
                 w_buf = w_buf.value
             w_buf = w_buf.source
-            writer = [p for p in pat.producers if any(w.source.same_as(w_buf) for w in sch.get(p).writes)]
-            if len(writer) != 1:
+            writers = [p for p in pat.producers if any(w.source.same_as(w_buf) for w in sch.get(p).writes)]
+            if len(writers) != 1:
                 return None
-            panel_block = writer[0]
-            others = [p for p in pat.producers if p is not panel_block and not _same_block(sch, p, panel_block)]
+            panel_name = sch.get(writers[0]).name_hint
+            others = [p for p in pat.producers if sch.get(p).name_hint != panel_name]
             if others and not inline_producers(sch, others):
                 return None
         elif pat.producers:
@@ -70,35 +74,11 @@ class DequantGEMM(CPURule):
         pat = analyze_matmul(sch)
         if pat is None:
             return None
-        if panel_block is not None:
-            sblock_name = sch.get(panel_block).name_hint
-            panel_block = sch.get_sblock(sblock_name)
-        return schedule_gemm(sch, pat, params, panel_block, padded)
+        panel_block = sch.get_sblock(panel_name) if panel_name else None
+        return schedule_gemm(sch, pat, params, panel_block, pad)
 
 
-def _split_row_axis(sch: s_tir.Schedule, block, buf, srows: int) -> None:
-    """Rewrite the layout of a [..., S, ...] buffer (S: its only symbolic dim, the rows) to
-    [..., S // SR, SR, ...]."""
-    stmt = sch.get(block)
-    region = stmt.writes[buf[1]] if buf[0] == "write" else stmt.reads[buf[1]]
-    shape = list(region.source.shape)
-    sym = [i for i, d in enumerate(shape) if type(d).__name__ != "IntImm"]
-    if len(sym) != 1:
-        raise ValueError("expected exactly one symbolic (row) axis")
-    axis = sym[0]
-
-    def index_map(*idx):
-        out = list(idx[:axis]) + [idx[axis] // srows, idx[axis] % srows] + list(idx[axis + 1 :])
-        return out
-
-    sch.transform_layout(block, buf, index_map, pad_value=0.0)
-
-
-def _same_block(sch, a, b) -> bool:
-    return sch.get(a).same_as(sch.get(b))
-
-
-def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None, padded: bool = True) -> s_tir.Schedule:
+def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None, pad: bool = True):
     k_ext, n_ext = pat.k_extent, pat.n_extent
     srows, ncols, lanes = params.gemm_tile()
     lanes = pow2_divisor_at_most(k_ext, lanes)
@@ -106,20 +86,39 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
     panel = params.gemm_panel(k_ext, n_ext)
     panel = largest_divisor_at_most(n_ext, max(panel, ncols), multiple_of=ncols)
     block = pat.block
-    if isinstance(pat.row_extent, int):
-        # static rows: no tail when SR divides them; otherwise keep the predicate
-        if pat.row_extent % srows == 0:
-            padded, exact = False, True
-        else:
-            padded, exact = False, False
-    else:
-        exact = False
+    block_name = sch.get(block).name_hint
+
+    exact = isinstance(pat.row_extent, int) and pat.row_extent % srows == 0
+    consumers = list(pat.epilogues)
+    x_pad = None
+    if not exact and pad:
+        if len(pat.row_loops) != 1:
+            raise ValueError("padding needs exactly one row axis")
+        iters = sch.get(block).iter_vars
+        row_var = sch.get(pat.row_loops[0]).loop_var
+        padding = []
+        realize_vals = _iter_values(sch, block)
+        for iv, val in zip(iters, realize_vals):
+            padding.append(srows if val.same_as(row_var) else 1)
+        if srows not in padding:
+            raise ValueError("row iterator not found")
+        before = {sch.get(b).name_hint for b in _all_blocks(sch)}
+        sch.pad_einsum(block, padding)
+        new = [b for b in _all_blocks(sch) if sch.get(b).name_hint not in before]
+        block = sch.get_sblock(block_name)
+        producers = [b for b in new if _writes_read_by(sch, b, block)]
+        copy_back = [b for b in new if b not in producers and _reads_written_by(sch, b, block)]
+        if len(copy_back) != 1 or len(producers) > 1:
+            raise ValueError("unexpected pad_einsum result")
+        x_pad = producers[0] if producers else None
+        consumers = copy_back + consumers
+        # the padded matmul: re-derive its loops
+        pat = analyze_matmul_after_pad(sch, block, pat)
+        exact = True
 
     sch.reorder(*pat.row_loops, pat.n_loop, pat.k_loop)
     s_loop = sch.fuse(*pat.row_loops) if len(pat.row_loops) > 1 else pat.row_loops[0]
-    # No predicate on the row split: rows past S are computed on a padded copy of x (x_tile below) and
-    # discarded; the predicate would otherwise sit inside the K loop and keep the accumulators in memory.
-    s_o, s_i = sch.split(s_loop, [None, srows], disable_predication=padded or exact)
+    s_o, s_i = sch.split(s_loop, [None, srows], disable_predication=exact)
     n_o, n_m, n_i = sch.split(pat.n_loop, [None, panel // ncols, ncols])
     k_o, k_v = sch.split(pat.k_loop, [None, lanes])
     sch.reorder(n_o, s_o, n_m, k_o, s_i, n_i, k_v)
@@ -129,24 +128,27 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
     r_no, r_so, r_nm, r_ko, r_si, r_ni, r_kv = sch.get_loops(rf)[:7]
     sch.parallel(r_no)
     sch.reverse_compute_at(block, r_nm)
-    if padded:
-        _pad_rows(sch, rf, pat, r_so, srows, k_ext, params)
     sch.vectorize(r_kv)
     sch.unroll(r_ni)
     sch.unroll(r_si)
     sch.decompose_reduction(rf, r_ko)
 
+    if x_pad is not None:
+        sch.compute_at(x_pad, r_so)
+        _vectorize_innermost(sch, x_pad, params.lanes(32))
+
     if panel_block is not None:
         sch.compute_at(panel_block, r_no)
-        d_loops = sch.get_loops(panel_block)
-        inner = d_loops[-1]
-        ext = sch.get(inner).extent
-        dl_lanes = pow2_divisor_at_most(int(ext.value), params.gemv_vector_lanes())
-        if dl_lanes > 1:
-            _, d_v = sch.split(inner, [None, dl_lanes])
-            sch.vectorize(d_v)
+        _vectorize_innermost(sch, panel_block, params.gemv_vector_lanes())
 
-    for epi in pat.epilogues:
+    # copy-back of the padded result and the fused epilogue: per (S tile, N sub-tile), predicated on s < S
+    if x_pad is not None and len(consumers) > 1:
+        try:
+            sch.compute_inline(consumers[0])
+            consumers = consumers[1:]
+        except Exception:  # pylint: disable=broad-except
+            pass
+    for epi in consumers:
         try:
             sch.reverse_compute_at(epi, r_nm)
         except Exception:  # pylint: disable=broad-except
@@ -154,22 +156,81 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
     return sch
 
 
-def _pad_rows(sch, rf, pat, r_so, srows, k_ext, params) -> None:
-    """x rows of this S tile are copied (predicated on s < S by compute_at) into a tile buffer that the
-    unpredicated inner loop may read past S; rows past S give accumulators that are never stored."""
-    act = pat.act_load.source
-    x_idx = [i for i, r in enumerate(sch.get(rf).reads) if r.source.same_as(act)]
-    if len(x_idx) != 1:
-        raise ValueError("activation read not found")
-    x_tile = sch.cache_read(rf, x_idx[0], "global")
-    # Give the row axis of the two tile buffers a static inner extent (s -> (s // SR, s % SR)) so buffer
-    # compaction sizes them SR rows instead of min(S, SR) (which would be both dynamic and too small).
-    _split_row_axis(sch, x_tile, ("write", 0), srows)
-    _split_row_axis(sch, rf, ("write", 0), srows)
-    sch.compute_at(x_tile, r_so)
-    xt_loops = sch.get_loops(x_tile)
-    xt_inner = xt_loops[-1]
-    xt_lanes = pow2_divisor_at_most(k_ext, params.lanes(32))
-    if xt_lanes > 1:
-        _, xv = sch.split(xt_inner, [None, xt_lanes])
-        sch.vectorize(xv)
+def _vectorize_innermost(sch: s_tir.Schedule, block, max_lanes: int) -> None:
+    inner = sch.get_loops(block)[-1]
+    ext = loop_extent(sch, inner)
+    if not isinstance(ext, int):
+        return
+    v = pow2_divisor_at_most(ext, max_lanes)
+    if v > 1:
+        if v == ext:
+            sch.vectorize(inner)
+        else:
+            _, vec = sch.split(inner, [None, v])
+            sch.vectorize(vec)
+
+
+def _all_blocks(sch: s_tir.Schedule) -> list:
+    root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
+    return list(sch.get_child_blocks(root))
+
+
+def _iter_values(sch: s_tir.Schedule, block) -> list:
+    from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
+
+    return list(get_sblockrealize(sch, block).iter_values)
+
+
+def _writes_read_by(sch, producer, consumer) -> bool:
+    outs = [w.source for w in sch.get(producer).writes]
+    return any(r.source.same_as(o) for r in sch.get(consumer).reads for o in outs)
+
+
+def _reads_written_by(sch, consumer, producer) -> bool:
+    return _writes_read_by(sch, producer, consumer)
+
+
+def analyze_matmul_after_pad(sch: s_tir.Schedule, block, old):
+    """Loops of the padded matmul block, matched to the roles found before padding (by position)."""
+    loops = sch.get_loops(block)
+    vals = _iter_values(sch, block)
+    stmt = sch.get(block)
+    roles = {}
+    for iv, val in zip(stmt.iter_vars, vals):
+        for lp in loops:
+            if sch.get(lp).loop_var.same_as(val):
+                roles[iv.var] = lp
+    # old pattern loops were the original block's loops: identify by iterator kind and order
+    n_loop = k_loop = None
+    row_loops = []
+    for iv in stmt.iter_vars:
+        lp = roles.get(iv.var)
+        if lp is None:
+            raise ValueError("non-trivial binding after pad_einsum")
+        ext = loop_extent(sch, lp)
+        if iv.iter_type != 0:
+            k_loop = lp
+        elif isinstance(ext, int) and ext == old.n_extent and n_loop is None and not _is_row(iv, stmt, old):
+            n_loop = lp
+        else:
+            row_loops.append(lp)
+    if n_loop is None or k_loop is None or not row_loops:
+        raise ValueError("cannot re-identify loops after pad_einsum")
+    old.block = block
+    old.n_loop, old.k_loop, old.row_loops = n_loop, k_loop, row_loops
+    return old
+
+
+def _is_row(iv, stmt, old) -> bool:
+    """A spatial iterator that indexes the activation (padded x) buffer is a row iterator."""
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+
+    act_name = old.act_load.source.name
+    for r in stmt.reads:
+        if r.source.name in (act_name, act_name + "_pad"):
+            used = set()
+            for rng in r.region:
+                used |= set(collect_vars_used_in_prim_expr(rng.min))
+            if iv.var in used:
+                return True
+    return False

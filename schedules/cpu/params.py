@@ -179,15 +179,13 @@ class CPUParams:
             return self.gemm_rows, self.gemm_cols, lanes
         budget = self.num_vector_regs - 2
         best = (1, 1)
-        for rows in (4, 3, 2, 1):
-            for cols in (4, 3, 2, 1):
+        for cols in (4, 2, 1):  # powers of two: N is a multiple of them
+            for rows in (4, 3, 2, 1):
                 if rows * cols + rows + cols > budget:
                     continue
                 if rows * cols * lanes * 4 >= 1024:
                     continue
-                if rows * cols > best[0] * best[1] or (
-                    rows * cols == best[0] * best[1] and rows > best[0]
-                ):
+                if rows * cols > best[0] * best[1]:
                     best = (rows, cols)
         return best[0], best[1], lanes
 

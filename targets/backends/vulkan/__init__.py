@@ -11,7 +11,7 @@ Usage::
 See docs/vulkan.md.
 """
 
-from .build import build_vulkan, compile_kernels, kernels_from_module, register
+from .build import build_vulkan, compile_kernels, kernels_from_module, original_errors, register
 from .errors import VulkanCodegenError, VulkanRuntimeError, VulkanToolchainError
 from .glsl import GLSLKernel, ParamInfo, kernel_to_glsl
 from .module_format import (
@@ -52,6 +52,7 @@ __all__ = [
     "lavapipe_target",
     "module_metadata",
     "module_payload",
+    "original_errors",
     "parse_vulkan_module",
     "register",
     "register_vulkan_loader",

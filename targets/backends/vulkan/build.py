@@ -9,6 +9,11 @@ kernels up by name at run time.  :func:`register` installs :func:`build_vulkan` 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+from compiler.errors import LlamaAotError
+
 from .errors import VulkanCodegenError
 from .glsl import GLSLKernel, kernel_to_glsl
 from .module_format import VulkanShader, serialize_vulkan_module
@@ -50,8 +55,38 @@ def build_vulkan(mod, target):
     return create_vulkan_module(payload, source, meta, list(kernels))
 
 
+_state = threading.local()
+
+
 def _build_entry(mod, target):
-    return build_vulkan(mod, target)
+    _state.last_error = None
+    try:
+        return build_vulkan(mod, target)
+    except LlamaAotError as e:
+        _state.last_error = e  # crossing the FFI turns it into a RuntimeError with the same message
+        raise
+
+
+@contextlib.contextmanager
+def original_errors():
+    """Re-raise Vulkan back-end errors from inside ``tvm.compile`` with their own type
+    (VulkanCodegenError / VulkanToolchainError, both LlamaAotError) instead of RuntimeError::
+
+        with original_errors():
+            ex = tvm.compile(mod, target=target)
+    """
+    _state.last_error = None
+    try:
+        yield
+    except LlamaAotError:
+        raise
+    except Exception as e:
+        last = getattr(_state, "last_error", None)
+        if last is not None and str(last) in str(e):
+            raise last from None
+        raise
+    finally:
+        _state.last_error = None
 
 
 def register(override: bool = True) -> None:

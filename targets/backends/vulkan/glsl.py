@@ -638,10 +638,12 @@ class GLSLPrinter:
         return self.cast(self.E(e.value, lane), src, dst)
 
     def _ramp(self, e, lane):
+        dt = expr_dt(e.base)
+        if _type_key(e.base) == "ir.IntImm" and _type_key(e.stride) == "ir.IntImm":
+            return self.lit(e.base.value + e.stride.value * lane, dt)
         base = self.E(e.base, 0)
         if lane == 0:
             return base
-        dt = expr_dt(e.base)
         if _type_key(e.stride) == "ir.IntImm":
             return f"({base} + {self.lit(e.stride.value * lane, dt)})"
         return f"({base} + {self.E(e.stride, 0)} * {self.lit(lane, dt)})"

@@ -1,0 +1,263 @@
+"""Build the on-device runtime (runtime_stubs/native) for one architecture, with a build cache.
+
+    python -m runtime_stubs.native_build --arch x86_64      # or aarch64; prints the artifacts
+    from runtime_stubs.native_build import build_native; b = build_native("aarch64")
+
+The runtime is compiled from the TVM / tvm_ffi sources shipped inside the installed wheels (located
+with importlib, never copied).  Outputs go to build/native-<arch>/ (gitignored).  A stamp file holds
+a hash of everything that affects the result (our sources and CMake files, the listed wheel sources,
+the wheel versions, the compiler's version, the options); when it matches, nothing is run at all,
+otherwise CMake rebuilds incrementally.  Compiles run under `nice -n 19` with 2 jobs by default (the
+build machines are shared).  Needs cmake (+ ninja, optional) and, for aarch64 on an x86_64 host,
+Debian's g++-aarch64-linux-gnu; qemu-user runs the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NATIVE_DIR = Path(__file__).resolve().parent / "native"
+REPO_ROOT = NATIVE_DIR.parent.parent
+STAMP = "llama-aot-build.json"
+ARCHES = ("x86_64", "aarch64")
+TOOLCHAINS = {"aarch64": NATIVE_DIR / "cmake" / "aarch64-linux-gnu.cmake"}
+CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "x86_64-linux-gnu-g++"}
+QEMU = {"aarch64": ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]}
+
+
+class NativeBuildError(RuntimeError):
+    """The native runtime could not be built (missing tool, compiler error)."""
+
+
+@dataclasses.dataclass
+class NativeBuild:
+    arch: str
+    build_dir: Path
+    static_lib: Path
+    shared_lib: Path
+    run: Path  # llama_aot_run (runtime linked in, exports it to model .so files)
+    run_shared: Path  # llama_aot_run over libllama_aot_runtime.so
+    jni_lib: Path | None
+    include_dir: Path
+    seconds: float  # wall time of this call's build (0 when cached)
+    cached: bool
+    source_hash: str
+
+    def runner(self) -> list[str]:
+        """Command prefix to execute this arch's binaries on this host ([] or qemu)."""
+        return [] if self.arch == host_arch() else list(QEMU[self.arch])
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def wheel_dirs() -> tuple[Path, Path]:
+    """site-packages/tvm and site-packages/tvm_ffi, located without importing them."""
+    out = []
+    for name in ("tvm", "tvm_ffi"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise NativeBuildError(f"the {name} package is not installed (pip install apache-tvm / apache-tvm-ffi)")
+        out.append(Path(list(spec.submodule_search_locations)[0]))
+    tvm_dir, ffi_dir = out
+    for p in (tvm_dir / "src" / "runtime" / "vm" / "paged_kv_cache.cc", ffi_dir / "src" / "ffi" / "function.cc"):
+        if not p.is_file():
+            raise NativeBuildError(f"{p} is missing: this wheel does not ship the runtime sources")
+    return tvm_dir, ffi_dir
+
+
+def listed_sources() -> dict[str, list[str]]:
+    """The two source lists of sources.cmake (relative to tvm/src/runtime and tvm_ffi/src/ffi)."""
+    text = (NATIVE_DIR / "sources.cmake").read_text()
+    lists = {}
+    for var in ("LLAMA_AOT_TVM_FFI_SOURCES", "LLAMA_AOT_TVM_RUNTIME_SOURCES"):
+        m = re.search(rf"set\({var}\s*\n(.*?)\)", text, re.S)
+        if not m:
+            raise NativeBuildError(f"sources.cmake: cannot find set({var} ...)")
+        lists[var] = [ln.strip() for ln in m.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return lists
+
+
+def _version(pkg_dir: Path) -> str:
+    v = pkg_dir / "_version.py"
+    return v.read_text() if v.is_file() else ""
+
+
+def _compiler_version(arch: str) -> str:
+    cxx = os.environ.get("CXX") if arch == host_arch() else None
+    cxx = cxx or ("c++" if arch == host_arch() else CROSS_CXX[arch])
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        hint = " (apt-get install g++-aarch64-linux-gnu)" if arch == "aarch64" else ""
+        raise NativeBuildError(f"C++ compiler {cxx} for {arch} is not usable: {e}{hint}") from None
+
+
+def source_hash(arch: str, options: dict) -> str:
+    tvm_dir, ffi_dir = wheel_dirs()
+    h = hashlib.sha256()
+    own = [
+        p
+        for p in sorted(NATIVE_DIR.rglob("*"))
+        if p.is_file() and p.suffix in {".h", ".cc", ".c", ".txt", ".cmake", ".modulemap"}
+    ]
+    for p in own:
+        h.update(str(p.relative_to(NATIVE_DIR)).encode())
+        h.update(p.read_bytes())
+    lists = listed_sources()
+    for rel in lists["LLAMA_AOT_TVM_RUNTIME_SOURCES"]:
+        h.update((tvm_dir / "src" / "runtime" / rel).read_bytes())
+    for rel in lists["LLAMA_AOT_TVM_FFI_SOURCES"]:
+        h.update((ffi_dir / "src" / "ffi" / rel).read_bytes())
+    h.update(_version(tvm_dir).encode())
+    h.update(_version(ffi_dir).encode())
+    h.update(str(tvm_dir).encode())
+    h.update(_compiler_version(arch).encode())
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def jdk_include() -> Path | None:
+    """The include directory of the host JDK (holds jni.h), if there is one."""
+    home = os.environ.get("JAVA_HOME")
+    candidates = [Path(home) / "include"] if home else []
+    javac = shutil.which("javac")
+    if javac:
+        candidates.append(Path(os.path.realpath(javac)).parent.parent / "include")
+    for c in candidates:
+        if (c / "jni.h").is_file():
+            return c
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # one build per directory at a time (parallel test runs)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _artifacts(arch: str, build_dir: Path, jni: bool, seconds: float, cached: bool, digest: str) -> NativeBuild:
+    return NativeBuild(
+        arch=arch,
+        build_dir=build_dir,
+        static_lib=build_dir / "libllama_aot_runtime.a",
+        shared_lib=build_dir / "libllama_aot_runtime.so",
+        run=build_dir / "llama_aot_run",
+        run_shared=build_dir / "llama_aot_run_shared",
+        jni_lib=(build_dir / "libllama_aot_jni.so") if jni else None,
+        include_dir=NATIVE_DIR / "include",
+        seconds=seconds,
+        cached=cached,
+        source_hash=digest,
+    )
+
+
+def build_native(
+    arch: str | None = None,
+    jobs: int = 2,
+    build_root: Path | None = None,
+    jni: bool | None = None,
+    verbose: bool = False,
+) -> NativeBuild:
+    """Build (or reuse) the runtime for `arch`; returns where the artifacts are."""
+    arch = arch or host_arch()
+    if arch not in ARCHES:
+        raise NativeBuildError(f"unknown arch {arch!r} (expected one of {ARCHES})")
+    if arch != host_arch() and arch not in TOOLCHAINS:
+        raise NativeBuildError(f"no cross toolchain file for {arch} on a {host_arch()} host")
+    if shutil.which("cmake") is None:
+        raise NativeBuildError("cmake is not installed (apt-get install cmake)")
+    build_root = Path(build_root or os.environ.get("LLAMA_AOT_NATIVE_BUILD_ROOT") or REPO_ROOT / "build")
+    build_dir = build_root / f"native-{arch}"
+    jdk = jdk_include()
+    if jni is None:
+        jni = jdk is not None
+    elif jni and jdk is None:
+        raise NativeBuildError("jni=True but no JDK include directory (jni.h) was found; set JAVA_HOME")
+    options = {"arch": arch, "jni": bool(jni), "jdk": str(jdk) if jni else ""}
+    tvm_dir, ffi_dir = wheel_dirs()
+
+    with _locked(build_root / f".native-{arch}.lock"):
+        digest = source_hash(arch, options)
+        stamp = build_dir / STAMP
+        art = _artifacts(arch, build_dir, bool(jni), 0.0, True, digest)
+        outputs = [art.static_lib, art.shared_lib, art.run, art.run_shared] + ([art.jni_lib] if jni else [])
+        if stamp.is_file() and all(p.is_file() for p in outputs):
+            try:
+                if json.loads(stamp.read_text()).get("source_hash") == digest:
+                    return art
+            except json.JSONDecodeError:
+                pass
+
+        t0 = time.perf_counter()
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else ["-G", "Unix Makefiles"]
+        cache = build_dir / "CMakeCache.txt"
+        if cache.is_file() and ("Ninja" in generator) != ("CMAKE_GENERATOR:INTERNAL=Ninja" in cache.read_text()):
+            shutil.rmtree(build_dir)  # generator changed: CMake refuses to reuse the directory
+        configure = [
+            "cmake", "-S", str(NATIVE_DIR), "-B", str(build_dir), *generator,
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DLLAMA_AOT_TVM_DIR={tvm_dir}",
+            f"-DLLAMA_AOT_TVM_FFI_DIR={ffi_dir}",
+            f"-DLLAMA_AOT_BUILD_JNI={'ON' if jni else 'OFF'}",
+        ]  # fmt: skip
+        if jni:
+            configure.append(f"-DLLAMA_AOT_JNI_INCLUDE={jdk}")
+        if arch != host_arch():
+            configure.append(f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAINS[arch]}")
+        build = ["nice", "-n", "19", "cmake", "--build", str(build_dir), "-j", str(max(1, jobs))]
+        for cmd in (configure, build):
+            res = subprocess.run(cmd, capture_output=not verbose, text=True)
+            if res.returncode != 0:
+                log = ((res.stdout or "") + (res.stderr or ""))[-6000:]
+                raise NativeBuildError(f"{' '.join(cmd[:3])} ... failed for {arch}:\n{log}")
+        seconds = time.perf_counter() - t0
+        missing = [str(p) for p in outputs if not p.is_file()]
+        if missing:
+            raise NativeBuildError(f"build finished but {missing} are missing")
+        stamp.write_text(json.dumps({"source_hash": digest, "build_seconds": round(seconds, 1), **options}, indent=1))
+        return _artifacts(arch, build_dir, bool(jni), seconds, False, digest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=ARCHES, default=host_arch())
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--build-root", type=Path, default=None)
+    ap.add_argument("--jni", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    jni = {"auto": None, "on": True, "off": False}[args.jni]
+    try:
+        b = build_native(args.arch, args.jobs, args.build_root, jni, args.verbose)
+    except NativeBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(b).items()}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

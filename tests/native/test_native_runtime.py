@@ -1,0 +1,283 @@
+"""The on-device runtime (runtime_stubs/native): built from the wheel's sources for x86_64 and
+aarch64, run on a toy package, compared with TVM's Python runtime on the same package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import toy_package
+from native_helpers import MAX_TOKENS, PROMPT, REPO, need, toy
+from runtime_stubs import native_build
+
+NATIVE = REPO / "runtime_stubs" / "native"
+
+
+def run_driver(cmd_prefix: list[str], exe: Path, package: Path, prompt=PROMPT, max_tokens=MAX_TOKENS, tmp=None,
+               extra=(), env=None):
+    """Run llama_aot_run; return (json result, logits rows or None)."""
+    args = [*cmd_prefix, str(exe), str(package), "--prompt-ids", ",".join(map(str, prompt)),
+            "--max-tokens", str(max_tokens), *extra]  # fmt: skip
+    logits_path = None
+    if tmp is not None:
+        logits_path = Path(tmp) / f"logits-{exe.name}.bin"
+        args += ["--logits-out", str(logits_path)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, f"{' '.join(args)}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+    out = json.loads(res.stdout)
+    rows = None
+    if logits_path is not None:
+        rows = np.fromfile(logits_path, dtype="<f4").reshape(len(out["token_ids"]), toy_package.VOCAB)
+    return out, rows
+
+
+def check_against_reference(out, rows, reference, atol):
+    ref_tokens, ref_rows = reference
+    assert out["prompt_ids"] == PROMPT
+    assert out["token_ids"] == ref_tokens
+    assert out["decode_steps"] == len(ref_tokens) - 1
+    np.testing.assert_allclose(rows, ref_rows, rtol=0, atol=atol)
+
+
+def link_system_lib_driver(build: native_build.NativeBuild, package: Path, out: Path, cxx: str) -> Path:
+    """An executable with the runtime (whole archive) and a system-lib model linked in statically."""
+    need(cxx)
+    objects = toy_package.system_lib_objects(package)
+    assert objects, f"no objects in {package}/lib"
+    cmd = ["nice", "-n", "19", cxx, "-O2", "-o", str(out), str(NATIVE / "tools" / "llama_aot_run.cc"),
+           f"-I{build.include_dir}", *map(str, objects),
+           "-Wl,--whole-archive", str(build.static_lib), "-Wl,--no-whole-archive", "-ldl", "-lpthread", "-lm"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# x86_64
+# ---------------------------------------------------------------------------------------------
+
+
+def test_x86_runtime_builds_from_wheel_sources(native_x86):
+    b = native_x86
+    for p in (b.static_lib, b.shared_lib, b.run, b.run_shared):
+        assert p.is_file(), p
+    members = subprocess.run(["ar", "t", str(b.static_lib)], capture_output=True, text=True, check=True).stdout
+    for obj in ("paged_kv_cache.cc.o", "vm.cc.o", "executable.cc.o", "thread_pool.cc.o", "library_module.cc.o"):
+        assert obj in members
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(b.shared_lib)], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    for sym in ("llama_aot_open", "llama_aot_prefill", "TVMFFIErrorSetRaisedFromCStrParts", "TVMBackendParallelLaunch"):
+        assert sym in exported, sym
+    # nothing from the wheel was copied into the repo
+    assert not list(NATIVE.rglob("paged_kv_cache.cc")) and not list(NATIVE.rglob("vm.cc"))
+
+
+def test_x86_driver_matches_python_runtime(native_x86, toy_x86, reference, tmp_path):
+    out, rows = run_driver([], native_x86.run, toy_x86, tmp=tmp_path)
+    check_against_reference(out, rows, reference, atol=1e-5)
+    assert out["prefill_tokens"] == len(PROMPT) and out["prefill_seconds"] > 0
+
+
+def test_x86_shared_library_driver(native_x86, toy_x86, reference, tmp_path):
+    out, rows = run_driver([], native_x86.run_shared, toy_x86, tmp=tmp_path)
+    check_against_reference(out, rows, reference, atol=1e-5)
+
+
+def test_x86_system_lib_static_link(native_x86, reference, tmp_path):
+    package = toy("x86_64", system_lib=True)
+    assert json.loads((package / "llama-aot.json").read_text())["runtime"]["library"] == "system:"
+    exe = link_system_lib_driver(native_x86, package, tmp_path / "run_syslib", "g++")
+    out, rows = run_driver([], exe, package, tmp=tmp_path)
+    check_against_reference(out, rows, reference, atol=1e-5)
+
+
+def test_x86_driver_stops_at_context_window(native_x86, toy_x86):
+    prompt = [5] * (toy_package.CONTEXT_WINDOW - 6)
+    out, _ = run_driver([], native_x86.run, toy_x86, prompt=prompt, max_tokens=50, extra=["--no-stop-on-eos"])
+    # prefill fills W-6 slots; each of the 6 decodes adds one; the 7th token needs no forward
+    assert len(out["token_ids"]) == 7 and out["decode_steps"] == 6
+
+
+def test_x86_driver_errors(native_x86, toy_x86, tmp_path):
+    res = subprocess.run([str(native_x86.run), str(tmp_path / "missing"), "--prompt-ids", "1"], capture_output=True,
+                         text=True)  # fmt: skip
+    assert res.returncode == 1 and "llama-aot.json" in res.stderr
+    res = subprocess.run([str(native_x86.run), str(toy_x86)], capture_output=True, text=True)
+    assert res.returncode == 2 and "--prompt-ids" in res.stderr
+    too_long = ",".join(["1"] * (toy_package.CONTEXT_WINDOW + 1))
+    res = subprocess.run([str(native_x86.run), str(toy_x86), "--prompt-ids", too_long], capture_output=True, text=True)
+    assert res.returncode == 1 and "context window" in res.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(toy_x86, broken)
+    with open(broken / "params" / "shard-00000.bin", "r+b") as f:
+        f.truncate(100)
+    res = subprocess.run([str(native_x86.run), str(broken), "--prompt-ids", "1"], capture_output=True, text=True)
+    assert res.returncode == 1 and "truncated" in res.stderr
+
+
+CTYPES_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, json, sys
+    lib = ctypes.CDLL(sys.argv[1])  # RTLD_LOCAL, like JNI's System.loadLibrary
+    lib.llama_aot_last_error.restype = ctypes.c_char_p
+    lib.llama_aot_sample.restype = ctypes.c_int32
+    res = {}
+    h = ctypes.c_void_p()
+    res["missing"] = lib.llama_aot_open(sys.argv[2].encode() + b"/nope", None, ctypes.byref(h))
+    res["bad_device"] = lib.llama_aot_open(sys.argv[2].encode(), b"vulkan:0", ctypes.byref(h))
+    res["bad_device_msg"] = lib.llama_aot_last_error().decode()
+    assert lib.llama_aot_open(sys.argv[2].encode(), b"cpu", ctypes.byref(h)) == 0, lib.llama_aot_last_error()
+    V = lib.llama_aot_vocab_size(h)
+    res["vocab"] = V
+    ids = (ctypes.c_int32 * 3)(1, 2, 3)
+    logits = (ctypes.c_float * V)()
+    res["prefill"] = lib.llama_aot_prefill(h, ids, 3, logits)
+    res["seq_len"] = lib.llama_aot_seq_len(h)
+    res["greedy"] = lib.llama_aot_sample(h, logits, ctypes.c_float(0), ctypes.c_float(1), ctypes.c_uint64(0))
+    res["argmax"] = max(range(V), key=lambda i: logits[i])
+    res["bad_token"] = lib.llama_aot_decode(h, V + 5, logits)
+    res["bad_token_msg"] = lib.llama_aot_last_error().decode()
+    res["null_logits_decode"] = lib.llama_aot_decode(h, 1, None)
+    res["reset"] = lib.llama_aot_reset(h)
+    res["seq_len_after_reset"] = lib.llama_aot_seq_len(h)
+    # sampling: two live tokens with probabilities 1/4 and 3/4 at temperature 1
+    two = (ctypes.c_float * V)(*([-1e30] * V))
+    two[7], two[9] = 0.0, 1.0986123
+    picks = [lib.llama_aot_sample(h, two, ctypes.c_float(1.0), ctypes.c_float(1.0), ctypes.c_uint64(s))
+             for s in range(4000)]
+    res["p9"] = picks.count(9) / len(picks)
+    res["only_7_9"] = set(picks) <= {7, 9}
+    res["top_p_keeps_best"] = {lib.llama_aot_sample(h, two, ctypes.c_float(1.0), ctypes.c_float(0.5),
+                                                    ctypes.c_uint64(s)) for s in range(200)} == {9}
+    res["deterministic"] = lib.llama_aot_sample(h, two, ctypes.c_float(1.0), ctypes.c_float(1.0),
+                                                ctypes.c_uint64(123)) == picks[123]
+    lib.llama_aot_close(h)
+    lib.llama_aot_close(None)
+    print(json.dumps(res))
+    """
+)
+
+
+def test_c_api_through_ctypes_rtld_local_bind_now(native_x86, toy_x86, tmp_path):
+    """The shared runtime loaded RTLD_LOCAL (as JNI does) still serves the model .so, even with
+    immediate binding (as Android's linker does): llama_aot_open promotes itself to RTLD_GLOBAL."""
+    script = tmp_path / "c_api.py"
+    script.write_text(CTYPES_SCRIPT)
+    env = dict(os.environ, LD_BIND_NOW="1")
+    res = subprocess.run([sys.executable, str(script), str(native_x86.shared_lib), str(toy_x86)], capture_output=True,
+                         text=True, env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["missing"] == -2  # LLAMA_AOT_ERR_IO
+    assert r["bad_device"] == -6 and "device_api.vulkan" in r["bad_device_msg"]
+    assert r["vocab"] == toy_package.VOCAB and r["prefill"] == 0 and r["seq_len"] == 3
+    assert r["greedy"] == r["argmax"]
+    assert r["bad_token"] == -1 and "outside" in r["bad_token_msg"]
+    assert r["null_logits_decode"] == 0
+    assert r["reset"] == 0 and r["seq_len_after_reset"] == 0
+    assert r["only_7_9"] and abs(r["p9"] - 0.75) < 0.03
+    assert r["top_p_keeps_best"] and r["deterministic"]
+
+
+def test_jni_binding_runs(native_x86, toy_x86, reference, tmp_path):
+    need("javac", "java")
+    if native_x86.jni_lib is None:
+        pytest.skip("no JDK include directory (jni.h) found: libllama_aot_jni was not built")
+    classes = tmp_path / "classes"
+    subprocess.run(["javac", "-d", str(classes), "-h", str(tmp_path / "hdr"), str(NATIVE / "jni" / "LlamaAot.java"),
+                    str(REPO / "tests" / "native" / "java" / "JniSmoke.java")], check=True)  # fmt: skip
+    # every native method javac declares is defined by llama_aot_jni.cc
+    declared = {ln.split()[-1] for ln in (tmp_path / "hdr" / "org_llamaaot_LlamaAot.h").read_text().splitlines()
+                if "JNICALL Java_" in ln}  # fmt: skip
+    defined = subprocess.run(["nm", "-D", "--defined-only", str(native_x86.jni_lib)], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    assert declared and all(name in defined for name in declared), declared
+    env = dict(os.environ, LD_BIND_NOW="1")
+    res = subprocess.run(["java", f"-Djava.library.path={native_x86.build_dir}", "-cp", str(classes), "JniSmoke",
+                          str(toy_x86), str(MAX_TOKENS), ",".join(map(str, PROMPT))], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = dict(kv.split("=", 1) for ln in res.stdout.split("\n") for kv in ln.split() if "=" in kv)
+    assert [int(t) for t in lines["tokens"].split(",")] == reference[0]
+    assert abs(float(lines["first_logit"]) - float(reference[1][0][0])) < 1e-5
+    assert lines["error_path"] == "-1" and lines["open_error"] == "-2"
+
+
+def test_compat_headers_match_tvm_formats(native_x86, tmp_path):
+    """Our io.h/serializer.h/bytes_io.h read what the wheel's libtvm writes and write the same bytes."""
+    import tvm
+
+    tvm_dir, ffi_dir = native_build.wheel_dirs()
+    exe = tmp_path / "compat_roundtrip"
+    cmd = ["nice", "-n", "19", "g++", "-std=c++17", "-O1", "-o", str(exe), str(REPO / "tests/native/compat_roundtrip.cc"),
+           f"-I{NATIVE / 'compat'}", f"-I{NATIVE / 'compat/src/runtime'}", f"-I{tvm_dir / 'include'}",
+           f"-I{ffi_dir / 'include'}", f"-I{ffi_dir / '3rdparty/dlpack/include'}",
+           str(native_x86.shared_lib), f"-Wl,-rpath,{native_x86.build_dir}"]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    rng = np.random.default_rng(1)
+    params = {
+        "w": rng.standard_normal((3, 5)).astype("float32"),
+        "idx": np.arange(7, dtype="int64"),
+        "h": rng.standard_normal((2, 2, 2)).astype("float16"),
+        "b": np.array([1, 0, 255], dtype="uint8"),
+        "scalar": np.array(3.5, dtype="float64"),
+    }
+    src = tmp_path / "in.params"
+    tvm.runtime.save_param_dict_to_file({k: tvm.runtime.tensor(v) for k, v in params.items()}, str(src))
+    dst = tmp_path / "out.params"
+    res = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True, check=True)
+    assert "base64 ok" in res.stdout
+    listed = {ln.split()[0]: ln.split()[1:3] for ln in res.stdout.splitlines() if not ln.startswith("base64")}
+    assert listed["w"] == ["float32", "[3,5]"] and listed["h"] == ["float16", "[2,2,2]"]
+    assert listed["scalar"] == ["float64", "[]"]
+    back = tvm.runtime.load_param_dict_from_file(str(dst))
+    assert set(back) == set(params)
+    for k, v in params.items():
+        np.testing.assert_array_equal(back[k].numpy(), v)
+    assert dst.stat().st_size == src.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------
+# aarch64 (Debian cross g++, run under qemu-user)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_aarch64():
+    need("aarch64-linux-gnu-g++")
+    return toy("aarch64")
+
+
+def test_aarch64_runtime_builds(native_aarch64):
+    b = native_aarch64
+    for p in (b.static_lib, b.shared_lib, b.run, b.run_shared):
+        assert p.is_file(), p
+    with open(b.shared_lib, "rb") as f:
+        elf = f.read(20)
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_aarch64_driver_under_qemu_matches_python_runtime(native_aarch64, toy_aarch64, reference, tmp_path):
+    out, rows = run_driver(native_aarch64.runner(), native_aarch64.run, toy_aarch64, tmp=tmp_path)
+    # different codegen (aarch64 NEON/FMA): logits agree to float32 rounding, tokens exactly
+    check_against_reference(out, rows, reference, atol=1e-4)
+
+
+def test_aarch64_shared_library_driver_under_qemu(native_aarch64, toy_aarch64, reference, tmp_path):
+    out, rows = run_driver(native_aarch64.runner(), native_aarch64.run_shared, toy_aarch64, tmp=tmp_path)
+    check_against_reference(out, rows, reference, atol=1e-4)
+
+
+def test_aarch64_system_lib_static_link_under_qemu(native_aarch64, reference, tmp_path):
+    need("aarch64-linux-gnu-g++")
+    package = toy("aarch64", system_lib=True)
+    exe = link_system_lib_driver(native_aarch64, package, tmp_path / "run_syslib", "aarch64-linux-gnu-g++")
+    out, rows = run_driver(native_aarch64.runner(), exe, package, tmp=tmp_path)
+    check_against_reference(out, rows, reference, atol=1e-4)
