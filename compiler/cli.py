@@ -92,6 +92,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from bench.e2e import main as bench_main
+
+    return bench_main(args)
+
+
+def _cmd_targets(args) -> int:
+    from targets.describe import list_text, show_text
+
+    print(show_text(args.name, args.weight_bytes_per_token) if args.name else list_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-aot", description="Ahead-of-time compiler for Llama 3 checkpoints")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--verify", action="store_true", help="check every weight's sha256 before running")
     r.set_defaults(func=_cmd_run)
+
+    b = sub.add_parser("bench", help="benchmark packages next to PyTorch and llama.cpp (same run, same weights)")
+    from bench.e2e import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("targets", help="list known SoCs, or show one with its TVM targets")
+    t.add_argument("name", nargs="?", default=None)
+    t.add_argument("--weight-bytes-per-token", type=float, default=None, help="print the decode ceiling for this model size")
+    t.set_defaults(func=_cmd_targets)
     return p
 
 

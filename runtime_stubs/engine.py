@@ -67,6 +67,7 @@ class Engine:
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)
         import tvm.runtime  # after TVM_NUM_THREADS: the thread pool reads it once
+        import tvm.runtime.vm
 
         self._tvm = tvm
         self.package_dir = Path(package_dir)

@@ -235,6 +235,21 @@ def analyze_matmul(sch: s_tir.Schedule, infos: list[SBlockInfo] | None = None) -
     )
 
 
+def block_pack_factor(sch: s_tir.Schedule, block) -> int:
+    """Elements per word along the last axis for the largest buffer a block reads through ``k // P``
+    (P = 8 for 4-bit values packed in uint32), 1 when it reads it element-wise."""
+    stmt = sch.get(block)
+    loads = [ld for ld in loads_in(stmt.body) if ld.indices]
+    if not loads:
+        return 1
+    biggest = max(loads, key=lambda ld: buffer_bytes(ld.source))
+    last = biggest.indices[-1]
+    if _type_name(last) == "FloorDiv":
+        p = static_int(last.b)
+        return p if p else 1
+    return 1
+
+
 def inline_producers(sch: s_tir.Schedule, producers: list) -> bool:
     """compute_inline every producer block (repeat until no progress). True if all were inlined."""
     remaining = list(producers)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
+from .analysis import analyze_matmul, block_pack_factor, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
 from .base import CPURule
 from .elementwise import schedule_injective_block
 from .params import CPUParams
@@ -43,13 +43,19 @@ class DequantGEMM(CPURule):
     """Matmul with several (or a symbolic number of) activation rows."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
-        try:
-            return self._build(func, params, pad=True)
-        except Exception:  # pylint: disable=broad-except
-            # pad_einsum refuses non-einsum blocks (inlined dequant): predicated row tail instead
-            return self._build(func, params, pad=False)
+        # 1. broadcast form over a transposed weight panel (weight operand is a buffer);
+        # 2. dot form, rows padded (pad_einsum needs an einsum block);
+        # 3. dot form, predicated row tail (inlined dequantization).
+        for variant in ("bcast", "dot_pad", "dot"):
+            try:
+                sch = self._build(func, params, variant)
+            except Exception:  # pylint: disable=broad-except
+                continue
+            if sch is not None:
+                return sch
+        return None
 
-    def _build(self, func: tirx.PrimFunc, params: CPUParams, pad: bool):
+    def _build(self, func: tirx.PrimFunc, params: CPUParams, variant: str):
         sch = s_tir.Schedule(func)
         pat = analyze_matmul(sch)
         if pat is None or pat.is_gemv:
@@ -75,7 +81,108 @@ class DequantGEMM(CPURule):
         if pat is None:
             return None
         panel_block = sch.get_sblock(panel_name) if panel_name else None
-        return schedule_gemm(sch, pat, params, panel_block, pad)
+        if variant == "bcast":
+            return schedule_gemm_bcast(sch, pat, params, panel_block)
+        return schedule_gemm(sch, pat, params, panel_block, pad=variant == "dot_pad")
+
+
+def _pad_rows(sch: s_tir.Schedule, pat, mult: int):
+    """pad_einsum the matmul rows to a multiple of `mult`. Returns (pat, x_pad block or None, consumers)
+    where consumers = [copy-back block] + epilogues."""
+    block = pat.block
+    block_name = sch.get(block).name_hint
+    if len(pat.row_loops) != 1:
+        raise ValueError("padding needs exactly one row axis")
+    row_var = sch.get(pat.row_loops[0]).loop_var
+    padding = [mult if val.same_as(row_var) else 1 for val in _iter_values(sch, block)]
+    if mult not in padding:
+        raise ValueError("row iterator not found")
+    before = {sch.get(b).name_hint for b in _all_blocks(sch)}
+    sch.pad_einsum(block, padding)
+    new = [b for b in _all_blocks(sch) if sch.get(b).name_hint not in before]
+    block = sch.get_sblock(block_name)
+    producers = [b for b in new if _writes_read_by(sch, b, block)]
+    copy_back = [b for b in new if b not in producers and _reads_written_by(sch, b, block)]
+    if len(copy_back) != 1 or len(producers) > 1:
+        raise ValueError("unexpected pad_einsum result")
+    pat = analyze_matmul_after_pad(sch, block, pat)
+    return pat, (producers[0] if producers else None), copy_back + list(pat.epilogues)
+
+
+def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None):
+    """Broadcast form: acc[s_i, n:n+NR] += x[s_i, k] (broadcast) * W_T[k, n:n+NR], weights dequantized (and
+    transposed to [K, N]) into a [Kc, Tn] panel per task and K block; rows padded to MR."""
+    w_core = pat.weight_expr
+    while type(w_core).__name__ == "Cast":
+        w_core = w_core.value
+    if type(w_core).__name__ not in ("TensorLoad", "BufferLoad"):
+        return None
+    k_ext, n_ext = pat.k_extent, pat.n_extent
+    mr, nrv, lanes = params.gemm_bcast_tile()
+    nr = nrv * lanes
+    if n_ext % nr != 0 or k_ext % lanes != 0:
+        return None
+    kc = params.gemm_kc(k_ext, nr)
+    tn = params.gemm_bcast_panel(kc, n_ext, nr)
+
+    if panel_block is None:
+        # plain weight parameter: copy it transposed into the panel
+        w_idx = [i for i, r in enumerate(sch.get(pat.block).reads) if r.source.same_as(w_core.source)]
+        if len(w_idx) != 1:
+            return None
+        panel_block = sch.cache_read(pat.block, w_idx[0], "global")
+    sch.transform_layout(panel_block, ("write", 0), lambda n, k: (k, n))
+
+    exact = isinstance(pat.row_extent, int) and pat.row_extent % mr == 0
+    x_pad = None
+    consumers = list(pat.epilogues)
+    if not exact:
+        pat, x_pad, consumers = _pad_rows(sch, pat, mr)
+    block = pat.block
+
+    sch.reorder(*pat.row_loops, pat.n_loop, pat.k_loop)
+    s_loop = sch.fuse(*pat.row_loops) if len(pat.row_loops) > 1 else pat.row_loops[0]
+    s_o, s_i = sch.split(s_loop, [None, mr], disable_predication=True)
+    n_o, n_m, n_v, n_l = sch.split(pat.n_loop, [None, tn // nr, nrv, lanes])
+    k_c, k_i = sch.split(pat.k_loop, [None, kc])
+    sch.reorder(n_o, k_c, s_o, n_m, k_i, s_i, n_v, n_l)
+    sch.parallel(n_o)
+    sch.unroll(s_i)
+    sch.unroll(n_v)
+    sch.vectorize(n_l)
+    init = sch.decompose_reduction(block, k_c)
+    _vectorize_innermost(sch, init, lanes)
+
+    # weight panel [Kc, Tn]: per K block, dequantized + transposed; gather `pack` k's of `lanes` rows at a
+    # time (one packed word per row) and store `pack` contiguous vectors along n
+    sch.compute_at(panel_block, k_c)
+    p_n, p_k = sch.get_loops(panel_block)[-2:]
+    pack = block_pack_factor(sch, panel_block)
+    pack = pack if 1 < pack <= 16 and kc % pack == 0 else 1
+    pn_c, pn_v = sch.split(p_n, [None, lanes])
+    if pack > 1:
+        pk_w, pk_j = sch.split(p_k, [None, pack])
+        sch.reorder(pk_w, pn_c, pk_j, pn_v)
+        sch.unroll(pk_j)
+    else:
+        sch.reorder(p_k, pn_c, pn_v)
+    sch.vectorize(pn_v)
+
+    if x_pad is not None:
+        schedule_injective_block(sch, x_pad, params)
+    if len(consumers) > 1:
+        try:
+            sch.compute_inline(consumers[0])
+            consumers = consumers[1:]
+        except Exception:  # pylint: disable=broad-except
+            pass
+    for epi in consumers:
+        try:
+            sch.reverse_compute_at(epi, n_o)
+            _vectorize_innermost(sch, epi, lanes)
+        except Exception:  # pylint: disable=broad-except
+            schedule_injective_block(sch, epi, params)
+    return sch
 
 
 def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None, pad: bool = True):

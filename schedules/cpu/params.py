@@ -105,6 +105,7 @@ class CPUParams:
     gemm_rows: int | None = None  # S rows of the GEMM register tile
     gemm_cols: int | None = None  # N columns of the GEMM register tile
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
+    gemm_k_block: int | None = None  # K block of the broadcast-form GEMM
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -188,6 +189,48 @@ class CPUParams:
                 if rows * cols > best[0] * best[1]:
                     best = (rows, cols)
         return best[0], best[1], lanes
+
+    def gemm_bcast_tile(self) -> tuple[int, int, int]:
+        """(MR rows, NR vectors, f32 lanes) of the broadcast-form register tile: MR x NR accumulators, NR
+        weight vectors and one broadcast x must fit the register file."""
+        lanes = self.lanes(32)
+        if self.gemm_rows and self.gemm_cols:
+            return self.gemm_rows, self.gemm_cols, lanes
+        regs = self.num_vector_regs
+        best = (1, 1)
+        for nrv in (4, 2, 1):  # NR a power of two times the lanes: N is a multiple of it
+            for mr in range(8, 0, -1):
+                if mr * nrv + nrv + 1 > regs - 1:
+                    continue
+                if mr * nrv > best[0] * best[1]:
+                    best = (mr, nrv)
+        return best[0], best[1], lanes
+
+    def gemm_kc(self, k: int, nr: int) -> int:
+        """K block: the [Kc, NR] weight micro-panel stays in about half of L1."""
+        if self.gemm_k_block:
+            cap = self.gemm_k_block
+        else:
+            cap = max(16, (self.l1d_bytes * 2 // 3) // (nr * 4))
+        kc = 1
+        for d in range(min(cap, k), 0, -1):
+            if k % d == 0 and (d % 8 == 0 or d == k):
+                kc = d
+                break
+        return kc
+
+    def gemm_bcast_panel(self, kc: int, n: int, nr: int) -> int:
+        """N width of the per-task [Kc, Tn] panel: about half of L2, at least 4 tasks per core."""
+        if self.gemm_panel_rows:
+            cap = self.gemm_panel_rows
+        else:
+            cap = max(nr, (self.l2_bytes // 2) // (kc * 4))
+            cap = min(cap, max(nr, n // max(1, 4 * self.num_cores)))
+        tn = nr
+        for d in range(nr, min(cap, n) + 1, nr):
+            if n % d == 0:
+                tn = d
+        return tn
 
     def gemm_panel(self, k: int, n: int, bytes_per_elem: int = 4) -> int:
         """N rows of the dequantized weight panel [rows, K] kept per parallel task: the panel is

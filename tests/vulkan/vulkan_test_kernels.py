@@ -34,6 +34,7 @@ class Case:
     name: str
     build: Callable[[], tuple]  # -> (IRModule, target dict)
     check: Callable  # (kernels: dict[str, GLSLKernel], device) -> None
+    direct: bool = False  # the IRModule is already lowered device code: skip tvm.compile
 
 
 _compiled: dict[str, tuple] = {}
@@ -44,10 +45,13 @@ def compile_case(case: Case):
     if case.name not in _compiled:
         vkb.register()
         mod, tgt = case.build()
-        target = tvm.target.Target(tgt, host=HOST)
-        with vkb.original_errors():
-            ex = tvm.compile(mod, target=target)
-        _compiled[case.name] = (ex, vkb.kernels_from_module(ex))
+        if case.direct:
+            _compiled[case.name] = (None, vkb.compile_kernels(mod, tvm.target.Target(tgt)))
+        else:
+            target = tvm.target.Target(tgt, host=HOST)
+            with vkb.original_errors():
+                ex = tvm.compile(mod, target=target)
+            _compiled[case.name] = (ex, vkb.kernels_from_module(ex))
     return _compiled[case.name]
 
 
@@ -83,7 +87,7 @@ def _check_elementwise_f32(kernels, dev):
     assert [p.kind for p in k.params] == ["buffer", "buffer", "scalar"]
     for n in (1000, 37, 1):
         a = RNG.standard_normal(n).astype("float32")
-        out = run_kernel(k, [a, np.zeros(n, "float32"), n], dev)[1]
+        out = run_kernel(k, {"a": a, "b": np.zeros(n, "float32"), "n": n}, dev)["b"]
         ref = np.exp(a) * 0.5 + np.sqrt(np.abs(a)) - a / 3.0
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
@@ -104,7 +108,7 @@ def _check_elementwise_f16(kernels, dev):
     k = one(kernels)
     a = RNG.standard_normal(4096).astype("float16")
     b = RNG.standard_normal(4096).astype("float16")
-    out = run_kernel(k, [a, b, np.zeros(4096, "float16")], dev)[2]
+    out = run_kernel(k, {"a": a, "b": b, "c": np.zeros(4096, "float16")}, dev)["c"]
     ref = (a * b + a - b * np.float16(0.5)).astype("float32")
     np.testing.assert_allclose(out.astype("float32"), ref, rtol=5e-3, atol=5e-3)
 
@@ -182,14 +186,14 @@ def _check_math_f32(kernels, dev):
     for name, (_, x, ref_fn) in _UNARY_F32.items():
         k = one(kernels, f"u_{name}_")
         xin = np.resize(x, 256).astype("float32")
-        out = run_kernel(k, [xin, np.zeros(256, "float32")], dev)[1]
+        out = run_kernel(k, {"a": xin, "b": np.zeros(256, "float32")}, dev)["b"]
         ref = _erf(xin) if name == "erf" else ref_fn(xin.astype("float64"))
         assert np.all(np.isfinite(out)), name
         np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6, err_msg=name)
     k = one(kernels, "binary_")
     a = np.resize(np.array([-2.0, -3.0, 2.0, 0.0, 1.5, -0.5, 4.0, 7.25], "float32"), 256)
     b = np.resize(np.array([3.0, 2.0, -1.0, 2.0, 2.0, 3.0, 0.5, -2.0], "float32"), 256)
-    out = run_kernel(k, [a, b, np.zeros((256, 6), "float32")], dev)[2]
+    out = run_kernel(k, {"a": a, "b": b, "c": np.zeros((256, 6), "float32")}, dev)["c"]
     a64, b64 = a.astype("float64"), b.astype("float64")
     np.testing.assert_allclose(out[:, 0], np.power(a64, b64), rtol=1e-5, err_msg="pow (C semantics)")
     np.testing.assert_array_equal(out[:, 1], np.maximum(a, b))
@@ -213,7 +217,7 @@ def _check_math_f16(kernels, dev):
     x = np.linspace(0.01, 4, 256).astype("float16")
     for name, (_, ref_fn) in _UNARY_F16.items():
         k = one(kernels, f"h_{name}_")
-        out = run_kernel(k, [x, np.zeros(256, "float16")], dev)[1].astype("float64")
+        out = run_kernel(k, {"a": x, "b": np.zeros(256, "float16")}, dev)["b"].astype("float64")
         ref = _erf(x) if name == "erf" else ref_fn(x.astype("float64"))
         np.testing.assert_allclose(out, ref, rtol=2e-3, atol=1e-3, err_msg=name)
 
@@ -256,12 +260,56 @@ def _check_intdiv(kernels, dev):
         a[:8] = [-7, 7, -8, 8, -1, 0, -6, 6]
         b = RNG.integers(1, 50, 256).astype(dtype) * RNG.choice([-1, 1], 256).astype(dtype)
         b[:8] = [2, -2, 3, -3, 7, 5, -6, 6]
-        out = run_kernel(k, [a, b, np.zeros((10, 256), dtype)], dev)[2]
+        out = run_kernel(k, {"a": a, "b": b, "out": np.zeros((10, 256), dtype)}, dev)["out"]
         tq = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
         refs = [a // b, a % b, tq, a - tq * b, a // 8, a % 8, a // 6, a % 6,
                 np.sign(a) * (np.abs(a) // 8), np.fmod(a, 6)]  # fmt: skip
         for i, ref in enumerate(refs):
             np.testing.assert_array_equal(out[i], ref, err_msg=f"{dtype} op {i}")
+
+
+def _direct_div_func(dtype: str):
+    """Device code as target.build.vulkan receives it, but with FloorDiv/FloorMod nodes left in
+    (tvm.compile's LowerIntrin would rewrite them into truncdiv/truncmod first)."""
+    c = lambda v: tirx.const(v, dtype)  # noqa: E731
+
+    @T.prim_func
+    def direct_div(a_ptr: T.handle(dtype, "global"), b_ptr: T.handle(dtype, "global"),
+                   out_ptr: T.handle(dtype, "global")):  # fmt: skip
+        T.func_attr({"global_symbol": "direct_div_" + dtype, "tirx.noalias": True, "calling_conv": 2,
+                     "tirx.kernel_launch_params": ["blockIdx.x", "threadIdx.x"]})  # fmt: skip
+        a = T.decl_buffer((256,), dtype, data=a_ptr)
+        b = T.decl_buffer((256,), dtype, data=b_ptr)
+        out = T.decl_buffer((1536,), dtype, data=out_ptr)
+        with T.launch_thread("blockIdx.x", 4) as bx:
+            tx = T.launch_thread("threadIdx.x", 64)
+            out[bx * 64 + tx] = T.floordiv(a[bx * 64 + tx], b[bx * 64 + tx])
+            out[256 + bx * 64 + tx] = T.floormod(a[bx * 64 + tx], b[bx * 64 + tx])
+            out[512 + bx * 64 + tx] = T.floordiv(a[bx * 64 + tx], c(8))
+            out[768 + bx * 64 + tx] = T.floormod(a[bx * 64 + tx], c(8))
+            out[1024 + bx * 64 + tx] = T.floordiv(a[bx * 64 + tx], c(6))
+            out[1280 + bx * 64 + tx] = T.floormod(a[bx * 64 + tx], c(6))
+
+    return direct_div
+
+
+def _build_direct_div():
+    funcs = {f"direct_div_{d}": _direct_div_func(d) for d in ("int8", "int32", "int64")}
+    return tvm.IRModule(funcs), lavapipe()
+
+
+def _check_direct_div(kernels, dev):
+    for dtype in ("int8", "int32", "int64"):
+        k = one(kernels, f"direct_div_{dtype}")
+        hi = {"int8": 127, "int32": 2**30, "int64": 2**40}[dtype]
+        a = RNG.integers(-hi, hi, 256).astype(dtype)
+        a[:8] = [-7, 7, -8, 8, -1, 0, -6, 6]
+        b = (RNG.integers(1, 20, 256) * RNG.choice([-1, 1], 256)).astype(dtype)
+        b[:8] = [2, -2, 3, -3, 7, 5, -6, 6]
+        out = run_kernel(k, {"a": a, "b": b, "out": np.zeros(1536, dtype)}, dev)["out"].reshape(6, 256)
+        refs = [a // b, a % b, a // 8, a % 8, a // 6, a % 6]
+        for i, ref in enumerate(refs):
+            np.testing.assert_array_equal(out[i], ref.astype(dtype), err_msg=f"{dtype} op {i}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,8 +351,10 @@ def _check_small_types(kernels, dev):
     b = RNG.integers(0, 256, 256).astype("uint8")
     m = RNG.integers(0, 2, 256).astype("bool")
     w = RNG.integers(0, 2**32, 256, dtype="uint64").astype("uint32")
-    outs = [np.zeros(256, "float32"), np.zeros(256, "int8"), np.zeros(256, "bool"), np.zeros(256, "uint32")]
-    of, oi8, ob, ou = run_kernel(k, [a, b, m, w] + outs, dev)[4:]
+    outs = {"of": np.zeros(256, "float32"), "oi8": np.zeros(256, "int8"), "ob": np.zeros(256, "bool"),
+            "ou": np.zeros(256, "uint32")}  # fmt: skip
+    res = run_kernel(k, dict(a=a, b=b, m=m, w=w, **outs), dev)
+    of, oi8, ob, ou = (res[n] for n in ("of", "oi8", "ob", "ou"))
     np.testing.assert_array_equal(of, a * 2.0 + b + m + ((w >> 4) & 15))
     np.testing.assert_array_equal(oi8, (a.astype("int32") * 3 + 1).astype("int8"))  # wraps like int8
     np.testing.assert_array_equal(ob, (a > 0) & m)
@@ -326,7 +376,7 @@ def _row_sum(tgt):
 def _check_row_sum(kernels, dev):
     k = one(kernels)
     a = RNG.standard_normal((64, 1024)).astype("float32")
-    out = run_kernel(k, [a, np.zeros(64, "float32")], dev)[1]
+    out = run_kernel(k, {"a": a, "b": np.zeros(64, "float32")}, dev)["b"]
     np.testing.assert_allclose(out, a.astype("float64").sum(1), rtol=1e-4, atol=1e-4)
 
 
@@ -342,11 +392,9 @@ def _check_rmsnorm(kernels, dev):
     k = one(kernels)
     x = RNG.standard_normal((1, 8, 512)).astype("float16")
     w = RNG.standard_normal(512).astype("float16")
-    names = [p.name for p in k.params]  # device kernels take their buffers in TVM's order, not ours
-    vals = {"x_ptr": x, "w_ptr": w}
-    out_name = next(n for n in names if n not in vals)
-    arrays = [vals.get(n, np.zeros((1, 8, 512), "float16")) for n in names]
-    out = run_kernel(k, arrays, dev)[names.index(out_name)].astype("float64")
+    (out_name,) = [p.name for p in k.params if p.name not in ("x_ptr", "w_ptr")]  # topi names the output
+    res = run_kernel(k, {"x": x, "w": w, out_name: np.zeros((1, 8, 512), "float16")}, dev)
+    out = res[out_name].astype("float64")
     x64 = x.astype("float64")
     ref = x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + 1e-5) * w.astype("float64")
     np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2)
@@ -380,7 +428,7 @@ def _check_warp_shuffles(kernels, dev):
     k = one(kernels)
     assert k.subgroup_size == 8
     a = RNG.standard_normal(256).astype("float32")
-    out = run_kernel(k, [a, np.zeros((4, 256), "float32")], dev)[1]
+    out = run_kernel(k, {"a": a, "out": np.zeros((4, 256), "float32")}, dev)["out"]
     g = a.reshape(-1, 8)
     np.testing.assert_allclose(out[0], np.repeat(g.sum(1), 8), rtol=1e-5, atol=1e-5)
     lane = np.arange(256) % 8
@@ -422,9 +470,7 @@ def _check_q4_gemv(kernels, dev):
     for j in range(8):
         w |= q[:, j::8] << np.uint32(4 * j)
     scale = (RNG.random((Q_N, Q_K // 32)) * 0.1).astype("float16")
-    by_name = {"x_ptr": x, "w_ptr": w, "scale_ptr": scale, "y_ptr": np.zeros((1, Q_N), "float32")}
-    names = [p.name for p in k.params]
-    out = run_kernel(k, [by_name[n] for n in names], dev)[names.index("y_ptr")]
+    out = run_kernel(k, {"x": x, "w": w, "scale": scale, "y": np.zeros((1, Q_N), "float32")}, dev)["y"]
     deq = (q.astype("float16") - np.float16(8)) * np.repeat(scale, 32, axis=1)
     ref = (x.astype("float64") @ deq.astype("float64").T).reshape(1, Q_N)
     np.testing.assert_allclose(out, ref, rtol=2e-3, atol=2e-3)
@@ -448,12 +494,11 @@ def _build_matmul_f16():
 def _check_matmul_f16(kernels, dev):
     k = one(kernels)
     assert k.shared_bytes > 0
-    names = [p.name for p in k.params]
     for m in (64, 37):
         a = RNG.standard_normal((m, 128)).astype("float16")
         b = RNG.standard_normal((128, 128)).astype("float16")
-        vals = {"a_ptr": a, "b_ptr": b, "d_ptr": np.zeros((m, 128), "float16"), "m": m}
-        out = run_kernel(k, [vals[n] for n in names], dev)[names.index("d_ptr")].astype("float64")
+        out = run_kernel(k, {"a": a, "b": b, "d": np.zeros((m, 128), "float16"), "m": m}, dev)["d"]
+        out = out.astype("float64")
         ref = a.astype("float64") @ b.astype("float64")
         np.testing.assert_allclose(out, ref, rtol=1e-2, atol=5e-2)
 
@@ -487,7 +532,9 @@ def _check_many_scalars(kernels, dev):
     assert k.flag == vkb.FLAG_USE_UBO
     a = RNG.standard_normal(64).astype("float32")
     ints, floats, longs = [1, 2, 3, 4, 5, -6], [0.5, 0.25, 1.0, -1.0, 2.0, 3.0], [10, 20, 30, 40, 50, 2**33]
-    out = run_kernel(k, [a, np.zeros(64, "float32")] + ints + floats + longs, dev)[1]
+    scalars = dict(zip([f"s{i}" for i in range(6)] + [f"f{i}" for i in range(6)] + [f"l{i}" for i in range(6)],
+                       ints + floats + longs))  # fmt: skip
+    out = run_kernel(k, dict(a=a, out=np.zeros(64, "float32"), **scalars), dev)["out"]
     ref = a * sum(ints) + sum(floats) + np.float32(sum(longs))
     np.testing.assert_allclose(out, ref, rtol=1e-6)
 
@@ -500,6 +547,7 @@ CASES = {
         Case("math_f32", _build_math_f32, _check_math_f32),
         Case("math_f16", _build_math_f16, _check_math_f16),
         Case("intdiv", _build_intdiv, _check_intdiv),
+        Case("floordiv_direct", _build_direct_div, _check_direct_div, direct=True),
         Case("small_types", _build_small_types, _check_small_types),
         Case("reduction_shared", lambda: _row_sum(lavapipe(thread_warp_size=1)), _check_row_sum),
         Case("reduction_warp", lambda: _row_sum(lavapipe(thread_warp_size=8)), _check_row_sum),

@@ -48,8 +48,8 @@ class DT(NamedTuple):
     lanes: int
 
     @property
-    def is_bool(self):
-        return self.code == 1 and self.bits == 1
+    def is_bool(self):  # DLPack kDLBool (6, 8 bits) in this TVM; legacy uint1
+        return self.code == 6 or (self.code == 1 and self.bits == 1)
 
     @property
     def is_float(self):
@@ -62,6 +62,10 @@ class DT(NamedTuple):
     @property
     def is_uint(self):
         return self.code == 1 and self.bits > 1
+
+    @property
+    def is_valid_scalar(self):
+        return self.is_bool or (self.code, self.bits) in _GLSL_SCALAR
 
     @property
     def is_integer(self):
@@ -88,7 +92,7 @@ def expr_dt(e) -> DT:
     return _dt(e.ty.dtype)
 
 
-BOOL = DT(1, 1, 1)
+BOOL = DT(6, 8, 1)
 INT32 = DT(0, 32, 1)
 UINT32 = DT(1, 32, 1)
 FLOAT32 = DT(2, 32, 1)
@@ -417,6 +421,8 @@ class GLSLPrinter:
             raise self.err(f"bfloat{dt.bits} is not supported by the Vulkan back end (legalize it to float32)")
         if dt.code == 3:
             raise self.err("pointer values are not supported in Vulkan kernels")
+        if not dt.is_valid_scalar:
+            raise self.err(f"data type {dt} is not supported by the Vulkan back end")
         if dt.is_float:
             if dt.bits == 16:
                 self.features.add("float16")

@@ -434,12 +434,30 @@ def launch(
     return dev.run(spirv, info, args, launch_args, flag=flag, subgroup_size=subgroup_size)
 
 
-def run_kernel(kernel, args: Sequence, device: VulkanDevice | None = None) -> list[np.ndarray]:
-    """Run a :class:`~.glsl.GLSLKernel` (from :func:`~.build.compile_kernels`, or rebuilt from module
-    metadata by :func:`~.build.kernels_from_module`): the launch arguments are computed from its
-    scalar arguments as the host code would compute them."""
+def run_kernel(kernel, args, device: VulkanDevice | None = None):
+    """Run a :class:`~.glsl.GLSLKernel` (from :func:`~.build.compile_kernels`, or from module
+    metadata via :func:`~.build.kernels_from_module`); the launch arguments are computed from its
+    scalar arguments as the host code would compute them.
+
+    ``args``: a list in the kernel's parameter order, or a dict by parameter name (a buffer may be
+    named without its ``_ptr`` suffix).  Note that device kernels do not keep the parameter order
+    of the PrimFunc they come from (TVM sorts the buffers), so prefer the dict.  Returns the buffer
+    arguments read back: a list (all parameters' positions, scalars included as given) or a dict.
+    """
+    if isinstance(args, dict):
+        ordered, keys = [], []
+        for p in kernel.params:
+            key = p.name if p.name in args else p.name[:-4] if p.name.endswith("_ptr") and p.name[:-4] in args else None
+            if key is None:
+                raise VulkanRuntimeError(f"{kernel.name}: no value for parameter {p.name!r} (have {sorted(args)})")
+            ordered.append(args[key])
+            keys.append(key)
+        out = run_kernel(kernel, ordered, device)
+        return {k: v for k, v, p in zip(keys, out, kernel.params) if p.kind == "buffer"}
     scalars = {p.name: a for p, a in zip(kernel.params, args) if p.kind == "scalar"}
-    return launch(
+    bufs = launch(
         kernel.spirv, kernel.function_info, args, kernel.launch_args(scalars), kernel.flag,
         kernel.subgroup_size, device,
     )  # fmt: skip
+    it = iter(bufs)
+    return [next(it) if p.kind == "buffer" else a for p, a in zip(kernel.params, args)]

@@ -29,12 +29,12 @@ _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
 
 
 def dtype_to_dl(dtype: str) -> tuple[int, int, int]:
-    """'float16' -> (2, 16, 1); 'handle' -> (3, 64, 1); 'bool' -> (1, 1, 1); 'int8x4' -> (0, 8, 4)."""
+    """'float16' -> (2, 16, 1); 'handle' -> (3, 64, 1); 'bool' -> (6, 8, 1); 'int8x4' -> (0, 8, 4)."""
     s = str(dtype)
     if s == "handle":
         return (3, 64, 1)
     if s == "bool":
-        return (1, 1, 1)
+        return (6, 8, 1)  # DLPack kDLBool, as this TVM encodes bool
     m = re.fullmatch(r"(int|uint|float|bfloat)(\d+)(?:x(\d+))?", s)
     if not m:
         raise ValueError(f"cannot encode dtype {dtype!r} as DLDataType")
@@ -44,7 +44,7 @@ def dtype_to_dl(dtype: str) -> tuple[int, int, int]:
 def dl_to_dtype(code: int, bits: int, lanes: int) -> str:
     if code == 3:
         return "handle"
-    if code == 1 and bits == 1:
+    if code == 6 or (code == 1 and bits == 1):
         base = "bool"
     else:
         base = f"{_CODE_NAMES.get(code, f'code{code}_')}{bits}"

@@ -1,0 +1,177 @@
+"""``llama-aot bench``: our packages next to the peers, measured in the same run on identical weights.
+
+For each model (the embedded tiny model; a random-weight model of Llama-3.2-1B shape) and each
+quantization, it compiles (timed), then measures prefill tok/s over a 128-token prompt, decode
+tok/s over the 64 tokens after it and peak RSS, each engine in its own subprocess. Peers:
+PyTorch eager fp32 (transformers) and llama.cpp Q4_0 / f32 when its binaries are built
+(bench/README.md). Decode is also printed as a fraction of the memory roofline:
+weight bytes read per token x tokens/s / measured read bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "models" / "tiny-llama3"
+
+
+def prompt_ids(n: int, vocab: int) -> list[int]:
+    return [(7919 * i + 17) % (vocab - 10) + 5 for i in range(n)]
+
+
+def measure_package(package: Path, prompt_tokens: int, gen_tokens: int, threads: int, reps: int = 2) -> dict:
+    """Run in this process (call it in a subprocess for a clean peak RSS)."""
+    from runtime_stubs.engine import Engine, peak_rss_mb
+
+    engine = Engine(package, num_threads=threads)
+    ids = prompt_ids(prompt_tokens, engine.vocab_size)
+    engine.generate(ids[:8], max_tokens=4, stop_on_eos=False)  # warm-up: page in weights
+    runs = [engine.generate(ids, max_tokens=gen_tokens + 1, stop_on_eos=False) for _ in range(reps)]
+    best = {
+        "prefill_tok_s": max(g.prefill_tokens_per_s for g in runs),
+        "decode_tok_s": max(g.decode_tokens_per_s for g in runs),
+    }
+    best["peak_rss_mb"] = peak_rss_mb()
+    return best
+
+
+def _subprocess_json(args: list[str], env: dict | None = None) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ensure_1b_model(workdir: Path, vocab: int) -> Path:
+    from compiler.frontend.synthetic import llama32_1b_config, write_random_checkpoint
+
+    path = workdir / f"llama3.2-1b-shape-random-v{vocab}"
+    if not (path / "config.json").is_file():
+        print(f"writing random-weight Llama-3.2-1B-shape checkpoint to {path} ...", file=sys.stderr)
+        write_random_checkpoint(path, llama32_1b_config(vocab_size=vocab), dtype="bfloat16", seed=0)
+    return path
+
+
+def compile_timed(model_dir: Path, out: Path, quant: str, threads: int) -> tuple[float, dict]:
+    from compiler.compile import CompileOptions, compile_model
+
+    t0 = time.perf_counter()
+    compile_model(model_dir, out, CompileOptions(quant=quant, num_threads=threads, context_window=1024))
+    seconds = time.perf_counter() - t0
+    return seconds, json.loads((out / "llama-aot.json").read_text())
+
+
+def run(args) -> list[dict]:
+    from bench.bandwidth import measure_read_bandwidth
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    bandwidth = measure_read_bandwidth(threads=args.threads)
+    print(f"memory read bandwidth ({args.threads} threads): {bandwidth:.1f} GB/s", file=sys.stderr)
+    models = {"tiny": TINY, "1b": None}
+    rows: list[dict] = []
+    for model_name in args.models.split(","):
+        model_dir = models[model_name] or ensure_1b_model(workdir, args.vocab)
+        for quant in args.quants.split(","):
+            out = workdir / f"pkg-{model_name}-{quant}"
+            compile_s, cfg = compile_timed(model_dir, out, quant, args.threads)
+            m = _subprocess_json(
+                ["bench.e2e", "_measure", str(out), str(args.prompt), str(args.gen), str(args.threads)]
+            )
+            bytes_per_token = cfg["weights"]["bytes_read_per_decoded_token"]
+            roofline = m["decode_tok_s"] * bytes_per_token / (bandwidth * 1e9)
+            rows.append(
+                {"model": model_name, "engine": "llama-aot", "weights": quant, "compile_s": compile_s,
+                 "roofline_fraction": roofline, **m}
+            )
+            print(rows[-1], file=sys.stderr)
+        rows += _peer_rows(model_name, model_dir, args, workdir)
+    return rows
+
+
+def _peer_rows(model_name: str, model_dir: Path, args, workdir: Path) -> list[dict]:
+    from bench import peers
+
+    rows = []
+    if "torch" in args.peers:
+        m = _subprocess_json(
+            ["bench.peers", "torch", str(model_dir), "--prompt", str(args.prompt), "--gen", str(args.gen),
+             "--threads", str(args.threads)]
+        )
+        rows.append({"model": model_name, "engine": "pytorch-eager", "weights": "fp32", **m})
+        print(rows[-1], file=sys.stderr)
+    if "llamacpp" in args.peers:
+        for qtype in args.llamacpp_types.split(","):
+            gguf = workdir / f"{model_name}-{qtype}.gguf"
+            try:
+                if not gguf.is_file():
+                    f32 = workdir / f"{model_name}-f32.gguf"
+                    if not f32.is_file():
+                        peers.write_gguf(model_dir, f32, outtype="f32")
+                    if qtype != "f32":
+                        peers.quantize_gguf(f32, gguf, qtype)
+                m = peers.measure_llama_cpp(gguf, args.prompt, args.gen, args.threads)
+            except Exception as e:  # a missing peer must not hide our numbers
+                print(f"llama.cpp {qtype}: not measured ({e})", file=sys.stderr)
+                continue
+            if m:
+                rows.append({"model": model_name, "engine": "llama.cpp", "weights": qtype, **m})
+                print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | engine | weights | prefill tok/s | decode tok/s | decode vs llama.cpp Q4_0 | roofline | peak RSS MB | compile s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref = next((x for x in rows if x["model"] == r["model"] and x["engine"] == "llama.cpp" and x["weights"] == "Q4_0"), None)
+        ratio = f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x" if ref else "-"
+        roof = f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "-"
+        comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['engine']} | {r['weights']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
+            f"| {ratio} | {roof} | {r['peak_rss_mb']:.0f} | {comp} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="tiny,1b", help="comma list of: tiny, 1b")
+    p.add_argument("--quants", default="q4f16,q0f32")
+    p.add_argument("--peers", default="torch,llamacpp", help="comma list of: torch, llamacpp (empty: none)")
+    p.add_argument("--llamacpp-types", default="Q4_0,f32")
+    p.add_argument("--vocab", type=int, default=128256, help="vocab of the 1B-shape model")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--gen", type=int, default=64)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--workdir", default=str(ROOT / ".work" / "bench"))
+    p.add_argument("--json-out", default=None)
+
+
+def main(args) -> int:
+    rows = run(args)
+    print(format_table(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "_measure":
+        package, prompt, gen, threads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        print(json.dumps(measure_package(Path(package), prompt, gen, threads)))
+    else:
+        parser = argparse.ArgumentParser(prog="python -m bench.e2e")
+        add_arguments(parser)
+        sys.exit(main(parser.parse_args()))

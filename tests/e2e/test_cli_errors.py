@@ -1,0 +1,99 @@
+"""Bad input: one-line error naming the problem, non-zero exit, no output directory left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compiler.cli import main
+from compiler.frontend.synthetic import write_random_checkpoint
+from model_configs import BASE
+
+
+def _corrupt_header(d):
+    f = d / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[8:20] = b"not json at!"
+    f.write_bytes(bytes(data))
+
+
+def _edit_config(**changes):
+    def edit(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(changes)
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    return edit
+
+
+def _swap_tensor(name, new_shape=None, drop=False, extra=None):
+    def edit(d):
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(str(d / "model.safetensors"))
+        if drop:
+            del tensors[name]
+        elif new_shape:
+            tensors[name] = tensors[name].reshape(-1)[: int(__import__("numpy").prod(new_shape))].reshape(new_shape)
+        if extra:
+            tensors[extra] = tensors[name][:1].copy()
+        save_file(tensors, str(d / "model.safetensors"))
+
+    return edit
+
+
+CASES = {
+    "non_llama": (_edit_config(architectures=["MistralForCausalLM"], model_type="mistral"), [], "Llama"),
+    "missing_tensor": (_swap_tensor("model.layers.1.mlp.up_proj.weight", drop=True), [], "model.layers.1.mlp.up_proj.weight"),
+    "extra_tensor": (_swap_tensor("model.norm.weight", extra="model.layers.9.bogus.weight"), [], "model.layers.9.bogus.weight"),
+    "shape_mismatch": (_swap_tensor("model.layers.0.self_attn.o_proj.weight", new_shape=(64, 128)), [], "o_proj"),
+    "corrupt_header": (_corrupt_header, [], "corrupt"),
+    "unknown_quant": (None, ["--quant", "q3f7"], "q3f7"),
+    "unknown_target": (None, ["--target", "toaster-9000"], "toaster-9000"),
+    "unsupported_dtype": (_edit_config(torch_dtype="int8"), [], "int8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_checkpoint(case, tmp_path, capsys):
+    edit, extra_args, expected = CASES[case]
+    src = write_random_checkpoint(tmp_path / "ckpt", dict(BASE, tie_word_embeddings=True), seed=1)
+    if edit:
+        edit(src)
+    out = tmp_path / "out"
+    code = main(["compile", str(src), "-o", str(out), *extra_args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert err and err[-1].startswith("error: ") and expected in err[-1], err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"], "temporary output left behind"
+
+
+def test_missing_directory_via_console_script(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "compiler.cli", "compile", str(tmp_path / "nope"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
+    assert not out.exists()
+
+
+def test_failed_compile_keeps_previous_output(tmp_path, capsys):
+    """A failing recompile must not destroy or half-overwrite an existing OUT."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "marker").write_text("old")
+    code = main(["compile", str(tmp_path / "missing"), "-o", str(out)])
+    assert code != 0 and (out / "marker").read_text() == "old"
+
+
+def test_run_errors(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nothing"), "--prompt-ids", "1,2"]) != 0
+    assert "does not exist" in capsys.readouterr().err
