@@ -4,6 +4,10 @@ bench/kernels.py. Not used by the rules themselves.
 Weight formats (row n of the [N, K] matrix, group size 32 along K):
 - q4f16: qweight uint32 [N, K/8], nibble j of word w is element 8w+j (low nibble first), value q-8;
          scale float16 [N, K/32].
+- q4f16p ("planar"): same arrays, but within each block of 128 k-values (16 words) value 128b + 16j + i is
+         nibble j of word 16b + i: 16 consecutive k share one nibble position across 16 consecutive words, so
+         a 16-lane vector of k is one contiguous 64-byte load, one shift and one mask (like ggml's Q4_0 split
+         of low/high nibbles), and one group scale.
 - q8f16: qweight int8 [N, K], scale float16 [N, K/32].
 - q0f16: float16 [N, K].   - q0f32: float32 [N, K].
 """
@@ -14,7 +18,8 @@ import numpy as np
 from tvm import te, tirx
 
 GROUP = 32
-SCHEMES = ("q4f16", "q8f16", "q0f16", "q0f32")
+SCHEMES = ("q4f16", "q4f16p", "q8f16", "q0f16", "q0f32")
+PLANAR = 128  # q4f16p: k-block of 16 words x 8 nibbles
 
 
 def _i64(v):
@@ -28,7 +33,7 @@ def weight_placeholders(scheme: str, n: int, k: int) -> list[te.Tensor]:
 
 
 def _weight_specs(scheme: str, n: int, k: int):
-    if scheme == "q4f16":
+    if scheme in ("q4f16", "q4f16p"):
         return [((n, k // 8), "uint32", "qweight"), ((n, k // GROUP), "float16", "scale")]
     if scheme == "q8f16":
         return [((n, k), "int8", "qweight"), ((n, k // GROUP), "float16", "scale")]
@@ -44,6 +49,11 @@ def dequant_expr(scheme: str, params: list[te.Tensor], n, k):
     if scheme == "q4f16":
         qw, sc = params
         nib = (qw[n, k // 8] >> tirx.Cast("uint32", 4 * (k % 8))) & tirx.const(15, "uint32")
+        return (nib.astype("float32") - tirx.const(8, "float32")) * sc[n, k // GROUP].astype("float32")
+    if scheme == "q4f16p":
+        qw, sc = params
+        word = (k // PLANAR) * 16 + k % 16
+        nib = (qw[n, word] >> tirx.Cast("uint32", 4 * ((k % PLANAR) // 16))) & tirx.const(15, "uint32")
         return (nib.astype("float32") - tirx.const(8, "float32")) * sc[n, k // GROUP].astype("float32")
     if scheme == "q8f16":
         qw, sc = params
@@ -124,13 +134,20 @@ def pack_weight(scheme: str, w: np.ndarray) -> tuple[list[np.ndarray], np.ndarra
         q = np.clip(np.round(g / s32), -127, 127).astype(np.int8)
         deq = (q.astype(np.float32) * s32).reshape(n, k)
         return [q.reshape(n, k), scale], deq
-    if scheme == "q4f16":
+    if scheme in ("q4f16", "q4f16p"):
         scale = (amax / 7.0).astype(np.float16)
         s32 = scale.astype(np.float32)[:, :, None]
         q = (np.clip(np.round(g / s32), -8, 7) + 8).astype(np.uint32).reshape(n, k)
         qw = np.zeros((n, k // 8), np.uint32)
-        for j in range(8):
-            qw |= q[:, j::8] << np.uint32(4 * j)
+        if scheme == "q4f16":
+            for j in range(8):
+                qw |= q[:, j::8] << np.uint32(4 * j)
+        else:
+            qb = q.reshape(n, k // PLANAR, 8, 16)  # [n, block, nibble j, word i]
+            words = np.zeros((n, k // PLANAR, 16), np.uint32)
+            for j in range(8):
+                words |= qb[:, :, j, :] << np.uint32(4 * j)
+            qw = words.reshape(n, k // 8)
         deq = ((q.reshape(n, k // GROUP, GROUP).astype(np.float32) - 8) * s32).reshape(n, k)
         return [qw, scale], deq
     raise ValueError(scheme)

@@ -378,10 +378,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=4000, help="total optimizer steps (upper bound if --max-minutes > 0)")
     ap.add_argument("--max-minutes", type=float, default=17.0, help="wall-clock budget of the training loop; 0 = no limit")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
-    ap.add_argument("--warmup-steps", type=int, default=50)
+    ap.add_argument("--warmup-steps", type=int, default=30)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
@@ -453,15 +453,32 @@ def main(argv=None):
     plan: list[tuple[int, int]] = []
     if args.plan:
         plan = [tuple(int(v) for v in item.split(":")) for item in args.plan.split(",")]
-        total_steps = plan[0][1] if plan[0][0] == 0 else args.steps
+        total_steps = args.steps
     else:
         total_steps = args.steps
     probe_from, probe_to = 3, min(15, args.warmup_steps)
 
+    # Cosine progress runs from 0 (end of warmup) to 1 (last step).  A re-plan
+    # at step s keeps the progress reached at s and spreads the rest linearly
+    # over the new remaining steps, so the learning rate stays continuous.
+    anchor = [args.warmup_steps, 0.0]  # (step, progress at that step)
+
+    def progress(step: int) -> float:
+        a_step, a_prog = anchor
+        if step <= a_step:
+            return a_prog if step >= args.warmup_steps else 0.0
+        return min(1.0, a_prog + (1.0 - a_prog) * (step - a_step) / max(1, total_steps - a_step))
+
+    def set_total(step: int, new_total: int):
+        nonlocal total_steps
+        if step > args.warmup_steps:
+            anchor[:] = [step, progress(step)]
+        total_steps = new_total
+
     def lr_at(step: int) -> float:
         if step < args.warmup_steps:
             return args.lr * (step + 1) / args.warmup_steps
-        prog = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+        prog = progress(step)
         return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
 
     max_start = stream.size - (SEQ_LEN + 1)
@@ -478,14 +495,14 @@ def main(argv=None):
         if args.plan:
             for s_at, tot in plan:
                 if s_at == step:
-                    total_steps = tot
+                    set_total(step, tot)
         elif budget_s > 0 and (step == probe_to or (step > probe_to and step % args.replan_every == 0)):
             per_step = (time.time() - t_mark) / (step - step_mark)
             remaining = budget_s - (time.time() - t_train0)
             fit = step + int(max(0.0, remaining) / (per_step * 1.05))
             new_total = max(step + 1, args.warmup_steps + 1, min(args.steps, fit))
             if new_total != total_steps or not plan:
-                total_steps = new_total
+                set_total(step, new_total)
                 plan.append((step, total_steps))
             print(f"timing: {per_step:.3f} s/step -> total_steps = {total_steps}", flush=True)
             t_mark, step_mark = time.time(), step
@@ -597,7 +614,7 @@ nice -n 10 python scripts/train_tiny_model.py --plan {",".join(f"{a}:{b}" for a,
 
 (The step budget was planned from measured step times on a shared CPU: at
 each `step:total` pair the planned total number of steps was set to `total`;
-the cosine decay follows the current planned total.)
+the rest of the cosine decay is stretched/compressed over the new remaining steps.)
 
 Environment: Python {py}, torch {tv} (CPU, {a.threads} threads), transformers
 {tfv}, tokenizers {tokenizers.__version__}.

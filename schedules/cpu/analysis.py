@@ -212,10 +212,8 @@ def analyze_matmul(sch: s_tir.Schedule, infos: list[SBlockInfo] | None = None) -
     w_loads = loads_in(w_side)
     if w_loads:
         biggest = max(w_loads, key=lambda ld: buffer_bytes(ld.source))
-        last = biggest.indices[-1] if biggest.indices else None
-        if last is not None and _type_name(last) == "FloorDiv" and last.a.same_as(k_var):
-            p = static_int(last.b)
-            pack = p if p else 1
+        if biggest.indices:
+            pack = pack_layout(biggest.indices[-1])[0]
 
     return MatmulPattern(
         block=info.block_rv,
@@ -235,19 +233,43 @@ def analyze_matmul(sch: s_tir.Schedule, infos: list[SBlockInfo] | None = None) -
     )
 
 
-def block_pack_factor(sch: s_tir.Schedule, block) -> int:
-    """Elements per word along the last axis for the largest buffer a block reads through ``k // P``
-    (P = 8 for 4-bit values packed in uint32), 1 when it reads it element-wise."""
+def pack_layout(index) -> tuple[int, int]:
+    """How a packed weight's last index maps k to words: returns (P, W) with P values per word and
+    - W == 1 for the sequential layout ``k // P`` (value k is in word k // P);
+    - W > 1 for the planar layout ``(k // (P*W)) * W + k % W`` (W consecutive k in W consecutive words).
+    (1, 1) when the index is k itself or unrecognized."""
+    t = _type_name(index)
+    if t == "FloorDiv":
+        p = static_int(index.b)
+        return (p, 1) if p else (1, 1)
+    if t == "Add":
+        a, b = index.a, index.b
+        if _type_name(a) == "FloorMod":
+            a, b = b, a
+        if _type_name(a) == "Mul" and _type_name(b) == "FloorMod":
+            w1 = static_int(a.b)
+            div = a.a
+            w2 = static_int(b.b)
+            if _type_name(div) == "FloorDiv" and w1 and w2 and w1 == w2:
+                blk = static_int(div.b)
+                if blk and blk % w1 == 0 and div.a.same_as(b.a):
+                    return blk // w1, w1
+    return 1, 1
+
+
+def block_pack_layout(sch: s_tir.Schedule, block) -> tuple[int, int]:
+    """`pack_layout` of the last index of the largest buffer the block reads."""
     stmt = sch.get(block)
     loads = [ld for ld in loads_in(stmt.body) if ld.indices]
     if not loads:
-        return 1
+        return 1, 1
     biggest = max(loads, key=lambda ld: buffer_bytes(ld.source))
-    last = biggest.indices[-1]
-    if _type_name(last) == "FloorDiv":
-        p = static_int(last.b)
-        return p if p else 1
-    return 1
+    return pack_layout(biggest.indices[-1])
+
+
+def block_pack_factor(sch: s_tir.Schedule, block) -> int:
+    """Values per word of the largest buffer the block reads (8 for 4-bit values in uint32), else 1."""
+    return block_pack_layout(sch, block)[0]
 
 
 def inline_producers(sch: s_tir.Schedule, producers: list) -> bool:

@@ -13,6 +13,7 @@ from tvm.target import Target
 from .analysis import dtype_bits, loop_extent, pow2_divisor_at_most
 from .base import CPURule
 from .params import CPUParams
+from .rewrite import exact_nibbles_func
 
 # Below this many output elements a parallel launch costs more than it saves (decode-sized vectors).
 PARALLEL_MIN_ELEMS = 1 << 14
@@ -76,6 +77,8 @@ class Elementwise(CPURule):
     """Every block injective: inline what can be inlined, schedule what remains."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
+        if params.exact_nibble_trick():
+            func = exact_nibbles_func(func)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if not infos:

@@ -33,10 +33,11 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .analysis import analyze_matmul, block_pack_factor, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
+from .analysis import analyze_matmul, block_pack_layout, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
 from .base import CPURule
 from .elementwise import schedule_injective_block
 from .params import CPUParams
+from .rewrite import exact_nibbles_func, extract_from_pattern, has_inlined_weight
 
 
 class DequantGEMM(CPURule):
@@ -56,6 +57,8 @@ class DequantGEMM(CPURule):
         return None
 
     def _build(self, func: tirx.PrimFunc, params: CPUParams, variant: str):
+        if params.exact_nibble_trick():
+            func = exact_nibbles_func(func)
         sch = s_tir.Schedule(func)
         pat = analyze_matmul(sch)
         if pat is None or pat.is_gemv:
@@ -80,6 +83,13 @@ class DequantGEMM(CPURule):
         pat = analyze_matmul(sch)
         if pat is None:
             return None
+        if panel_name is None and variant != "dot" and has_inlined_weight(pat):
+            # dequantization inlined in the reduction: give it its own block (see rewrite.py)
+            sch = s_tir.Schedule(extract_from_pattern(sch, pat))
+            pat = analyze_matmul(sch)
+            if pat is None or not pat.weight_is_intermediate or len(pat.producers) != 1:
+                return None
+            panel_name = sch.get(pat.producers[0]).name_hint
         panel_block = sch.get_sblock(panel_name) if panel_name else None
         if variant == "bcast":
             return schedule_gemm_bcast(sch, pat, params, panel_block)
@@ -125,12 +135,13 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
     kc = params.gemm_kc(k_ext, nr)
     tn = params.gemm_bcast_panel(kc, n_ext, nr)
 
+    # Only for packed weights: the transposing panel gathers one word per row for `pack` values of k; with
+    # one value per load (int8, f16, f32 weights) the gather costs more than the dot form's hsum.
     if panel_block is None:
-        # plain weight parameter: copy it transposed into the panel
-        w_idx = [i for i, r in enumerate(sch.get(pat.block).reads) if r.source.same_as(w_core.source)]
-        if len(w_idx) != 1:
-            return None
-        panel_block = sch.cache_read(pat.block, w_idx[0], "global")
+        return None
+    pack, plane = block_pack_layout(sch, panel_block)
+    if not (1 < pack <= 16 and kc % (pack * plane) == 0):
+        return None
     sch.transform_layout(panel_block, ("write", 0), lambda n, k: (k, n))
 
     exact = isinstance(pat.row_extent, int) and pat.row_extent % mr == 0
@@ -157,15 +168,14 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
     # time (one packed word per row) and store `pack` contiguous vectors along n
     sch.compute_at(panel_block, k_c)
     p_n, p_k = sch.get_loops(panel_block)[-2:]
-    pack = block_pack_factor(sch, panel_block)
-    pack = pack if 1 < pack <= 16 and kc % pack == 0 else 1
     pn_c, pn_v = sch.split(p_n, [None, lanes])
-    if pack > 1:
+    if plane == 1:  # value k in word k // pack: the word is invariant over k % pack
         pk_w, pk_j = sch.split(p_k, [None, pack])
         sch.reorder(pk_w, pn_c, pk_j, pn_v)
-        sch.unroll(pk_j)
-    else:
-        sch.reorder(p_k, pn_c, pn_v)
+    else:  # planar: the word is invariant over (k % (pack*plane)) // plane
+        pk_w, pk_j, pk_i = sch.split(p_k, [None, pack, plane])
+        sch.reorder(pk_w, pk_i, pn_c, pk_j, pn_v)
+    sch.unroll(pk_j)
     sch.vectorize(pn_v)
 
     if x_pad is not None:

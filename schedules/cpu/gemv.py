@@ -24,12 +24,15 @@ from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most,
 from .base import CPURule
 from .elementwise import schedule_injective_block
 from .params import CPUParams
+from .rewrite import exact_nibbles_func
 
 
 class DequantGEMV(CPURule):
     """Matmul with a single activation row (decode), weight dequantization inlined."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
+        if params.exact_nibble_trick():
+            func = exact_nibbles_func(func)
         sch = s_tir.Schedule(func)
         pat = analyze_matmul(sch)
         if pat is None or not pat.is_gemv:
@@ -37,9 +40,9 @@ class DequantGEMV(CPURule):
         if pat.producers:
             if not inline_producers(sch, pat.producers):
                 return None
-            pat = analyze_matmul(sch)
-            if pat is None or pat.producers:
-                return None
+        pat = analyze_matmul(sch)
+        if pat is None or pat.producers:
+            return None
         return schedule_gemv(sch, pat, params)
 
 
@@ -53,12 +56,22 @@ def schedule_gemv(sch: s_tir.Schedule, pat, params: CPUParams) -> s_tir.Schedule
     sch.reorder(*pat.row_loops, pat.n_loop, pat.k_loop)
     n_o, n_i = sch.split(pat.n_loop, [None, rows])
     k_o, k_v = sch.split(pat.k_loop, [None, lanes])
-    sch.reorder(n_o, k_o, n_i, k_v)
+    unroll = largest_divisor_at_most(k_ext // lanes, params.gemv_k_unroll())
+    if unroll > 1:
+        k_o, k_u = sch.split(k_o, [None, unroll])
+        sch.reorder(n_o, k_o, k_u, n_i, k_v)
+    else:
+        k_u = None
+        sch.reorder(n_o, k_o, n_i, k_v)
     out_ndim = len(sch.get(block).writes[0].source.shape)
     rf = sch.rfactor(k_v, out_ndim)
 
     loops = sch.get_loops(rf)
-    r_no, r_ko, r_ni, r_kv = loops[nrows : nrows + 4]
+    if k_u is not None:
+        r_no, r_ko, r_ku, r_ni, r_kv = loops[nrows : nrows + 5]
+        sch.unroll(r_ku)
+    else:
+        r_no, r_ko, r_ni, r_kv = loops[nrows : nrows + 4]
     sch.parallel(r_no)
     sch.reverse_compute_at(block, r_no)
     sch.vectorize(r_kv)

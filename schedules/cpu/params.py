@@ -102,6 +102,8 @@ class CPUParams:
     # --- knobs (None = derive) -------------------------------------------------------------
     gemv_rows: int | None = None  # output rows computed together in the GEMV inner loop
     gemv_lanes: int | None = None  # f32 lanes of one GEMV accumulator (logical vector)
+    magic_convert: bool | None = None  # exact OR-based int4 -> float conversion (default: AVX-512 only)
+    gemv_unroll: int | None = None  # K steps unrolled in the GEMV inner loop (shares group scales)
     gemm_rows: int | None = None  # S rows of the GEMM register tile
     gemm_cols: int | None = None  # N columns of the GEMM register tile
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
@@ -158,6 +160,18 @@ class CPUParams:
         if self.gemv_lanes:
             return self.gemv_lanes
         return max(16, self.lanes(32))
+
+    def exact_nibble_trick(self) -> bool:
+        """Convert 4-bit fields to float with the exact 2**23 OR trick (rewrite.exact_nibble_to_float)? It
+        saves an op where the mask and the OR fuse into one instruction (AVX-512 vpternlogd)."""
+        if self.magic_convert is not None:
+            return bool(self.magic_convert)
+        return self.arch == "x86_64" and self.vector_bits >= 512
+
+    def gemv_k_unroll(self) -> int:
+        """K vector steps per GEMV loop iteration: 2 x 16 lanes cover one 32-wide quantization group, so
+        LLVM loads and converts each row's group scale once."""
+        return self.gemv_unroll or max(1, 32 // self.gemv_vector_lanes())
 
     def gemv_row_tile(self) -> int:
         """Rows per inner GEMV step: each row holds one accumulator plus its unpack temporaries; x is

@@ -281,3 +281,72 @@ def test_aarch64_system_lib_static_link_under_qemu(native_aarch64, reference, tm
     exe = link_system_lib_driver(native_aarch64, package, tmp_path / "run_syslib", "aarch64-linux-gnu-g++")
     out, rows = run_driver(native_aarch64.runner(), exe, package, tmp=tmp_path)
     check_against_reference(out, rows, reference, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# headers and toolchains the phone builds use (clang: NDK and Xcode are clang)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_c_header_is_plain_c99_and_modulemap_imports(tmp_path):
+    need("gcc")
+    src = tmp_path / "use.c"
+    src.write_text('#include "llama_aot.h"\nint f(void) { llama_aot_model* m = 0; return llama_aot_open("x", 0, &m); }\n')
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only",
+                    f"-I{NATIVE / 'include'}", str(src)], check=True)  # fmt: skip
+    need("clang")
+    objc = tmp_path / "use.m"
+    objc.write_text("@import LlamaAot;\nint g(void) { return llama_aot_vocab_size(0); }\n")
+    subprocess.run(["clang", "-fmodules", "-fsyntax-only", f"-fmodule-map-file={NATIVE / 'include/module.modulemap'}",
+                    f"-I{NATIVE / 'include'}", "-x", "objective-c", str(objc)], check=True)  # fmt: skip
+    bridging = tmp_path / "bridge.c"
+    bridging.write_text('#include "LlamaAot-Bridging.h"\n')
+    subprocess.run(["clang", "-fsyntax-only", f"-I{NATIVE / 'include'}", str(bridging)], check=True)
+
+
+def test_clang_compiles_our_sources_and_compat_users_for_aarch64():
+    """Syntax check with clang for aarch64 of our C++ and of the wheel files that include compat/."""
+    need("clang++", "aarch64-linux-gnu-g++")
+    tvm_dir, ffi_dir = native_build.wheel_dirs()
+    rt = tvm_dir / "src" / "runtime"
+    inc = [f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'compat'}", f"-I{NATIVE / 'compat/src/runtime/vm'}",
+           f"-I{NATIVE / 'compat/src/runtime'}", "-isystem", str(tvm_dir / "include"), "-isystem",
+           str(ffi_dir / "include"), "-isystem", str(ffi_dir / "3rdparty/dlpack/include")]  # fmt: skip
+    files = [NATIVE / "src/llama_aot.cc", NATIVE / "src/package.cc", NATIVE / "tools/llama_aot_run.cc",
+             rt / "vm/executable.cc", rt / "tensor.cc", rt / "file_utils.cc", rt / "vm/vm.cc",
+             rt / "vm/paged_kv_cache.cc", rt / "thread_pool.cc"]  # fmt: skip
+    for f in files:
+        res = subprocess.run(["nice", "-n", "19", "clang++", "--target=aarch64-linux-gnu", "-std=c++17", "-fsyntax-only",
+                              "-Wall", "-Wextra", "-Wno-unused-parameter", *inc, str(f)], capture_output=True, text=True)  # fmt: skip
+        ours = [ln for ln in res.stderr.splitlines() if str(NATIVE) in ln and ("error" in ln or "warning" in ln)]
+        assert res.returncode == 0 and not ours, f"{f}:\n{res.stderr[-3000:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# a package from the real compiler (compiler/compile.py), against the Python engine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compiler_package_runs_natively(native_x86, tmp_path):
+    """A pruned (two KV-cache groups), q4f16 package written by `llama-aot compile` gives the same
+    tokens and logits in llama_aot_run as in runtime_stubs.engine.Engine."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from model_configs import CHECKPOINTS
+
+    from compiler.compile import CompileOptions, compile_model
+    from compiler.frontend.synthetic import write_random_checkpoint
+    from runtime_stubs.engine import Engine
+
+    config, opts = CHECKPOINTS["heterogeneous"]
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", config, seed=7, **opts)
+    package = compile_model(ckpt, tmp_path / "pkg", CompileOptions(quant="q4f16", prefill_chunk=16, context_window=256))
+    prompt = list(range(3, 40))  # 37 tokens: three prefill chunks
+    gen = Engine(package).generate(prompt, max_tokens=20, stop_on_eos=False, keep_logits=True)
+    args = [str(native_x86.run), str(package), "--prompt-ids", ",".join(map(str, prompt)), "--max-tokens", "20",
+            "--no-stop-on-eos", "--logits-out", str(tmp_path / "logits.bin")]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["token_ids"] == gen.token_ids
+    rows = np.fromfile(tmp_path / "logits.bin", dtype="<f4").reshape(len(gen.token_ids), -1)
+    np.testing.assert_allclose(rows, np.stack(gen.logits), rtol=0, atol=1e-5)

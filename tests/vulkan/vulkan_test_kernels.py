@@ -293,8 +293,23 @@ def _direct_div_func(dtype: str):
     return direct_div
 
 
+@T.prim_func
+def _direct_math(a_ptr: T.handle("float32", "global"), out_ptr: T.handle("float32", "global")):
+    # math as intrinsic ops (tirx.rsqrt, ...) rather than call_pure_extern("...f")
+    T.func_attr({"global_symbol": "direct_math", "tirx.noalias": True, "calling_conv": 2,
+                 "tirx.kernel_launch_params": ["threadIdx.x"]})  # fmt: skip
+    a = T.decl_buffer((64,), "float32", data=a_ptr)
+    out = T.decl_buffer((256,), "float32", data=out_ptr)
+    tx = T.launch_thread("threadIdx.x", 64)
+    out[tx] = T.rsqrt(a[tx])
+    out[64 + tx] = T.exp2(a[tx])
+    out[128 + tx] = T.fabs(T.float32(0) - a[tx])
+    out[192 + tx] = T.round(a[tx] * T.float32(2))
+
+
 def _build_direct_div():
     funcs = {f"direct_div_{d}": _direct_div_func(d) for d in ("int8", "int32", "int64")}
+    funcs["direct_math"] = _direct_math
     return tvm.IRModule(funcs), lavapipe()
 
 
@@ -310,6 +325,15 @@ def _check_direct_div(kernels, dev):
         refs = [a // b, a % b, a // 8, a % 8, a // 6, a % 6]
         for i, ref in enumerate(refs):
             np.testing.assert_array_equal(out[i], ref.astype(dtype), err_msg=f"{dtype} op {i}")
+    k = one(kernels, "direct_math")
+    a = np.linspace(0.25, 4, 64).astype("float32")
+    a[:4] = [0.25, 0.75, 1.25, 1.75]  # 2a = 0.5, 1.5, 2.5, 3.5: round half to even
+    out = run_kernel(k, {"a": a, "out": np.zeros(256, "float32")}, dev)["out"].reshape(4, 64)
+    a64 = a.astype("float64")
+    np.testing.assert_allclose(out[0], 1 / np.sqrt(a64), rtol=1e-5)
+    np.testing.assert_allclose(out[1], np.exp2(a64), rtol=1e-5)
+    np.testing.assert_array_equal(out[2], a)
+    np.testing.assert_array_equal(out[3], np.round(a * 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +350,7 @@ def _small_types(
     oi8: T.Buffer((256,), "int8"),
     ob: T.Buffer((256,), "bool"),
     ou: T.Buffer((256,), "uint32"),
+    flip: T.bool,
 ):
     T.func_attr({"global_symbol": "small_types", "tirx.noalias": True})
     for bx in T.thread_binding(4, thread="blockIdx.x"):
@@ -337,7 +362,7 @@ def _small_types(
                 + T.Cast("float32", (w[bx * 64 + tx] >> T.uint32(4)) & T.uint32(15))
             )
             oi8[bx * 64 + tx] = a[bx * 64 + tx] * T.int8(3) + T.int8(1)
-            ob[bx * 64 + tx] = a[bx * 64 + tx] > T.int8(0) and m[bx * 64 + tx]
+            ob[bx * 64 + tx] = (a[bx * 64 + tx] > T.int8(0) and m[bx * 64 + tx]) != flip
             ou[bx * 64 + tx] = T.floordiv(w[bx * 64 + tx], T.uint32(7)) + T.floormod(w[bx * 64 + tx], T.uint32(7))
 
 
@@ -353,11 +378,11 @@ def _check_small_types(kernels, dev):
     w = RNG.integers(0, 2**32, 256, dtype="uint64").astype("uint32")
     outs = {"of": np.zeros(256, "float32"), "oi8": np.zeros(256, "int8"), "ob": np.zeros(256, "bool"),
             "ou": np.zeros(256, "uint32")}  # fmt: skip
-    res = run_kernel(k, dict(a=a, b=b, m=m, w=w, **outs), dev)
+    res = run_kernel(k, dict(a=a, b=b, m=m, w=w, flip=True, **outs), dev)
     of, oi8, ob, ou = (res[n] for n in ("of", "oi8", "ob", "ou"))
     np.testing.assert_array_equal(of, a * 2.0 + b + m + ((w >> 4) & 15))
     np.testing.assert_array_equal(oi8, (a.astype("int32") * 3 + 1).astype("int8"))  # wraps like int8
-    np.testing.assert_array_equal(ob, (a > 0) & m)
+    np.testing.assert_array_equal(ob, ~((a > 0) & m))  # flip=True: bool scalar arrives as int32
     np.testing.assert_array_equal(ou, w // 7 + w % 7)
 
 
@@ -547,7 +572,7 @@ CASES = {
         Case("math_f32", _build_math_f32, _check_math_f32),
         Case("math_f16", _build_math_f16, _check_math_f16),
         Case("intdiv", _build_intdiv, _check_intdiv),
-        Case("floordiv_direct", _build_direct_div, _check_direct_div, direct=True),
+        Case("direct_tir", _build_direct_div, _check_direct_div, direct=True),
         Case("small_types", _build_small_types, _check_small_types),
         Case("reduction_shared", lambda: _row_sum(lavapipe(thread_warp_size=1)), _check_row_sum),
         Case("reduction_warp", lambda: _row_sum(lavapipe(thread_warp_size=8)), _check_row_sum),

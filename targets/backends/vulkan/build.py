@@ -9,7 +9,9 @@ kernels up by name at run time.  :func:`register` installs :func:`build_vulkan` 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 import threading
 
 from compiler.errors import LlamaAotError
@@ -38,9 +40,20 @@ def compile_kernels(mod, target, validate: bool = True) -> dict[str, GLSLKernel]
         kcaps = caps if ftarget is None or ftarget.kind.name != "vulkan" else VulkanCaps.from_target(ftarget)
         if name in kernels:
             raise VulkanCodegenError(f"two Vulkan kernels are named '{name}'")
-        k = kernel_to_glsl(func, name, kcaps)
-        k.spirv = compile_glsl(k.source, k.target_env, name, validate=validate)
-        kernels[name] = k
+        kernels[name] = kernel_to_glsl(func, name, kcaps)
+
+    # glslangValidator + spirv-val are subprocesses (~0.2 s per kernel): run them in parallel
+    def _compile(k: GLSLKernel):
+        k.spirv = compile_glsl(k.source, k.target_env, k.name, validate=validate)
+
+    jobs = int(os.environ.get("LLAMA_AOT_VULKAN_JOBS", "0")) or min(8, os.cpu_count() or 1)
+    if jobs > 1 and len(kernels) > 1:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(_compile, k) for k in kernels.values()]:
+                f.result()
+    else:
+        for k in kernels.values():
+            _compile(k)
     return kernels
 
 

@@ -391,7 +391,6 @@ class GLSLPrinter:
         self.subgroup_size = 0
         self.n_buffers = 0
         self.use_ubo = False
-        self.tmp_counter = 0
 
     # -- errors / bookkeeping ------------------------------------------------------------------
 
@@ -411,8 +410,14 @@ class GLSLPrinter:
         vid = var.id_
         if vid not in self.var_names:
             self.keep_alive.append(var)
-            self.var_names[vid] = self.fresh(var.name)
-            self.var_dt[vid] = dt if dt is not None else _dt(var.ty.dtype)
+            dt = dt if dt is not None else _dt(var.ty.dtype)
+            name = self.fresh(var.name)
+            if dt.lanes > 1:  # a vector variable is one scalar per lane: name_l0, name_l1, ...
+                while any(f"{name}_l{i}" in self.used_names for i in range(dt.lanes)):
+                    name = self.fresh(var.name)
+                self.used_names.update(f"{name}_l{i}" for i in range(dt.lanes))
+            self.var_names[vid] = name
+            self.var_dt[vid] = dt
         return self.var_names[vid]
 
     def note_dt(self, dt: DT):
@@ -504,7 +509,7 @@ class GLSLPrinter:
             r += ".0"
         if dt.bits == 64:
             r += "lf"
-        out = r if dt.bits == 32 else f"{T}({r})"
+        out = f"{T}({r})" if dt.bits == 16 else r
         return f"({out})" if v < 0 or r.startswith("-") else out
 
     # -- expressions -----------------------------------------------------------------------------
@@ -1076,6 +1081,12 @@ class GLSLPrinter:
         ext = s.extent
         is_zero = _type_key(s.min) == "ir.IntImm" and s.min.value == 0
         hi = self.E(ext) if is_zero else f"({lo} + {self.E(ext)})"
+        if not (_type_key(ext) in ("ir.IntImm", "ir.Var") and is_zero):
+            # TIR evaluates the extent once; GLSL re-evaluates the condition every iteration
+            hi_name = self.fresh(f"{var.name}_end")
+            self.hoist(f"{T} {hi_name};")
+            self.emit(f"{hi_name} = {hi};")
+            hi = hi_name
         step = s.step
         if step is not None and not (_type_key(step) == "ir.IntImm" and step.value == 1):
             inc = f"{name} += {self.E(step)}"
@@ -1096,7 +1107,10 @@ class GLSLPrinter:
             del self.var_dt[var.id_]
 
     def _while(self, s):
-        self.emit(f"while ({self.E(s.condition)}) {{")
+        cond = self.E(s.condition)
+        if self.pre:
+            raise self.err("a Let expression in a while-loop condition is not supported")
+        self.emit(f"while ({cond}) {{")
         self.indent += 1
         self.S(s.body)
         self.indent -= 1
@@ -1226,7 +1240,7 @@ class GLSLPrinter:
                 arg_types.append("handle")
             elif tk == "ir.PrimType":
                 dt = _dt(ty.dtype)
-                if dt.lanes != 1 or not (dt.is_bool or dt.bits in (32, 64)) or dt.code > 2:
+                if dt.lanes != 1 or not (dt.is_bool or (dt.code <= 2 and dt.bits in (32, 64))):
                     raise self.err(
                         f"scalar parameter '{p.name}' of type {dt}: the Vulkan calling convention passes "
                         "32/64-bit scalars only"

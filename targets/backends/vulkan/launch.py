@@ -65,7 +65,7 @@ class VulkanDevice:
             raise VulkanRuntimeError(f"vkCreateInstance failed ({type(e).__name__}): no Vulkan driver?") from e
         try:
             devices = vk.vkEnumeratePhysicalDevices(self.instance)
-        except vk.VkError as e:
+        except vk.VkError:
             devices = []
         name_filter = name_filter if name_filter is not None else os.environ.get("LLAMA_AOT_VULKAN_DEVICE")
         chosen = None
@@ -107,7 +107,8 @@ class VulkanDevice:
         f11.pNext = f12
         f2 = ffi.new("VkPhysicalDeviceFeatures2*")
         f2.sType = vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2
-        f2.pNext = f11
+        has12 = self.api_version >= vk.VK_MAKE_VERSION(1, 2, 0)  # Vulkan11/12Features structs are 1.2+
+        f2.pNext = f11 if has12 else ffi.NULL
         vk.vkGetPhysicalDeviceFeatures2(chosen, f2)
         e11 = ffi.new("VkPhysicalDeviceVulkan11Features*")
         e11.sType = f11.sType
@@ -116,7 +117,7 @@ class VulkanDevice:
         e11.pNext = e12
         ef = ffi.new("VkPhysicalDeviceFeatures2*")
         ef.sType = f2.sType
-        ef.pNext = e11
+        ef.pNext = e11 if has12 else ffi.NULL
         self.features = {}
         for src, dst, names in (
             (f2.features, ef.features, ("shaderInt64", "shaderInt16", "shaderFloat64")),

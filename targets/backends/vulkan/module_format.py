@@ -218,9 +218,15 @@ def parse_vulkan_module(data: bytes) -> dict[str, VulkanShader]:
 
 
 def spirv_local_size(words: Sequence[int]) -> tuple[int, int, int] | None:
-    """The workgroup size of a compute shader (OpExecutionMode LocalSize), or None."""
+    """The workgroup size of a compute shader, or None.
+
+    ``OpExecutionMode LocalSize x y z`` (SPIR-V <= 1.5 from glslang) or ``OpExecutionModeId
+    LocalSizeId`` with constant ids (SPIR-V 1.6, --target-env vulkan1.3).
+    """
     if len(words) < 5 or words[0] != 0x07230203:
         raise ValueError("not a SPIR-V module (bad magic)")
+    consts: dict[int, int] = {}
+    size_ids = None
     i = 5
     while i < len(words):
         wc, op = words[i] >> 16, words[i] & 0xFFFF
@@ -228,5 +234,11 @@ def spirv_local_size(words: Sequence[int]) -> tuple[int, int, int] | None:
             raise ValueError("malformed SPIR-V (zero word count)")
         if op == 16 and words[i + 2] == 17:  # OpExecutionMode <entry> LocalSize x y z
             return tuple(words[i + 3 : i + 6])
+        if op == 331 and words[i + 2] == 38:  # OpExecutionModeId <entry> LocalSizeId x y z
+            size_ids = words[i + 3 : i + 6]
+        if op == 43 and wc == 4:  # OpConstant <type> <id> <32-bit value>
+            consts[words[i + 2]] = words[i + 3]
         i += wc
+    if size_ids is not None:
+        return tuple(consts[j] for j in size_ids)
     return None

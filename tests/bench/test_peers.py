@@ -1,0 +1,290 @@
+"""bench.peers / bench.bandwidth: GGUF conversion checked against transformers through llama.cpp.
+
+The llama.cpp tests need the built binaries (bench/README.md) and are skipped otherwise; the
+rest (GGUF layout, Q/K permutation, rope factors, bandwidth) run anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import peers
+from bench.bandwidth import measure_read_bandwidth
+from compiler.frontend.synthetic import write_random_checkpoint
+
+from model_configs import CHECKPOINTS
+
+SKIP_REASON = "llama.cpp binaries not built; see bench/README"
+needs_llama_cpp = pytest.mark.skipif(peers.find_llama_cpp() is None, reason=SKIP_REASON)
+
+# Llama 3's pre-tokenizer split (tokenizer.json of meta-llama/Llama-3.*).
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 2024 and we'll compile Llama 3 ahead of time!",
+    "def forward(self, x):\n    return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))\n",
+    "Prefill 128 tokens, then decode 64 more; measure tok/s and peak RSS in MiB.",
+    "Ich habe 3 Äpfel und 12 Birnen gekauft. Nous avons mangé à midi. 東京は大きい都市です。",
+] * 20
+PROMPT_TEXTS = [
+    "Hello world, it's a test.",
+    "  leading spaces and\nnew lines\n\n 12345 numbers 3.14",
+    "Äpfel, Birnen & 東京! We'll see; they're fine.",
+]
+
+
+def write_llama3_style_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A small byte-level BPE trained here, with Llama 3's split regex and BOS template;
+    special tokens at ids 0..3 (ids 1/2/3 = bos/eos/eot, matching model_configs.BASE)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["<|reserved_0|>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 1)]
+    )
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>", "add_bos_token": True,
+    }))
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("peer_models")
+    made = {}
+
+    def get(name: str, tokenizer: bool = True) -> Path:
+        key = (name, tokenizer)
+        if key not in made:
+            config, opts = CHECKPOINTS[name]
+            d = write_random_checkpoint(root / f"{name}-{'tok' if tokenizer else 'notok'}", config, seed=7, **opts)
+            if tokenizer:
+                write_llama3_style_tokenizer(d, config["vocab_size"])
+            made[key] = d
+        return made[key]
+
+    return get
+
+
+def _reader_fields(path: Path) -> dict:
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    out = {}
+    for k, f in r.fields.items():
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            out[k] = [bytes(f.parts[i]).decode() if f.types[-1] == gguf.GGUFValueType.STRING else f.parts[i].tolist()[0]
+                      for i in f.data]
+        elif f.types[0] == gguf.GGUFValueType.STRING:
+            out[k] = bytes(f.parts[f.data[0]]).decode()
+        else:
+            out[k] = f.parts[f.data[0]].tolist()[0]
+    return out, {t.name: t for t in r.tensors}
+
+
+# --------------------------------------------------------------------------- no llama.cpp needed
+
+
+def test_measure_read_bandwidth_quick():
+    t0 = time.perf_counter()
+    bw = measure_read_bandwidth(threads=2, size_bytes=16 << 20, reps=2)
+    assert bw > 0 and math.isfinite(bw)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_permute_qk_interleaves_halves_per_head():
+    n_head, hd, cols = 3, 8, 5
+    w = np.arange(n_head * hd * cols, dtype=np.float32).reshape(n_head * hd, cols)
+    p = peers.permute_qk(w, n_head)
+    for h in range(n_head):
+        for i in range(hd // 2):  # GGML pair (2i, 2i+1) = HF rows (i, i + hd/2) of the same head
+            np.testing.assert_array_equal(p[h * hd + 2 * i], w[h * hd + i])
+            np.testing.assert_array_equal(p[h * hd + 2 * i + 1], w[h * hd + i + hd // 2])
+
+
+def test_rope_factors_match_converter_formula():
+    torch = pytest.importorskip("torch")
+
+    def converter(base, dim, factor, lo, hi, old):  # conversion/llama.py: generate_extra_tensors
+        freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        out = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < old / hi:
+                out.append(1)
+            elif wavelen > old / lo:
+                out.append(factor)
+            else:
+                smooth = (old / wavelen - lo) / (hi - lo)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        return torch.tensor(out, dtype=torch.float32).numpy()
+
+    for args in [(500000.0, 64, 32.0, 1.0, 4.0, 8192), (500000.0, 128, 8.0, 1.0, 4.0, 8192), (500000.0, 32, 8.0, 1.0, 4.0, 64)]:
+        base, dim, *rest = args
+        np.testing.assert_array_equal(peers.llama3_rope_factors(dim, base, *rest), converter(*args))
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_gguf_layout(models_dir, tmp_path, outtype):
+    from compiler.frontend.checkpoint import Checkpoint
+
+    d = models_dir("tied_llama3rope")
+    path = peers.write_gguf(d, tmp_path / "m.gguf", outtype)
+    kv, tensors = _reader_fields(path)
+    cfg = CHECKPOINTS["tied_llama3rope"][0]
+    assert kv["general.architecture"] == "llama"
+    assert kv["llama.block_count"] == cfg["num_hidden_layers"]
+    assert kv["llama.embedding_length"] == cfg["hidden_size"]
+    assert kv["llama.feed_forward_length"] == cfg["intermediate_size"]
+    assert kv["llama.attention.head_count"] == cfg["num_attention_heads"]
+    assert kv["llama.attention.head_count_kv"] == cfg["num_key_value_heads"]
+    assert kv["llama.rope.dimension_count"] == cfg["head_dim"]
+    assert kv["llama.context_length"] == cfg["max_position_embeddings"]
+    assert kv["llama.vocab_size"] == cfg["vocab_size"]
+    assert kv["llama.rope.freq_base"] == cfg["rope_theta"]
+    assert kv["general.file_type"] == (0 if outtype == "f32" else 1)
+    assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "llama-bpe"
+    assert len(kv["tokenizer.ggml.tokens"]) == cfg["vocab_size"]
+    assert kv["tokenizer.ggml.bos_token_id"] == 1
+    assert "output.weight" not in tensors  # tied
+    assert tensors["rope_freqs.weight"].tensor_type.name == "F32"
+    assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == outtype.upper()
+    ck = Checkpoint(d)
+    q = np.asarray(tensors["blk.1.attn_q.weight"].data, dtype=np.float32)
+    k = np.asarray(tensors["blk.1.attn_k.weight"].data, dtype=np.float32)
+    tol = 0 if outtype == "f32" else 1e-3
+    np.testing.assert_allclose(q, peers.permute_qk(ck.read("model.layers.1.self_attn.q_proj.weight"), 4), atol=tol)
+    np.testing.assert_allclose(k, peers.permute_qk(ck.read("model.layers.1.self_attn.k_proj.weight"), 2), atol=tol)
+
+
+def test_gguf_synthetic_vocab_and_untied(models_dir, tmp_path):
+    d = models_dir("untied_bf16_sharded", tokenizer=False)
+    kv, tensors = _reader_fields(peers.write_gguf(d, tmp_path / "m.gguf", "f32"))
+    toks = kv["tokenizer.ggml.tokens"]
+    assert len(toks) == 512 and len(set(toks)) == 512
+    assert toks[1] == "<|bos|>" and toks[2] == "<|eos|>" and kv["tokenizer.ggml.merges"]
+    assert "output.weight" in tensors and "rope_freqs.weight" not in tensors
+
+
+def test_gguf_rejects_nonuniform_layers(models_dir, tmp_path):
+    d = models_dir("heterogeneous", tokenizer=False)
+    with pytest.raises(ValueError, match="identical layers"):
+        peers.write_gguf(d, tmp_path / "m.gguf")
+
+
+def test_unavailable_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv(peers.LLAMA_CPP_ENV, str(tmp_path))
+    assert peers.find_llama_cpp() is None
+    assert peers.measure_llama_cpp(tmp_path / "x.gguf") is None
+    assert "llama.cpp not available" in peers.llama_cpp_unavailable_reason()
+
+
+# --------------------------------------------------------------------------- with llama.cpp
+
+
+@pytest.fixture(scope="module")
+def dumper(tmp_path_factory):
+    tools = peers.find_llama_cpp()
+    if tools is None:
+        pytest.skip(SKIP_REASON)
+    try:
+        return peers.build_logits_dumper(tmp_path_factory.mktemp("dumper"), tools)
+    except FileNotFoundError as e:
+        pytest.skip(f"cannot build the logits dumper: {e}")
+
+
+def _hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def _n_params(model_dir: Path, tied: bool, rope_freqs: int) -> int:
+    from compiler.frontend.checkpoint import Checkpoint
+
+    ck = Checkpoint(model_dir)
+    n = sum(int(np.prod(ck.info(name)[0])) for name in ck.names() if not (tied and name == "lm_head.weight"))
+    return n + rope_freqs
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("name", ["tied_llama3rope", "untied_bf16_sharded"])
+def test_llama_cpp_logits_match_transformers(models_dir, dumper, tmp_path, name):
+    d = models_dir(name)
+    cfg = CHECKPOINTS[name][0]
+    ids = peers.prompt_ids(40, cfg["vocab_size"])  # 40 > original_max_position_embeddings / high_freq_factor
+    ref = _hf_logits(d, ids)
+    scale = float(np.abs(ref).max())
+    for outtype, rtol in (("f32", 1e-5), ("f16", 2e-3)):  # seen: 3e-7, 4e-4 (rope/permute bugs: >5e-3)
+        g = peers.write_gguf(d, tmp_path / f"{name}-{outtype}.gguf", outtype)
+        info = peers.llama_cpp_model_info(dumper, g)
+        rope = cfg["head_dim"] // 2 if cfg.get("rope_scaling") else 0
+        assert info["n_params"] == _n_params(d, cfg.get("tie_word_embeddings", False), rope)
+        assert info["n_vocab"] == cfg["vocab_size"]
+        got = peers.llama_cpp_logits(dumper, g, ids)
+        err = float(np.abs(got - ref).max())
+        assert err < rtol * scale, f"{outtype}: max |llama.cpp - transformers| = {err:.3g}, logit scale {scale:.3g}"
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+@needs_llama_cpp
+def test_llama_cpp_q8_0_close_to_transformers(models_dir, dumper, tmp_path):
+    d = models_dir("tied_llama3rope")
+    ids = peers.prompt_ids(40, 512)
+    ref = _hf_logits(d, ids)
+    f32 = peers.write_gguf(d, tmp_path / "m-f32.gguf", "f32")
+    q8 = peers.quantize_gguf(f32, tmp_path / "m-q8_0.gguf", "Q8_0")
+    got = peers.llama_cpp_logits(dumper, q8, ids)
+    corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
+    assert corr > 0.99, corr
+
+
+@needs_llama_cpp
+def test_llama_cpp_tokenizes_like_hf(models_dir, dumper, tmp_path):
+    from tokenizers import Tokenizer
+
+    d = models_dir("tied_llama3rope")
+    g = peers.write_gguf(d, tmp_path / "m.gguf", "f32")
+    hf = Tokenizer.from_file(str(d / "tokenizer.json"))
+    for text in PROMPT_TEXTS:
+        assert peers.llama_cpp_tokenize(dumper, g, text) == hf.encode(text).ids, text
+
+
+@needs_llama_cpp
+def test_llama_cpp_loads_synthetic_vocab(models_dir, dumper, tmp_path):
+    d = models_dir("untied_bf16_sharded", tokenizer=False)
+    g = peers.write_gguf(d, tmp_path / "m.gguf", "f16")
+    info = peers.llama_cpp_model_info(dumper, g)
+    assert info["n_params"] == _n_params(d, False, 0)
+    ids = peers.llama_cpp_tokenize(dumper, g, "hi\n")
+    assert ids[0] == 1 and len(ids) == 4  # BOS + one byte token each
+
+
+@needs_llama_cpp
+def test_measure_llama_cpp_end_to_end(models_dir, tmp_path):
+    d = models_dir("tied_llama3rope")
+    f32 = peers.write_gguf(d, tmp_path / "m-f32.gguf", "f32")
+    q4 = peers.quantize_gguf(f32, tmp_path / "m-q4_0.gguf", "Q4_0")
+    m = peers.measure_llama_cpp(q4, prompt_tokens=32, gen_tokens=8, threads=2, reps=1)
+    assert m["prefill_tok_s"] > 0 and m["decode_tok_s"] > 0 and m["peak_rss_mb"] > 1
