@@ -15,7 +15,8 @@ Measurement definitions (the same for every engine in the benchmark):
   position only, like ``generate()`` and llama.cpp);
 * decode tok/s: ``gen_tokens`` / time of ``gen_tokens`` one-token steps with the KV cache,
   starting after the ``prompt_tokens``-token prompt (llama-bench: ``tg<gen> @ d<prompt>``);
-* peak RSS in MiB of the process doing the work (``ru_maxrss``).
+* peak RSS in MiB of the process doing the work (its own high-water mark; see
+  :func:`peak_rss_mb_self` for why not ``ru_maxrss``).
 
 CLI (used by bench/e2e.py)::
 
@@ -384,28 +385,74 @@ def _require_tools() -> LlamaCppTools:
     return tools
 
 
-def _run_with_rusage(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> tuple[int, str, str, float]:
-    """Run ``cmd``; return (returncode, stdout, stderr, peak RSS MiB of that child alone).
+def peak_rss_mb_self() -> float:
+    """Peak RSS of this process in MiB, from ``VmHWM`` in /proc/self/status.
 
-    Uses os.wait4 on the child's pid, so the peak is the child's own ``ru_maxrss`` (not the
-    RUSAGE_CHILDREN maximum over every child this process ever had)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                p.returncode = -9
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            time.sleep(0.02)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), ru.ru_maxrss / 1024.0
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux records the pre-exec memory's high-water
+    mark into the process's ``maxrss`` at exec, and after Python's vfork/fork+exec that is the
+    *parent's* peak, so a child of a 1 GiB parent reports >= 1 GiB whatever it really used.
+    ``VmHWM`` belongs to the process's own address space and starts fresh at exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _gnu_time() -> str | None:
+    t = "/usr/bin/time"
+    if os.access(t, os.X_OK):
+        try:
+            ok = subprocess.run([t, "-f", "%M", "-o", os.devnull, "true"], capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+        return t if ok else None
+    return None
+
+
+def _run_with_peak_rss(cmd: list[str], timeout: float | None = None) -> tuple[int, str, str, float]:
+    """Run ``cmd``; return (returncode, stdout, stderr, peak RSS MiB of that command alone).
+
+    With GNU time (``/usr/bin/time -f %M``: the max RSS its own small child reached), else by
+    polling ``VmHWM`` in /proc/<pid>/status every 10 ms (may miss growth in the last 10 ms).
+    Never ``ru_maxrss`` of a direct child of this process: it inherits this process's peak
+    (see :func:`peak_rss_mb_self`)."""
+    with tempfile.TemporaryDirectory() as td:
+        gtime = _gnu_time()
+        rss_file = Path(td) / "maxrss"
+        full = [gtime, "-f", "%M", "-o", str(rss_file), *cmd] if gtime else list(cmd)
+        out_f, err_f = open(Path(td) / "out", "w+b"), open(Path(td) / "err", "w+b")
+        with out_f, err_f:
+            p = subprocess.Popen(full, stdout=out_f, stderr=err_f)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            hwm_kb = 0
+            while p.poll() is None:
+                if not gtime:
+                    try:
+                        with open(f"/proc/{p.pid}/status") as f:
+                            for line in f:
+                                if line.startswith("VmHWM:"):
+                                    hwm_kb = max(hwm_kb, int(line.split()[1]))
+                    except (OSError, ValueError, IndexError):
+                        pass
+                if deadline is not None and time.monotonic() > deadline:
+                    p.kill()
+                    p.wait()
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+                time.sleep(0.01)
+            if gtime:
+                try:
+                    hwm_kb = int(rss_file.read_text().split()[-1])
+                except (OSError, ValueError, IndexError):
+                    hwm_kb = 0
+            out_f.seek(0)
+            err_f.seek(0)
+            return p.returncode, out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace"), hwm_kb / 1024.0
 
 
 def quantize_gguf(src: str | Path, dst: str | Path, qtype: str = "Q4_0", *, pure: bool = False,
@@ -418,7 +465,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str = "Q4_0", *, pure
     cmd = [str(tools.quantize)] + (["--pure"] if pure else []) + [str(src), str(dst), qtype]
     if threads:
         cmd.append(str(threads))
-    rc, out, err, _ = _run_with_rusage(cmd)
+    rc, out, err, _ = _run_with_peak_rss(cmd)
     if rc != 0 or not dst.is_file():
         raise RuntimeError(f"llama-quantize {qtype} failed (exit {rc}):\n{(out + err)[-2000:]}")
     return dst
@@ -426,7 +473,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str = "Q4_0", *, pure
 
 def _llama_bench(tools: LlamaCppTools, gguf_path: Path, args: list[str], threads: int, reps: int) -> tuple[list[dict], float]:
     cmd = [str(tools.bench), "-m", str(gguf_path), "-t", str(threads), "-r", str(reps), "-o", "json", *args]
-    rc, out, err, rss = _run_with_rusage(cmd)
+    rc, out, err, rss = _run_with_peak_rss(cmd)
     if rc != 0:
         raise RuntimeError(f"llama-bench failed (exit {rc}): {' '.join(cmd)}\n{(out + err)[-2000:]}")
     start = out.find("[")
@@ -446,7 +493,8 @@ def measure_llama_cpp(gguf_path: str | Path, prompt_tokens: int = 128, gen_token
     not counted): ``-p prompt_tokens -n 0`` for prefill and ``-p 0 -n gen_tokens -d prompt_tokens``
     for decode after a ``prompt_tokens``-token context, matching the other engines. Returns
     {"prefill_tok_s", "decode_tok_s", "peak_rss_mb", "prefill_stddev", "decode_stddev",
-    "build"}; peak RSS is the larger of the two llama-bench processes' own ``ru_maxrss``.
+    "build"}; peak RSS is the larger of the two llama-bench processes' own peaks
+    (:func:`_run_with_peak_rss`).
     """
     tools = find_llama_cpp()
     if tools is None:
@@ -626,8 +674,6 @@ def measure_torch_inprocess(hf_dir: str | Path, prompt_tokens: int = 128, gen_to
     """transformers LlamaForCausalLM, float32, eager attention, ``threads`` intra-op threads.
     One warm-up (8-token prompt, 2 decode steps), then ``reps`` runs, best of each rate.
     Call it through :func:`measure_torch` (a subprocess) for a meaningful peak RSS."""
-    import resource
-
     import torch
     from transformers import LlamaForCausalLM
 
@@ -645,7 +691,7 @@ def measure_torch_inprocess(hf_dir: str | Path, prompt_tokens: int = 128, gen_to
     return {
         "prefill_tok_s": prefill,
         "decode_tok_s": decode,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb_self(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

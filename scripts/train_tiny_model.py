@@ -377,7 +377,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=4000, help="total optimizer steps (upper bound if --max-minutes > 0)")
-    ap.add_argument("--max-minutes", type=float, default=17.0, help="wall-clock budget of the training loop; 0 = no limit")
+    ap.add_argument("--max-minutes", type=float, default=18.0, help="wall-clock budget of the training loop; 0 = no limit")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)

@@ -12,6 +12,16 @@ from .params import CPUParams
 
 logger = logging.getLogger(__name__)
 
+RULE_ANNOTATION = "llama_aot.schedule_rule"
+
+
+def mark(sch: s_tir.Schedule, block, rule: str) -> None:
+    """Record on a block which rule scheduled it (read by tests and debugging; ignored by lowering)."""
+    try:
+        sch.annotate(block, RULE_ANNOTATION, rule)
+    except Exception:  # pylint: disable=broad-except
+        pass
+
 
 class CPURule(dl.ScheduleRule):
     """A dlight ScheduleRule for LLVM CPU targets.

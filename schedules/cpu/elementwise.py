@@ -11,7 +11,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.target import Target
 
 from .analysis import dtype_bits, loop_extent, pow2_divisor_at_most
-from .base import CPURule
+from .base import CPURule, mark
 from .params import CPUParams
 from .rewrite import exact_nibbles_func
 
@@ -90,4 +90,5 @@ class Elementwise(CPURule):
             return None
         for info in remaining:
             schedule_injective_block(sch, info.block_rv, params)
+            mark(sch, info.block_rv, "cpu.Elementwise")
         return sch

@@ -34,7 +34,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .analysis import analyze_matmul, block_pack_layout, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
-from .base import CPURule
+from .base import CPURule, mark
 from .elementwise import schedule_injective_block
 from .params import CPUParams
 from .rewrite import exact_nibbles_func, extract_from_pattern, has_inlined_weight
@@ -192,6 +192,7 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
             _vectorize_innermost(sch, epi, lanes)
         except Exception:  # pylint: disable=broad-except
             schedule_injective_block(sch, epi, params)
+    mark(sch, block, "cpu.DequantGEMM.bcast")
     return sch
 
 
@@ -270,6 +271,7 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
             sch.reverse_compute_at(epi, r_nm)
         except Exception:  # pylint: disable=broad-except
             schedule_injective_block(sch, epi, params)
+    mark(sch, rf, "cpu.DequantGEMM.dot" + ("_pad" if x_pad is not None or exact else ""))
     return sch
 
 

@@ -21,7 +21,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .analysis import analyze_matmul, inline_producers, largest_divisor_at_most, pow2_divisor_at_most
-from .base import CPURule
+from .base import CPURule, mark
 from .elementwise import schedule_injective_block
 from .params import CPUParams
 from .rewrite import exact_nibbles_func
@@ -83,4 +83,5 @@ def schedule_gemv(sch: s_tir.Schedule, pat, params: CPUParams) -> s_tir.Schedule
             sch.reverse_compute_at(epi, r_no)
         except Exception:  # pylint: disable=broad-except
             schedule_injective_block(sch, epi, params)
+    mark(sch, rf, "cpu.DequantGEMV")
     return sch

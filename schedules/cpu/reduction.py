@@ -18,7 +18,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.target import Target
 
 from .analysis import dtype_bits, loop_extent, pow2_divisor_at_most
-from .base import CPURule
+from .base import CPURule, mark
 from .elementwise import PARALLEL_MIN_ELEMS
 from .params import CPUParams
 
@@ -126,6 +126,7 @@ class RowReduction(CPURule):
                         sch.reorder(k_o, lane)
                         sch.vectorize(lane)
                         sch.decompose_reduction(blk, k_o)
+        mark(sch, last.block_rv, "cpu.RowReduction")
         return sch
 
 

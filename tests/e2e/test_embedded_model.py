@@ -15,7 +15,11 @@ import torch
 from compiler.cli import DEFAULT_MODEL, main
 from reference import dequantized_hf_weights, reference_logits, reference_model
 
-PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    "
+PROMPT = (
+    "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n"
+    "    parser = argparse.ArgumentParser(description=__doc__)\n    args = parser.parse_args(argv)\n"
+    "    for name in sorted(os.listdir(args.path)):\n        "
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     out = {}
     for quant in ("q4f16", "q0f32"):
-        assert main(["compile", str(DEFAULT_MODEL), "-o", str(root / quant), "--quant", quant, "--prefill-chunk", "32"]) == 0
+        assert main(["compile", str(DEFAULT_MODEL), "-o", str(root / quant), "--quant", quant, "--prefill-chunk", "16"]) == 0
         out[quant] = root / quant
     return out
 
@@ -43,7 +47,7 @@ def _prompt_ids(package: Path) -> list[int]:
 
 def test_q0f32_greedy_equals_transformers_generate(packages):
     ids = _prompt_ids(packages["q0f32"])
-    assert len(ids) > 32, "prompt must cross a prefill chunk"
+    assert len(ids) > 32, "prompt must cross prefill chunks and KV pages"
     proc = _cli_run(packages["q0f32"], "--prompt-ids", ",".join(map(str, ids)), "--greedy", "--max-tokens", "12",
                     "--ignore-eos", "--json")
     assert proc.returncode == 0, proc.stderr
