@@ -155,7 +155,8 @@ def write_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f32") -
     wdtype = np.float32 if outtype == "f32" else np.float16
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(out_path, "llama")
+    partial = out_path.with_name(out_path.name + ".partial")  # renamed when complete: no half files
+    w = gguf.GGUFWriter(partial, "llama")
     # -- general + hparams (TextModel.set_gguf_parameters + LlamaModel.set_gguf_parameters)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(hf_dir.name)
@@ -195,7 +196,7 @@ def write_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f32") -
     for name, _, shape, dtype in plan:
         w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
 
-    w.write_header_to_file(out_path)
+    w.write_header_to_file(partial)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for name, hf_name, shape, dtype in plan:
@@ -210,6 +211,7 @@ def write_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f32") -
         w.write_tensor_data(np.ascontiguousarray(data, dtype=dtype))
         del data
     w.close()
+    os.replace(partial, out_path)
     return out_path
 
 
@@ -462,12 +464,15 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str = "Q4_0", *, pure
     tools = _require_tools()
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(tools.quantize)] + (["--pure"] if pure else []) + [str(src), str(dst), qtype]
+    tmp = dst.with_name(dst.name + ".partial")  # renamed when complete: no half files
+    cmd = [str(tools.quantize)] + (["--pure"] if pure else []) + [str(src), str(tmp), qtype]
     if threads:
         cmd.append(str(threads))
     rc, out, err, _ = _run_with_peak_rss(cmd)
-    if rc != 0 or not dst.is_file():
+    if rc != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama-quantize {qtype} failed (exit {rc}):\n{(out + err)[-2000:]}")
+    os.replace(tmp, dst)
     return dst
 
 

@@ -32,9 +32,10 @@ def cpu_rules(target: Target | dict | None = None, params: CPUParams | None = No
         PagedAttentionCPU(params),
         RowReduction(params),
         Elementwise(params),
-        # generic fallbacks from dlight for shapes ours do not take
+        # generic fallback from dlight for matrix-vector shapes ours do not take. (dl.cpu.Reduction is left
+        # out on purpose: on a single-row RMSNorm it parallelizes the elementwise loop around a reduction
+        # into one shared scalar -- a data race; RowReduction covers those functions.)
         dl.cpu.GEMV(),
-        dl.cpu.Reduction(),
     ]
 
 

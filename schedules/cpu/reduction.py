@@ -44,6 +44,8 @@ class RowReduction(CPURule):
         infos = normalize_prim_func(sch)
         if not infos or not infos[-1].is_injective():
             return None
+        if all(_single_row(info) for info in infos if not info.is_injective()):
+            return _schedule_flat(sch, infos, params)
         nrow = None
         for info in infos:
             kinds = info.dom_kind()
@@ -92,7 +94,8 @@ class RowReduction(CPURule):
             lanes = pow2_divisor_at_most(r_ext, params.lanes(max(8, bits)))
             if lanes >= 2 and r_ext > lanes:
                 _, r_v = sch.split(r_loop, [None, lanes])
-                rf = sch.rfactor(r_v, nrow)
+                out_ndim = len(sch.get(info.block_rv).writes[0].source.shape)
+                rf = sch.rfactor(r_v, out_ndim)  # lanes last: contiguous partial sums
                 chain.append(rf)
             chain.append(info.block_rv)
 
@@ -118,21 +121,91 @@ class RowReduction(CPURule):
             if not is_red:
                 _vectorize_inner(sch, blk, params.lanes(bits))
             elif stmt.name_hint.endswith("_rf"):
-                # loops after compute_at: (lane, k_o) -> (k_o, lane), lane vectorized
-                gen = inner[1:]
-                if len(gen) == 2:
-                    lane, k_o = gen
-                    if isinstance(loop_extent(sch, lane), int) and loop_extent(sch, lane) <= 64:
-                        sch.reorder(k_o, lane)
-                        sch.vectorize(lane)
-                        sch.decompose_reduction(blk, k_o)
+                _vectorize_rf(sch, blk)
         mark(sch, last.block_rv, "cpu.RowReduction")
         return sch
 
 
+def _vectorize_rf(sch: s_tir.Schedule, rf) -> None:
+    """rfactor block: put its (static, short) lane loop innermost and vectorize it; init before k_o."""
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+    from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
+
+    stmt = sch.get(rf)
+    vals = list(get_sblockrealize(sch, rf).iter_values)
+    lane = k_o = None
+    for lp in sch.get_loops(rf):
+        var = sch.get(lp).loop_var
+        if loop_extent(sch, lp) == 1:
+            continue
+        for iv, val in zip(stmt.iter_vars, vals):
+            if var in set(collect_vars_used_in_prim_expr(val)):
+                if iv.iter_type == 0 and iv.var.name.startswith("v") and lane is None and _is_rf_axis(iv, stmt):
+                    lane = lp
+                elif iv.iter_type != 0:
+                    k_o = lp
+    if lane is None or k_o is None:
+        return
+    ext = loop_extent(sch, lane)
+    if not isinstance(ext, int) or ext > 64:
+        return
+    sch.reorder(k_o, lane)
+    sch.vectorize(lane)
+    sch.decompose_reduction(rf, k_o)
+
+
+def _is_rf_axis(iv, stmt) -> bool:
+    """The rfactor'ed lane iterator indexes the last axis of the rf buffer."""
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+
+    region = stmt.writes[0].region
+    return bool(region) and iv.var in set(collect_vars_used_in_prim_expr(region[-1].min))
+
+
+def _single_row(info) -> bool:
+    """A reduction whose spatial iterators all have extent 1 (S...SR with unit S)."""
+    kinds = info.dom_kind()
+    if not kinds.endswith("R") or kinds.count("R") != 1:
+        return False
+    return all(isinstance(it.dom, int) and it.dom == 1 for it in info.iters[:-1])
+
+
+def _schedule_flat(sch: s_tir.Schedule, infos, params: CPUParams):
+    """A single row (decode: all row axes are 1 and normalized away): every block stays at the root in order;
+    reductions are vectorized with rfactor, elementwise blocks vectorized. No parallelism (one short row)."""
+    for info in infos:
+        kinds = info.dom_kind()
+        if not info.is_injective():
+            if not _single_row(info) or not isinstance(info.iters[-1].dom, int):
+                return None
+        elif any(c != "S" for c in kinds):
+            return None
+    last_block = None
+    for info in infos:
+        blk = info.block_rv
+        stmt = sch.get(blk)
+        bits = max(8, dtype_bits(stmt.writes[0].source.dtype))
+        lanes = params.lanes(bits)
+        if info.is_injective():
+            _vectorize_inner(sch, blk, lanes)
+            last_block = blk
+            continue
+        r_loop = sch.get_loops(blk)[-1]
+        r_ext = loop_extent(sch, r_loop)
+        v = pow2_divisor_at_most(r_ext, lanes)
+        if v >= 2 and r_ext > v:
+            k_o, k_v = sch.split(r_loop, [None, v])
+            out_ndim = len(stmt.writes[0].source.shape)
+            rf = sch.rfactor(k_v, out_ndim)
+            _vectorize_rf(sch, rf)
+    if last_block is not None:
+        mark(sch, last_block, "cpu.RowReduction")
+    return sch
+
+
 def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
     loops = sch.get_loops(block)
-    if len(loops) <= 1:
+    if not loops:
         return
     inner = loops[-1]
     ext = loop_extent(sch, inner)
