@@ -33,10 +33,13 @@ from schedules import cpu_rules  # noqa: E402
 from schedules.cpu.params import CPUParams  # noqa: E402
 from schedules.reference import dequant_matmul_func, pack_weight  # noqa: E402
 
-GEMV_SHAPES = [  # (scheme, K, N, what)
-    ("q4f16", 2048, 6144, "qkv/gate_up-ish"),
+GEMV_SHAPES = [  # (scheme, K, N, what); q4f16p = the planar nibble layout (schedules/reference.py)
+    ("q4f16", 2048, 6144, "qkv+o-ish"),
+    ("q4f16p", 2048, 6144, "qkv+o-ish, planar"),
     ("q4f16", 8192, 2048, "down_proj"),
+    ("q4f16p", 8192, 2048, "down_proj, planar"),
     ("q4f16", 2048, 16384, "gate_up"),
+    ("q4f16p", 2048, 16384, "gate_up, planar"),
     ("q0f32", 2048, 16384, "gate_up f32"),
 ]
 GEMM_SHAPES = [("q4f16", 2048, 6144), ("q4f16", 8192, 2048), ("q0f32", 2048, 16384)]
@@ -110,7 +113,7 @@ def bench_gemv(target, params, bw_wall, bw_cpu, quick):
     print(f"  {'scheme':7s} {'K':>5s} {'N':>6s} {'MB':>6s} {'ms':>7s} {'GB/s':>6s} {'%bw':>5s} {'cpu GB/s/core':>14s}  ({'%':s} of 1-core bw)")
     rng = np.random.default_rng(0)
     dev = tvm.cpu()
-    for scheme, k, n, what in GEMV_SHAPES[: 2 if quick else None]:
+    for scheme, k, n, what in GEMV_SHAPES[: 4 if quick else None]:
         f = build(dequant_matmul_func(scheme, n, k, 1), target)
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
         packed, deq = pack_weight(scheme, w)

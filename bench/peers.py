@@ -388,22 +388,10 @@ def _require_tools() -> LlamaCppTools:
 
 
 def peak_rss_mb_self() -> float:
-    """Peak RSS of this process in MiB, from ``VmHWM`` in /proc/self/status.
+    """Peak RSS of this process in MiB (VmHWM; see runtime_stubs.engine.peak_rss_mb)."""
+    from runtime_stubs.engine import peak_rss_mb
 
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux records the pre-exec memory's high-water
-    mark into the process's ``maxrss`` at exec, and after Python's vfork/fork+exec that is the
-    *parent's* peak, so a child of a 1 GiB parent reports >= 1 GiB whatever it really used.
-    ``VmHWM`` belongs to the process's own address space and starts fresh at exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_mb()
 
 
 def _gnu_time() -> str | None:

@@ -57,6 +57,18 @@ class Generation:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB.
+
+    Reads VmHWM: on Linux a child's ru_maxrss starts at its parent's peak, which would make a
+    benchmark subprocess report the memory of whoever launched it.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -83,15 +83,23 @@ def wheel_dirs() -> tuple[Path, Path]:
 
 
 def listed_sources() -> dict[str, list[str]]:
-    """The two source lists of sources.cmake (relative to tvm/src/runtime and tvm_ffi/src/ffi)."""
+    """The source lists of sources.cmake: {list name: [paths relative to its wheel directory]}."""
     text = (NATIVE_DIR / "sources.cmake").read_text()
     lists = {}
-    for var in ("LLAMA_AOT_TVM_FFI_SOURCES", "LLAMA_AOT_TVM_RUNTIME_SOURCES"):
-        m = re.search(rf"set\({var}\s*\n(.*?)\)", text, re.S)
-        if not m:
-            raise NativeBuildError(f"sources.cmake: cannot find set({var} ...)")
-        lists[var] = [ln.strip() for ln in m.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    for m in re.finditer(r"set\((LLAMA_AOT_TVM_\w*SOURCES)\s*\n(.*?)\)", text, re.S):
+        lists[m.group(1)] = [ln.strip() for ln in m.group(2).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not any(k.startswith("LLAMA_AOT_TVM_FFI") for k in lists) or len(lists) < 2:
+        raise NativeBuildError("sources.cmake: cannot find the LLAMA_AOT_TVM_*_SOURCES lists")
     return lists
+
+
+def wheel_source_paths() -> list[Path]:
+    tvm_dir, ffi_dir = wheel_dirs()
+    paths = []
+    for name, files in sorted(listed_sources().items()):
+        base = ffi_dir / "src" / "ffi" if name.startswith("LLAMA_AOT_TVM_FFI") else tvm_dir / "src" / "runtime"
+        paths += [base / f for f in files]
+    return paths
 
 
 def _version(pkg_dir: Path) -> str:
@@ -120,11 +128,9 @@ def source_hash(arch: str, options: dict) -> str:
     for p in own:
         h.update(str(p.relative_to(NATIVE_DIR)).encode())
         h.update(p.read_bytes())
-    lists = listed_sources()
-    for rel in lists["LLAMA_AOT_TVM_RUNTIME_SOURCES"]:
-        h.update((tvm_dir / "src" / "runtime" / rel).read_bytes())
-    for rel in lists["LLAMA_AOT_TVM_FFI_SOURCES"]:
-        h.update((ffi_dir / "src" / "ffi" / rel).read_bytes())
+    for p in wheel_source_paths():
+        h.update(str(p).encode())
+        h.update(p.read_bytes())
     h.update(_version(tvm_dir).encode())
     h.update(_version(ffi_dir).encode())
     h.update(str(tvm_dir).encode())

@@ -1,7 +1,9 @@
-# The minimal set of wheel sources that make up libllama_aot_runtime (paths relative to
-# site-packages/tvm/src/runtime and site-packages/tvm_ffi/src/ffi).  runtime_stubs/native_build.py
-# parses these two lists (one file per line) to hash the sources for its build cache: keep the
-# format.  Why each file is needed: docs/runtime.md.
+# The minimal set of wheel sources that make up libllama_aot_runtime.  Lists named
+# LLAMA_AOT_TVM_FFI*_SOURCES are relative to site-packages/tvm_ffi/src/ffi, the other
+# LLAMA_AOT_TVM_*_SOURCES to site-packages/tvm/src/runtime.  Each list is one unity-build group
+# (LLAMA_AOT_UNITY_BUILD): the groups are balanced so that two compile jobs finish together.
+# runtime_stubs/native_build.py parses these lists (one file per line) to hash the sources for its
+# build cache: keep the format.  Why each file is needed: docs/runtime.md.
 
 set(LLAMA_AOT_TVM_FFI_SOURCES
   object.cc
@@ -13,6 +15,9 @@ set(LLAMA_AOT_TVM_FFI_SOURCES
   init_once.cc
   custom_allocator.cc
   backtrace.cc
+)
+
+set(LLAMA_AOT_TVM_FFI_EXTRA_SOURCES
   extra/module.cc
   extra/library_module.cc
   extra/library_module_system_lib.cc
@@ -34,10 +39,16 @@ set(LLAMA_AOT_TVM_RUNTIME_SOURCES
   thread_pool.cc
   threading_backend.cc
   memory/memory_manager.cc
+)
+
+set(LLAMA_AOT_TVM_VM_SOURCES
   vm/builtin.cc
   vm/bytecode.cc
   vm/executable.cc
   vm/vm.cc
+)
+
+set(LLAMA_AOT_TVM_KV_SOURCES
   vm/kv_state.cc
   vm/attn_backend.cc
   vm/paged_kv_cache.cc

@@ -28,7 +28,9 @@ def _leading_s(kinds: str) -> int:
 
 
 class RowReduction(CPURule):
-    """RMSNorm-like: SR reduction blocks feeding a final injective block over the same rows."""
+    """RMSNorm / softmax-like: S..SR reduction blocks (and injective blocks) over the same rows, the last block
+    injective or itself such a reduction. Reductions with a static extent are vectorized (rfactor); with a
+    symbolic extent they stay serial inside the parallel row loop."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
         sch = s_tir.Schedule(func)
@@ -38,13 +40,14 @@ class RowReduction(CPURule):
         if all(info.is_injective() for info in infos):
             return None
         infos = try_inline_contiguous_spatial(sch, infos)
-        if not infos or not infos[-1].is_injective():
+        if not infos:
             return None
         # re-derive infos after inlining (block RVs stay valid)
         infos = normalize_prim_func(sch)
-        if not infos or not infos[-1].is_injective():
+        if not infos:
             return None
-        if all(_single_row(info) for info in infos if not info.is_injective()):
+        last_is_red = not infos[-1].is_injective()
+        if not last_is_red and all(_single_row(info) for info in infos if not info.is_injective()):
             return _schedule_flat(sch, infos, params)
         nrow = None
         for info in infos:
@@ -53,8 +56,6 @@ class RowReduction(CPURule):
                 return None
             if not info.is_injective():
                 if kinds.count("R") != 1 or not kinds.endswith("R") or any(c not in "SR" for c in kinds):
-                    return None
-                if not isinstance(info.iters[-1].dom, int):
                     return None
                 n = len(kinds) - 1
             else:
@@ -70,6 +71,8 @@ class RowReduction(CPURule):
                 if str(a.dom) != str(b.dom):
                     return None
 
+        if last_is_red and len(last.dom_kind()) - 1 != nrow:
+            return None
         last_bits = max(8, dtype_bits(sch.get(last.block_rv).writes[0].source.dtype))
         row_elems = 1
         symbolic_rows = False
@@ -91,7 +94,7 @@ class RowReduction(CPURule):
             r_loop = sch.get_loops(info.block_rv)[-1]
             r_ext = loop_extent(sch, r_loop)
             bits = dtype_bits(sch.get(info.block_rv).writes[0].source.dtype)
-            lanes = pow2_divisor_at_most(r_ext, params.lanes(max(8, bits)))
+            lanes = pow2_divisor_at_most(r_ext, params.lanes(max(8, bits))) if isinstance(r_ext, int) else 1
             if lanes >= 2 and r_ext > lanes:
                 _, r_v = sch.split(r_loop, [None, lanes])
                 out_ndim = len(sch.get(info.block_rv).writes[0].source.shape)
@@ -104,7 +107,8 @@ class RowReduction(CPURule):
         row = sch.fuse(*loops[:nrow]) if nrow > 1 else loops[0]
         if params.num_cores > 1 and (symbolic_rows or (row_elems > 1 and total >= PARALLEL_MIN_ELEMS)):
             sch.parallel(row)
-        _vectorize_inner(sch, last.block_rv, params.lanes(last_bits))
+        if not last_is_red:
+            _vectorize_inner(sch, last.block_rv, params.lanes(last_bits))
 
         # 3. everything else under the row loop
         for blk in reversed(chain):

@@ -211,10 +211,9 @@ void Forward(llama_aot_model* m, const ffi::Function& fn, const int32_t* ids, in
              float* logits_out) {
   const ffi::Shape seq_ids({0});
   const ffi::Shape lengths({n});
-  bool begun = false;
+  bool begun = true;  // from the first begin_forward on, a failure must close the step
   try {
     for (const ffi::Any& c : m->caches) m->f_begin(c, seq_ids, lengths);
-    begun = true;
     tvm::runtime::Tensor ids_t =
         tvm::runtime::Tensor::Empty(ffi::Shape({n}), DLDataType{kDLInt, 32, 1}, m->device);
     ids_t.CopyFromBytes(ids, sizeof(int32_t) * static_cast<size_t>(n));
@@ -260,20 +259,23 @@ void Forward(llama_aot_model* m, const ffi::Function& fn, const int32_t* ids, in
       tvm::runtime::Tensor::CopyToBytes(logits.operator->(), dst, sizeof(float) * static_cast<size_t>(numel));
       if (numel != vocab) std::memcpy(logits_out, tmp.data() + (numel - vocab), sizeof(float) * vocab);
     }
-  } catch (...) {
-    if (begun) {
-      // The caches are mid-forward: close the step and drop the sequence so the handle stays
-      // usable; the caller starts again from an empty sequence.
+  } catch (const std::exception& e) {
+    if (!begun) throw;
+    // The caches are mid-forward: close the step and drop the sequence so the handle stays
+    // usable; the caller starts again from an empty sequence.
+    for (const ffi::Any& c : m->caches) {
       try {
-        for (const ffi::Any& c : m->caches) m->f_end(c);
-      } catch (...) {
-      }
-      try {
-        ResetSequence(m);
+        m->f_end(c);
       } catch (...) {
       }
     }
-    throw;
+    try {
+      ResetSequence(m);
+    } catch (...) {
+    }
+    const StatusError* se = dynamic_cast<const StatusError*>(&e);
+    throw StatusError(se ? se->status : LLAMA_AOT_ERR_RUNTIME,
+                      std::string(e.what()) + " (the sequence was reset to empty)");
   }
 }
 

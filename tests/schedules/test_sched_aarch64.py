@@ -1,0 +1,56 @@
+"""Compile-only: the rules apply for an Android aarch64 target (NEON/dotprod/i8mm) and codegen succeeds."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import pytest
+import tvm
+from sched_helpers import ANDROID, loop_kinds, rules_used, schedule_func
+from tvm.target import Target
+
+from schedules.cpu.params import CPUParams
+from schedules.reference import dequant_matmul_func, embedding_func
+
+TARGET = Target(ANDROID)
+
+
+def test_params_from_android_target():
+    p = CPUParams.from_target(TARGET)
+    assert p.arch == "aarch64" and p.vector_bits == 128 and p.num_vector_regs == 32
+    assert p.lanes(32) == 4 and p.num_cores >= 1
+    # not the host: cache sizes come from the per-arch defaults
+    assert p.l1d_bytes == 64 * 1024
+
+
+CASES = [
+    ("gemv_q4", lambda: dequant_matmul_func("q4f16", 256, 512, 1, epilogue="add"), {"cpu.DequantGEMV"}),
+    ("gemv_q4p", lambda: dequant_matmul_func("q4f16p", 256, 512, 1), {"cpu.DequantGEMV"}),
+    ("gemv_q8", lambda: dequant_matmul_func("q8f16", 256, 512, 1), {"cpu.DequantGEMV"}),
+    ("gemm_q4", lambda: dequant_matmul_func("q4f16", 256, 512, "seq", epilogue="add", separate_dequant=False), {"cpu.DequantGEMM.bcast"}),
+    ("gemm_q0f16", lambda: dequant_matmul_func("q0f16", 256, 512, "seq"), {"cpu.DequantGEMM.dot_pad"}),
+    ("embedding_q4", lambda: embedding_func("q4f16", 300, 256), {"cpu.Elementwise"}),
+]
+
+
+@pytest.mark.parametrize("name,make,rules", CASES, ids=[c[0] for c in CASES])
+def test_android_compile(name, make, rules, tmp_path):
+    mod = schedule_func(make(), TARGET)
+    func = mod["main"]
+    assert rules_used(func) == rules
+    kinds = loop_kinds(func)
+    assert "vectorized" in kinds
+    if not name.startswith("embedding"):
+        assert "parallel" in kinds
+    lib = tvm.compile(mod, target=TARGET)
+    asm = lib.mod.inspect_source("asm")
+    assert "fmla" in asm or name.startswith("embedding"), "no NEON FMA in the generated code"
+    assert ".4s" in asm  # 128-bit NEON vectors
+    path = os.path.join(tmp_path, f"{name}.tar")
+    lib.export_library(path, fcompile=tvm.support.tar.tar)
+    with tarfile.open(path) as tar:
+        objs = [m for m in tar.getmembers() if m.name.endswith(".o")]
+        assert objs
+        head = tar.extractfile(objs[0]).read(20)
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64

@@ -1,0 +1,109 @@
+"""Parallel heads in the paged-KV-cache CPU attention kernels: same outputs as TVM's serial kernels (and a numpy
+reference), the head loop parallel, and the prefill kernel picked up by cpu_rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from sched_helpers import host_target, schedule_module
+from tvm.relax.frontend.nn.llm import kv_cache as kvc
+
+from schedules.cpu.attention import ParallelizeCPUAttention, parallelize_attention
+
+TARGET = host_target()
+HQ, HKV, D, PAGE = 4, 2, 32, 16
+
+
+def _build(func):
+    name = str(func.attrs["global_symbol"])
+    return tvm.compile(tvm.IRModule({name: func}), target=TARGET)[name]
+
+
+def _pages(rng, num_pages=4):
+    return rng.standard_normal((num_pages, 2, HKV, PAGE, D)).astype(np.float32)
+
+
+def _reference(q, pages, page_ids, kv_len, sm_scale, causal_offset=None):
+    """q [n, HQ, D] attends to the first kv_len rows of the sequence's pages; causal when causal_offset is given
+    (query i sees rows < causal_offset + i + 1)."""
+    rows_k = np.concatenate([pages[p, 0] for p in page_ids], axis=1)[:, :kv_len]  # [HKV, L, D]
+    rows_v = np.concatenate([pages[p, 1] for p in page_ids], axis=1)[:, :kv_len]
+    out = np.zeros_like(q)
+    for i in range(q.shape[0]):
+        for h in range(HQ):
+            s = rows_k[h // (HQ // HKV)] @ q[i, h] * sm_scale
+            if causal_offset is not None:
+                s[causal_offset + i + 1 :] = -np.inf
+            p = np.exp(s - s.max())
+            out[i, h] = (p / p.sum()) @ rows_v[h // (HQ // HKV)]
+    return out
+
+
+def test_decode_parallel_heads_bit_identical():
+    f = kvc._attention_decode_cpu(HKV, HQ, D, "float32", False, {})
+    g = parallelize_attention(f)
+    assert g is not None and "T.parallel(" in g.script()
+    assert parallelize_attention(g) is None  # idempotent
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    pages = _pages(rng)
+    page_ids, last = [2, 0, 1], 5
+    kv_len = (len(page_ids) - 1) * PAGE + last
+    q = rng.standard_normal((1, HQ, D)).astype(np.float32)
+    sm = 1.0 / np.sqrt(D)
+    fns = (_build(f), _build(g))
+    for rotary_mode in (0, 1):  # 1: RoPE applied inside the kernel (the inlined float Let)
+        outs = []
+        for fn in fns:
+            o = tvm.runtime.tensor(np.zeros((1, HQ, D), np.float32), dev)
+            lse = tvm.runtime.tensor(np.zeros((1, HQ), np.float32), dev)
+            args = [q, pages, np.array([0, 3], np.int32), np.array(page_ids, np.int32), np.array([last], np.int32),
+                    np.array([0], np.int32), np.array([kv_len], np.int32)]
+            fn(*[tvm.runtime.tensor(a, dev) for a in args], o, lse, rotary_mode, 1.0, 1e4, float(sm))
+            outs.append((o.numpy(), lse.numpy()))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        if rotary_mode == 0:
+            np.testing.assert_allclose(outs[1][0][0], _reference(q[0:1], pages, page_ids, kv_len, sm)[0], atol=1e-5)
+
+
+def test_prefill_parallel_heads_bit_identical():
+    f = kvc._attention_prefill_cpu(HKV, HQ, D, "float32", False, {})
+    g = parallelize_attention(f)
+    assert g is not None and "T.parallel(" in g.script()
+    rng = np.random.default_rng(1)
+    dev = tvm.cpu()
+    pages = _pages(rng)
+    page_ids, last = [3, 1], 7
+    kv_len = PAGE + last
+    n = 5  # the last 5 tokens of the sequence are the queries (causal)
+    q = rng.standard_normal((n, HQ, D)).astype(np.float32)
+    sm = 1.0 / np.sqrt(D)
+    outs = []
+    for fn in (_build(f), _build(g)):
+        o = tvm.runtime.tensor(np.zeros((n, HQ, D), np.float32), dev)
+        lse = tvm.runtime.tensor(np.zeros((n, HQ), np.float32), dev)
+        args = [q, np.array([0, n], np.int32), pages, np.array([0, 2], np.int32), np.array(page_ids, np.int32),
+                np.array([last], np.int32), np.array([0], np.int32), np.arange(kv_len - n, kv_len, dtype=np.int32)]
+        fn(*[tvm.runtime.tensor(a, dev) for a in args], o, lse, 1, 0, 1.0, 1e4, float(sm))
+        outs.append(o.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[1], _reference(q, pages, page_ids, kv_len, sm, causal_offset=kv_len - n), atol=1e-5)
+
+
+def test_applied_by_rules_and_pass():
+    pre = kvc._attention_prefill_cpu(HKV, HQ, D, "float32", False, {})
+    dec = kvc._attention_decode_cpu(HKV, HQ, D, "float32", False, {})
+    mod = tvm.IRModule({"prefill": pre, "decode": dec})
+    ruled = schedule_module(mod, TARGET)
+    assert "T.parallel(" in ruled["prefill"].script()  # via cpu_rules (PagedAttentionCPU)
+    assert "T.parallel(" not in ruled["decode"].script()  # marked scheduled: ApplyDefaultSchedule skips it
+    passed = ParallelizeCPUAttention()(ruled)
+    assert "T.parallel(" in passed["decode"].script()
+    assert passed["prefill"].same_as(ruled["prefill"])  # already done, left alone
+
+
+@pytest.mark.parametrize("maker", [lambda: kvc._attention_prefill_ragged_cpu(HKV, HQ, D, D, "float32", {}), lambda: kvc._merge_state_inplace_cpu("float32")])
+def test_unknown_kernels_untouched(maker):
+    assert parallelize_attention(maker()) is None

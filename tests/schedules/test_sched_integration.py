@@ -1,0 +1,85 @@
+"""The quantization room's Relax ops (compiler.quantization) through the lead's pipeline (compiler.pipeline):
+every dequant matmul / gather lands on our rules, and the numbers match the scheme's own dequantization.
+Skipped when those packages are not importable (they are developed alongside)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from sched_helpers import host_target, rel_err, rules_used
+from tvm import relax, tirx
+from tvm.relax.frontend import nn
+
+quant = pytest.importorskip("compiler.quantization")
+pipeline = pytest.importorskip("compiler.pipeline")
+try:
+    from compiler.quantization.embedding import QuantizedEmbedding
+    from compiler.quantization.linear import QuantizedLinear
+except ImportError as err:  # pragma: no cover
+    pytest.skip(f"quantization ops not available: {err}", allow_module_level=True)
+
+N, K, V = 192, 256, 300
+TARGET = host_target()
+
+
+class Tiny(nn.Module):
+    def __init__(self, scheme):
+        self.lin = QuantizedLinear(K, N, scheme, "float32")
+        self.emb = QuantizedEmbedding(V, K, scheme, "float32")
+
+    def prefill(self, x, r):
+        return self.lin(x) + r
+
+    def decode(self, x, r):
+        return self.lin(x) + r
+
+    def embed(self, ids):
+        return self.emb(ids)
+
+    def lm_head(self, x):
+        return self.emb.lm_head_forward(x)
+
+
+@pytest.mark.parametrize("name", ["q4f16", "q8f16", "q0f16", "q0f32"])
+def test_quantized_ops_through_pipeline(name):
+    scheme = quant.get_scheme(name)
+    spec = {
+        "prefill": {"x": nn.spec.Tensor([1, "seq", K], "float32"), "r": nn.spec.Tensor([1, "seq", N], "float32")},
+        "decode": {"x": nn.spec.Tensor([1, 1, K], "float32"), "r": nn.spec.Tensor([1, 1, N], "float32")},
+        "embed": {"ids": nn.spec.Tensor(["seq"], "int32")},
+        "lm_head": {"x": nn.spec.Tensor([1, 1, K], "float32")},
+    }
+    mod, params = Tiny(scheme).export_tvm(spec=spec)
+    passes = pipeline.pass_list(TARGET)
+    upto = [i for i, (n, _) in enumerate(passes) if n == "ApplySchedules"][0] + 1
+    with TARGET:
+        scheduled = tvm.transform.Sequential([p for _, p in passes[:upto]])(mod)
+    used = set()
+    for _, f in scheduled.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            used |= rules_used(f)
+    assert {"cpu.DequantGEMV", "cpu.Elementwise"} <= used, used
+    assert any(u.startswith("cpu.DequantGEMM") for u in used), used
+
+    ex = tvm.compile(mod, TARGET, relax_pipeline=pipeline.build_pipeline(TARGET))
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(ex, dev)
+    rng = np.random.default_rng(0)
+    w_lin = (rng.standard_normal((N, K)) * 0.1).astype(np.float32)
+    w_emb = (rng.standard_normal((V, K)) * 0.1).astype(np.float32)
+    packed = {"lin": scheme.pack(w_lin), "emb": scheme.pack(w_emb)}
+    args = [tvm.runtime.tensor(packed[p.split(".")[0]][p.split(".")[1]], dev) for p, _ in params]
+    deq_lin = scheme.dequantize(packed["lin"]).astype(np.float64)
+    deq_emb = scheme.dequantize(packed["emb"]).astype(np.float64)
+    for fn, s in (("prefill", 7), ("decode", 1)):
+        x = rng.standard_normal((1, s, K)).astype(np.float32)
+        r = rng.standard_normal((1, s, N)).astype(np.float32)
+        y = vm[fn](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(r, dev), *args).numpy()
+        assert rel_err(y, x @ deq_lin.T + r) < 1e-5, fn
+    ids = rng.integers(0, V, size=5).astype(np.int32)
+    e = vm["embed"](tvm.runtime.tensor(ids, dev), *args).numpy()
+    np.testing.assert_array_equal(e, deq_emb[ids].astype(np.float32))
+    x = rng.standard_normal((1, 1, K)).astype(np.float32)
+    logits = vm["lm_head"](tvm.runtime.tensor(x, dev), *args).numpy()
+    assert rel_err(logits, x @ deq_emb.T) < 1e-5
