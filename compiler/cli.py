@@ -21,6 +21,10 @@ def _cmd_compile(args) -> int:
 
     options = CompileOptions(
         target=args.target,
+        soc=args.soc,
+        device=args.device,
+        system_lib_prefix=args.system_lib_prefix,
+        force_memory=args.force_memory,
         quant=args.quant,
         context_window=args.context_window,
         prefill_chunk=args.prefill_chunk,
@@ -112,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a Hugging Face Llama 3 checkpoint into a package")
     c.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
     c.add_argument("-o", "--output", required=True, help="package directory to write")
-    c.add_argument("--target", default="host", help="target (default: host)")
+    c.add_argument("--target", default="host", help="host (this CPU) or vulkan (this CPU + its Vulkan device)")
+    c.add_argument("--soc", default=None, help="build for a phone SoC from `llama-aot targets` (or a .toml path)")
+    c.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
+    c.add_argument("--system-lib-prefix", default=None, help="symbol prefix of a phone library (default: from the model dir)")
+    c.add_argument("--force-memory", action="store_true", help="build even if the memory plan exceeds the SoC's memory")
     c.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16 or q4f16 (default q4f16)")
     c.add_argument("--context-window", type=int, default=None, help="max tokens per sequence")
     c.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")

@@ -27,30 +27,25 @@ PAGE_SIZE = 16
 
 @dataclass(frozen=True)
 class CompileOptions:
-    target: str = "host"
+    target: str = "host"  # "host" | "vulkan"; ignored when soc is set
+    soc: str | None = None  # a SoC from the registry (or a path to its .toml)
+    device: str | None = None  # cpu | gpu | opencl | vulkan | metal
     quant: str = "q4f16"
     context_window: int | None = None  # default: min(max_position_embeddings, 4096)
     prefill_chunk: int = 128
     keep_embedding_precision: bool = False
     num_threads: int | None = None
-    force: bool = True
-
-
-def resolve_target(name: str, num_threads: int | None):
-    """Target name -> (tvm Target, description dict)."""
-    from tvm.target import Target
-
-    from targets.host import host_target_dict
-
-    if name == "host":
-        d = host_target_dict(num_threads)
-        return Target(d), {"name": "host", "device": "cpu", "tvm_host": d}
-    raise LlamaAotError(f"unknown target {name!r}; use --target host (see `llama-aot targets`)")
+    system_lib_prefix: str | None = None  # phones: symbol prefix so several models link into one app
+    force_memory: bool = False  # build even when the memory plan exceeds the SoC's usable memory
+    force: bool = True  # replace an existing OUT
 
 
 def compile_model(model_dir: str | Path, out: str | Path, options: CompileOptions = CompileOptions()) -> Path:
     import tvm
 
+    from . import build_target
+    from .export import export_executable, platform_of
+    from .memory_plan import memory_plan
     from .model.llama import LlamaForCausalLM
     from .model.weights import converted_params, weight_plan
     from .pipeline import build_pipeline
@@ -60,11 +55,12 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     spec = load_spec(model_dir)
     scheme = get_scheme(options.quant)
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
-    target, target_info = resolve_target(options.target, options.num_threads)
+    bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads)
+    target = bt.tvm_target()
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
-    dtype = "float32"  # activation dtype on CPU targets: x86/arm CPUs gain nothing from f16 math here
+    dtype = bt.activation_dtype
 
     with Checkpoint(model_dir) as checkpoint:
         checkpoint.validate(spec)
@@ -73,15 +69,31 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
         param_shapes = {n: tuple(int(d) for d in p.shape) for n, p in named_params}
+        weight_bytes = sum(int(np.prod(param_shapes[n])) * np.dtype(param_dtypes[n]).itemsize for n in param_names)
+        plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE)
+        if bt.soc is not None:
+            usable = bt.soc.usable_memory_bytes
+            plan_mem["usable_bytes"] = usable
+            if plan_mem["peak_bytes"] > usable and not options.force_memory:
+                raise LlamaAotError(
+                    f"the model needs {plan_mem['peak_bytes'] / 1e9:.2f} GB at context {context_window} but "
+                    f"{bt.soc.name} has about {usable / 1e9:.2f} GB usable; use a smaller --quant or "
+                    f"--context-window, or --force-memory"
+                )
+        platform = platform_of(bt.host)
+        if platform != "host":
+            prefix = options.system_lib_prefix or _symbol_prefix(model_dir.name)
+            mod = mod.with_attr("system_lib_prefix", prefix)
 
         with atomic_output_dir(Path(out), overwrite=options.force) as tmp:
-            with tqdm(total=1, desc="compile (Relax -> TIR -> llvm)", unit="lib", leave=False) as bar:
+            with tqdm(total=1, desc=f"compile for {bt.name} ({bt.device_api or 'cpu'})", unit="lib", leave=False) as bar:
                 t0 = time.perf_counter()
-                executable = tvm.compile(mod, target, relax_pipeline=build_pipeline(target))
-                (tmp / "lib").mkdir()
-                executable.export_library(str(tmp / "lib" / "model.so"))
+                executable = _compile(tvm, mod, target, build_pipeline(target))
+                library = export_executable(executable, tmp / "lib", bt.host)
                 build_seconds = time.perf_counter() - t0
                 bar.update(1)
+            if platform != "host":
+                library["system_lib_prefix"] = prefix
 
             plan = weight_plan(spec, scheme, head_scheme)
             stream = converted_params(checkpoint, plan, param_names, param_dtypes)
@@ -89,7 +101,6 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 tmp, _checked(tqdm(stream, total=len(param_names), desc="convert weights", unit="tensor"), param_shapes)
             )
             tokenizer_files = copy_tokenizer(model_dir, tmp)
-            weight_bytes = sum(e["nbytes"] for e in entries)
             # per decoded token every weight is read once, except the embedding table (one row)
             embed_bytes = sum(e["nbytes"] for e in entries if e["name"].startswith("embed_tokens."))
             per_token = weight_bytes - (0 if spec.tie_word_embeddings else embed_bytes)
@@ -102,12 +113,14 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
                 },
                 "activation_dtype": dtype,
-                "target": target_info,
+                "target": bt.describe(),
                 "context_window": context_window,
                 "prefill_chunk": options.prefill_chunk,
                 "weights": {"bytes": weight_bytes, "bytes_read_per_decoded_token": per_token},
+                "memory_plan": plan_mem,
+                "library": library,
                 "runtime": {
-                    "library": "lib/model.so",
+                    "library": library.get("library") or library.get("shared_library"),
                     "params_manifest": MANIFEST,
                     "num_kv_caches": len(model.groups),
                     "kv_cache_layers": [ids for _, ids in model.groups],
@@ -129,6 +142,22 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             with open(tmp / PACKAGE_CONFIG, "w") as f:
                 json.dump(config, f, indent=1)
     return Path(out)
+
+
+def _compile(tvm, mod, target, pipeline):
+    """tvm.compile, with codegen errors of our back ends surfacing as one-line user errors."""
+    if target.kind.name == "vulkan":
+        from targets.backends import vulkan
+
+        with vulkan.original_errors():
+            return tvm.compile(mod, target, relax_pipeline=pipeline)
+    return tvm.compile(mod, target, relax_pipeline=pipeline)
+
+
+def _symbol_prefix(name: str) -> str:
+    """A C-identifier prefix from the model directory's name, e.g. 'tiny_llama3_'."""
+    cleaned = "".join(c if c.isalnum() else "_" for c in name).strip("_") or "model"
+    return (cleaned if not cleaned[0].isdigit() else f"m_{cleaned}") + "_"
 
 
 def _checked(stream, shapes: dict[str, tuple[int, ...]]):

@@ -28,6 +28,7 @@ def _schedule_rules(target: tvm.target.Target) -> list:
 
 def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]:
     """The ordered passes, each with the one-line reason it is there."""
+    gpu = target.kind.name != "llvm"
     return [
         ("DispatchSampling", relax.backend.DispatchSampling()),  # lower sampling ops to TIR kernels
         ("LegalizeOps", relax.transform.LegalizeOps()),  # every high-level op -> a TIR PrimFunc
@@ -37,6 +38,12 @@ def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]
         ("FuseTIR", relax.transform.FuseTIR()),  # one PrimFunc per group: no intermediate tensors in memory
         ("DeadCodeElimination", relax.transform.DeadCodeElimination()),  # drop unused PrimFuncs before scheduling
         ("ApplySchedules", dl.ApplyDefaultSchedule(*_schedule_rules(target))),  # our per-target schedules
+        *(
+            # phone GPUs lack (fast) 64-bit integers; symbolic shapes arrive as int64 indices
+            [("ForceNarrowIndexToInt32", tvm.tirx.transform.ForceNarrowIndexToInt32())]
+            if gpu
+            else []
+        ),
         ("RewriteDataflowReshape", relax.transform.RewriteDataflowReshape()),  # reshapes become free views
         ("ToNonDataflow", relax.transform.ToNonDataflow()),
         ("RemovePurityChecking", relax.transform.RemovePurityChecking()),

@@ -153,6 +153,10 @@ class SocSpec:
             "supports_8bit_buffer": g.vulkan_storage_8bit.value,
             "supports_integer_dot_product": g.int8_dot.value,
             "supports_storage_buffer_storage_class": (major, minor) >= (1, 1),
+            # shaderInt64: reported by every Vulkan 1.1+ Adreno 6xx/7xx/8xx, Mali Valhall/5th-gen and
+            # Xclipse (AMD RDNA) driver in the gpuinfo.org database; TVM's paged KV cache kernels
+            # index pages with int64, so the model needs it.
+            "supports_int64": True,
             "host": host,
         }
 

@@ -74,6 +74,7 @@ struct PhysicalInfo {
   bool shader_float16 = false, shader_int8 = false;
   bool storage_8bit = false, uniform_8bit = false, push_constant_8bit = false;
   bool storage_16bit = false, uniform_16bit = false, push_constant_16bit = false;
+  bool maintenance4 = false;  // LocalSizeId in SPIR-V 1.6 shaders
 
   bool HasExtension(const char* name) const;
   std::string Name() const { return props.deviceName; }

@@ -74,9 +74,12 @@ struct FeatureChain {
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES_KHR};
   VkPhysicalDeviceShaderFloat16Int8FeaturesKHR f16i8{
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES_KHR};
+  VkPhysicalDeviceVulkan13Features v13{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_3_FEATURES};
+  VkPhysicalDeviceMaintenance4FeaturesKHR m4{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_FEATURES_KHR};
 
   // Links the structs that apply to a device of this API version / these extensions.
-  void Link(uint32_t api, bool has_8bit_ext, bool has_f16i8_ext) {
+  void Link(uint32_t api, bool has_8bit_ext, bool has_f16i8_ext, bool has_m4_ext) {
     void** next = &f2.pNext;
     auto push = [&next](auto* s) {
       *next = s;
@@ -89,6 +92,12 @@ struct FeatureChain {
       push(&s16);
       if (has_8bit_ext) push(&s8);
       if (has_f16i8_ext) push(&f16i8);
+    }
+    // maintenance4: SPIR-V 1.6 shaders (glslang --target-env vulkan1.3) use LocalSizeId.
+    if (api >= VK_API_VERSION_1_3) {
+      push(&v13);
+    } else if (has_m4_ext) {
+      push(&m4);
     }
     *next = nullptr;
   }
@@ -280,7 +289,8 @@ void Runtime::Init() {
 
     FeatureChain fc;
     fc.Link(info.api_version, info.HasExtension(VK_KHR_8BIT_STORAGE_EXTENSION_NAME),
-            info.HasExtension(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME));
+            info.HasExtension(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME),
+            info.HasExtension(VK_KHR_MAINTENANCE_4_EXTENSION_NAME));
     vkGetPhysicalDeviceFeatures2(pd, &fc.f2);
     info.shader_int64 = fc.f2.features.shaderInt64;
     info.shader_int16 = fc.f2.features.shaderInt16;
@@ -304,6 +314,7 @@ void Runtime::Init() {
       info.uniform_8bit = fc.s8.uniformAndStorageBuffer8BitAccess;
       info.push_constant_8bit = fc.s8.storagePushConstant8;
     }
+    info.maintenance4 = info.api_version >= VK_API_VERSION_1_3 ? fc.v13.maintenance4 : fc.m4.maintenance4;
     all.push_back(std::move(info));
   }
   if (all.empty()) {
@@ -387,11 +398,15 @@ Device::Device(VkInstance instance, const PhysicalInfo& info, int device_id)
     enable_if(VK_KHR_8BIT_STORAGE_EXTENSION_NAME);
     enable_if(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME);
   }
+  if (info.api_version < VK_API_VERSION_1_3 && info.maintenance4) {
+    enable_if(VK_KHR_MAINTENANCE_4_EXTENSION_NAME);
+  }
   // Enable every shader feature the device has (the kernels were compiled for a target that
   // says which ones they use).
   FeatureChain fc;
   fc.Link(info.api_version, info.HasExtension(VK_KHR_8BIT_STORAGE_EXTENSION_NAME),
-          info.HasExtension(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME));
+          info.HasExtension(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME),
+          info.HasExtension(VK_KHR_MAINTENANCE_4_EXTENSION_NAME));
   fc.f2.features.shaderInt64 = info.shader_int64;
   fc.f2.features.shaderInt16 = info.shader_int16;
   fc.f2.features.shaderFloat64 = info.shader_float64;
@@ -414,6 +429,8 @@ Device::Device(VkInstance instance, const PhysicalInfo& info, int device_id)
     fc.f16i8.shaderFloat16 = info.shader_float16;
     fc.f16i8.shaderInt8 = info.shader_int8;
   }
+  fc.v13.maintenance4 = info.maintenance4;
+  fc.m4.maintenance4 = info.maintenance4;
   float prio = 1.0f;
   VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
   qci.queueFamilyIndex = info.queue_family;

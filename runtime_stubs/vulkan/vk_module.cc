@@ -19,6 +19,7 @@
 #include <tvm/ffi/memory.h>
 #include <tvm/ffi/string.h>
 
+#include <array>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -170,28 +171,40 @@ std::vector<SpirvEntry> ParseSpirv(const std::vector<uint32_t>& w, const std::st
     TVM_FFI_THROW(ValueError) << "Vulkan kernel '" << kernel << "': not a SPIR-V module";
   }
   std::vector<SpirvEntry> entries;
+  std::vector<std::pair<size_t, std::array<uint32_t, 3>>> size_ids;  // LocalSizeId: entry index, constant ids
+  std::unordered_map<uint32_t, uint32_t> constants;     // OpConstant / OpSpecConstant (32-bit)
   size_t i = 5;
   while (i < w.size()) {
     uint32_t count = w[i] >> 16, op = w[i] & 0xffff;
     if (count == 0 || i + count > w.size()) break;
-    if (op == 15 && count >= 4 && w[i + 1] == 5 /* GLCompute */) {
+    if (op == 15 && count >= 4 && w[i + 1] == 5 /* OpEntryPoint GLCompute */) {
       SpirvEntry e;
       e.id = w[i + 2];
       const char* s = reinterpret_cast<const char*>(&w[i + 3]);
       e.name = std::string(s, strnlen(s, (count - 3) * 4));
       entries.push_back(e);
-    } else if (op == 16 && count >= 6 && w[i + 2] == 17 /* LocalSize */) {
+    } else if (op == 16 && count >= 6 && w[i + 2] == 17 /* OpExecutionMode LocalSize */) {
       for (auto& e : entries) {
-        if (e.id == w[i + 1]) {
-          e.local[0] = w[i + 3];
-          e.local[1] = w[i + 4];
-          e.local[2] = w[i + 5];
+        if (e.id == w[i + 1]) std::copy(&w[i + 3], &w[i + 6], e.local);
+      }
+    } else if (op == 331 && count >= 6 && w[i + 2] == 38 /* OpExecutionModeId LocalSizeId */) {
+      for (size_t k = 0; k < entries.size(); ++k) {
+        if (entries[k].id == w[i + 1]) {
+          size_ids.emplace_back();
+          size_ids.back().first = k;
+          std::copy(&w[i + 3], &w[i + 6], size_ids.back().second.begin());
         }
       }
+    } else if ((op == 43 || op == 50) && count == 4 /* OpConstant / OpSpecConstant, 32-bit */) {
+      constants[w[i + 2]] = w[i + 3];
     } else if (op == 54 /* OpFunction */) {
-      break;  // entry points and execution modes precede all functions
+      break;  // entry points, execution modes and constants precede all functions
     }
     i += count;
+  }
+  for (auto& [k, ids] : size_ids) {
+    bool known = constants.count(ids[0]) && constants.count(ids[1]) && constants.count(ids[2]);
+    for (int d = 0; d < 3; ++d) entries[k].local[d] = known ? constants[ids[d]] : 0;
   }
   return entries;
 }

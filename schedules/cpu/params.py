@@ -103,7 +103,9 @@ class CPUParams:
     gemv_rows: int | None = None  # output rows computed together in the GEMV inner loop
     gemv_lanes: int | None = None  # f32 lanes of one GEMV accumulator (logical vector)
     magic_convert: bool | None = None  # exact OR-based int4 -> float conversion (default: AVX-512 only)
-    gemv_unroll: int | None = None  # K steps unrolled in the GEMV inner loop (shares group scales)
+    scale_cache: bool | None = None  # GEMV: convert each task's float16 scales to float32 once (default on)
+    gemv_unroll: int | None = None
+    gemv_accumulators: bool | None = None  # GEMV: a separate accumulator per unrolled K step  # K steps unrolled in the GEMV inner loop (shares group scales)
     gemm_rows: int | None = None  # S rows of the GEMM register tile
     gemm_cols: int | None = None  # N columns of the GEMM register tile
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
@@ -167,6 +169,14 @@ class CPUParams:
         if self.magic_convert is not None:
             return bool(self.magic_convert)
         return self.arch == "x86_64" and self.vector_bits >= 512
+
+    def gemv_scale_cache(self) -> bool:
+        """Convert a task's float16 group scales to float32 in one vectorized pass (L1-resident), so the
+        inner loop broadcast-loads float32 scales instead of converting one per group and row."""
+        return True if self.scale_cache is None else bool(self.scale_cache)
+
+    def gemv_split_accumulators(self) -> bool:
+        return bool(self.gemv_accumulators)
 
     def gemv_k_unroll(self) -> int:
         """K vector steps per GEMV loop iteration: 2 x 16 lanes cover one 32-wide quantization group, so

@@ -205,3 +205,110 @@ def exact_nibbles_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """`exact_nibble_to_float` over a whole function (bit-exact, so safe anywhere)."""
     body = exact_nibble_to_float(func.body)
     return func if body.same_as(func.body) else func.with_body(body)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Widened copies of small low-precision parameters (group scales)
+
+
+def extract_widened_params(func: tirx.PrimFunc, block_name: str, max_fraction: float = 0.25) -> tuple[tirx.PrimFunc, list[str]]:
+    """In block `block_name`, replace every ``float32(P[idx])`` where P is a float16/bfloat16 *function
+    parameter* by ``P_f32[idx]``, computed by a new block ``P_f32[i...] = float32(P[i...])`` over P's shape
+    (placed before the block's loop nest). Only parameters at most `max_fraction` the size of the largest
+    buffer the block reads are taken (scales, not weights). Returns (new func, names of the new blocks).
+
+    The values are identical (the same cast); the point is that a schedule can then convert a tile of scales
+    with vector instructions once and let the inner loop broadcast-load float32 scalars."""
+    from .analysis import buffer_bytes
+
+    blocks = []
+    tvm_ffi.structural_walk(func.body, lambda n: blocks.append(n) if _type_name(n) == "SBlock" and n.name_hint == block_name else None)
+    if len(blocks) != 1:
+        return func, []
+    blk = blocks[0]
+    loads = loads_in(blk.body)
+    if not loads:
+        return func, []
+    biggest = max(buffer_bytes(ld.source) for ld in loads)
+
+    targets = {}
+
+    def scan(node):
+        if _type_name(node) == "Cast" and str(node.ty) == "float32" and is_load(node.value):
+            buf = node.value.source
+            if str(buf.dtype) in ("float16", "bfloat16") and buffer_bytes(buf) * 1.0 <= max_fraction * biggest:
+                if _is_func_buffer(func, buf):
+                    targets[str(buf.name)] = buf
+
+    tvm_ffi.structural_walk(blk.body, scan)
+    if not targets:
+        return func, []
+    new_bufs = {}
+    nests = []
+    names = []
+    for name, buf in targets.items():
+        wide = tirx.decl_buffer(buf.shape, "float32", name=f"{name}_f32")
+        new_bufs[name] = wide
+        ivs, lvs, idx = [], [], []
+        for d, ext in enumerate(buf.shape):
+            ty = str(ext.ty)
+            v = tirx.Var(f"v{d}", ext.ty)
+            ivs.append(tirx.IterVar(tvm.ir.Range.from_min_extent(tirx.IntImm(ty, 0), ext), v, tirx.IterVar.DataPar))
+            lvs.append(tirx.Var(f"l{d}", ext.ty))
+            idx.append(v)
+        one = lambda i: tirx.IntImm(str(i.ty), 1)  # noqa: E731
+        new_block = s_tir.SBlock(
+            ivs,
+            [tirx.BufferRegion(buf, [tvm.ir.Range.from_min_extent(i, one(i)) for i in idx])],
+            [tirx.BufferRegion(wide, [tvm.ir.Range.from_min_extent(i, one(i)) for i in idx])],
+            f"{name}_f32",
+            tirx.BufferStore(wide, tirx.Cast("float32", tirx.BufferLoad(buf, idx)), idx),
+        )
+        stmt = s_tir.SBlockRealize(list(lvs), True, new_block)
+        for lv, ext in reversed(list(zip(lvs, buf.shape))):
+            stmt = tirx.For(lv, tirx.IntImm(str(ext.ty), 0), ext, tirx.ForKind.SERIAL, stmt)
+        nests.append(stmt)
+        names.append(f"{name}_f32")
+
+    def on_cast(node):
+        if str(node.ty) == "float32" and is_load(node.value) and str(node.value.source.name) in new_bufs:
+            ld = node.value
+            if ld.source.same_as(targets[str(ld.source.name)]):
+                return tirx.BufferLoad(new_bufs[str(ld.source.name)], ld.indices)
+        return node
+
+    def on_block(b):
+        if b.name_hint != block_name:
+            return b
+        body = tvm_ffi.structural_map(b.body, [(tirx.Cast, on_cast)])
+        reads = [r for r in b.reads if str(r.source.name) not in new_bufs]
+        for name, wide in new_bufs.items():
+            for r in b.reads:
+                if str(r.source.name) == name:
+                    reads.append(tirx.BufferRegion(wide, r.region))
+        return s_tir.SBlock(b.iter_vars, reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers, b.match_buffers, b.annotations)
+
+    body = tvm_ffi.structural_map(func.body, [(s_tir.SBlock, on_block)])
+    root = body.block
+    stmts = list(root.body.seq) if _type_name(root.body) == "SeqStmt" else [root.body]
+    pos = [i for i, st in enumerate(stmts) if _contains_block(st, block_name)]
+    if len(pos) != 1:
+        return func, []
+    stmts[pos[0] : pos[0]] = nests
+    new_root = s_tir.SBlock(
+        root.iter_vars, root.reads, root.writes, root.name_hint, tirx.SeqStmt(stmts), root.init,
+        list(root.alloc_buffers) + list(new_bufs.values()), root.match_buffers, root.annotations,
+    )
+    return func.with_body(s_tir.SBlockRealize(body.iter_values, body.predicate, new_root)), names
+
+
+def _is_func_buffer(func: tirx.PrimFunc, buf) -> bool:
+    """`buf` is one of the function's parameter buffers (not an intermediate allocated in the body)."""
+    allocated = []
+
+    def cb(node):
+        if _type_name(node) == "SBlock":
+            allocated.extend(node.alloc_buffers)
+
+    tvm_ffi.structural_walk(func.body, cb)
+    return not any(buf.same_as(a) for a in allocated)

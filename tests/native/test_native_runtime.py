@@ -122,6 +122,16 @@ def test_x86_driver_errors(native_x86, toy_x86, tmp_path):
         f.truncate(100)
     res = subprocess.run([str(native_x86.run), str(broken), "--prompt-ids", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "truncated" in res.stderr
+    # a manifest one parameter short fails inside the forward pass: the step is closed, the
+    # sequence reset, and TVM's message is passed through
+    short = tmp_path / "short"
+    shutil.copytree(toy_x86, short)
+    manifest = json.loads((short / "params" / "manifest.json").read_text())
+    manifest["params"].pop()
+    (short / "params" / "manifest.json").write_text(json.dumps(manifest))
+    res = subprocess.run([str(native_x86.run), str(short), "--prompt-ids", "1,2"], capture_output=True, text=True)
+    assert res.returncode == 1 and "runtime error" in res.stderr and "sequence was reset" in res.stderr
+    assert "Tuple with" in res.stderr
 
 
 CTYPES_SCRIPT = textwrap.dedent(

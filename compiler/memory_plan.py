@@ -1,0 +1,34 @@
+"""How much memory a package needs on the device: weights, KV cache, activations, peak.
+
+The KV cache is counted at the full context window (pages are preallocated); activations are the
+largest live set of one prefill chunk: residual stream, normed input, fused QKV, attention output,
+gate+up and SwiGLU output of the widest layer, plus the logits row.
+"""
+
+from __future__ import annotations
+
+from .frontend.spec import ModelSpec
+
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill_chunk: int,
+                activation_dtype: str, page_size: int) -> dict:
+    act = _BYTES[activation_dtype]
+    pages = -(-context_window // page_size)
+    kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * pages * page_size * act for layer in spec.layers)
+    widest = max(
+        (layer.num_attention_heads + 2 * layer.num_key_value_heads) * spec.head_dim
+        + layer.num_attention_heads * spec.head_dim
+        + 3 * layer.intermediate_size
+        for layer in spec.layers
+    )
+    activation_bytes = prefill_chunk * (3 * spec.hidden_size + widest) * act + spec.vocab_size * 4
+    return {
+        "weight_bytes": weight_bytes,
+        "kv_cache_bytes": kv_bytes,
+        "activation_bytes": activation_bytes,
+        "peak_bytes": weight_bytes + kv_bytes + activation_bytes,
+        "context_window": context_window,
+        "prefill_chunk": prefill_chunk,
+    }
