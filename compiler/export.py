@@ -87,6 +87,40 @@ def dump_device_code(executable, device_dir: Path) -> dict:
     return found
 
 
+_LIBRARY_BIN = "__tvm_ffi__library_bin"
+_LIBRARY_CTX = "__tvm_ffi__library_ctx"
+_FUNC_PREFIX = "__tvm_ffi_"
+
+
+def _dso_aliases(symbols: list[str]) -> list[str]:
+    """Linker flags that make a system-lib build loadable as an ordinary TVM shared library.
+
+    Phone builds are compiled with a ``system_lib_prefix`` (so several models can be linked into
+    one app), which names the objects' symbols ``<prefix>__tvm_ffi__library_bin`` and
+    ``__tvm_ffi_<prefix><kernel>``.  TVM's ``Module.load_from_file`` (our C API, TVM's own
+    runtime, ``tvm.runtime.load_module``) looks a ``.so`` up by the unprefixed names
+    (``__tvm_ffi__library_bin``, ``__tvm_ffi_<kernel>``) and would find no Relax executable in it.
+    Aliases with the unprefixed names (``--defsym``, same addresses) make ``lib/model.so`` a
+    normal TVM library while the static archive keeps the prefixed, collision-free names.
+    """
+    bins = [s for s in symbols if s.endswith(_LIBRARY_BIN)]
+    if len(bins) != 1:
+        raise LlamaAotError(f"internal: expected one *{_LIBRARY_BIN} symbol in the compiled objects, found {bins}")
+    prefix = bins[0][: -len(_LIBRARY_BIN)]
+    if not prefix:
+        return []
+    aliases = {_LIBRARY_BIN: bins[0]}
+    if prefix + _LIBRARY_CTX in symbols:
+        aliases[_LIBRARY_CTX] = prefix + _LIBRARY_CTX
+    for s in symbols:
+        if s.startswith(_FUNC_PREFIX + prefix):
+            aliases[_FUNC_PREFIX + s[len(_FUNC_PREFIX + prefix):]] = s
+    clash = sorted(set(aliases) & set(symbols))
+    if clash:
+        raise LlamaAotError(f"internal: unprefixed aliases {clash[:3]} already defined in the compiled objects")
+    return [f"-Wl,--defsym={alias}={target}" for alias, target in sorted(aliases.items())]
+
+
 def export_executable(executable, lib_dir: Path, host_target: dict) -> dict:
     """Write the library files; return the manifest section describing them."""
     import tvm
@@ -109,15 +143,16 @@ def export_executable(executable, lib_dir: Path, host_target: dict) -> dict:
     formats = {o.name: _elf_or_macho(o) for o in objects}
     subprocess.run([_tool("llvm-ar", "llvm-ar-14"), "rcs", str(lib_dir / "libmodel.a"), *map(str, objects)], check=True)
     info = {"platform": platform, "static_library": "lib/libmodel.a", "objects": formats, "device_code": device_code}
+    symbols = exported_symbols(objects)
     if platform == "android":
         triple = host_target["mtriple"]
         cmd = [_tool("clang"), f"--target={triple}", "-fuse-ld=lld", "-shared", "-nostdlib",
-               "-Wl,--allow-shlib-undefined", "-o", str(lib_dir / "model.so"), *map(str, objects)]
+               "-Wl,--allow-shlib-undefined", *_dso_aliases(symbols),
+               "-o", str(lib_dir / "model.so"), *map(str, objects)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LlamaAotError(f"linking model.so for {triple} failed: {proc.stderr.strip()[:300]}")
         info["shared_library"] = "lib/model.so"
-    symbols = exported_symbols(objects)
     (lib_dir / "symbols.json").write_text(json.dumps({"symbols": symbols}, indent=1))
     info["symbols"] = "lib/symbols.json"
     return info

@@ -103,6 +103,7 @@ Shader ReadShaderBody(Reader& r) {
   Shader s;
   s.flag = r.U32();
   uint64_t n = r.Count(4);
+  if (n < 5) TVM_FFI_THROW(ValueError) << "corrupt Vulkan module payload (empty shader)";
   s.words.resize(n);
   for (uint64_t i = 0; i < n; ++i) s.words[i] = r.U32();
   return s;
@@ -151,6 +152,10 @@ void ParsePayload(const std::string& payload, std::map<std::string, FunctionInfo
       r.Seek(blob ? body : mark);
     }
     (*smap)[key] = ReadShaderBody(r);
+  }
+  if (r.left() != 0) {
+    TVM_FFI_THROW(ValueError) << "corrupt Vulkan module payload (" << r.left()
+                              << " trailing bytes)";
   }
   for (auto& kv : *fmap) {
     if (!smap->count(kv.first)) {

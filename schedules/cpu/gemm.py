@@ -204,34 +204,13 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
     panel = params.gemm_panel(k_ext, n_ext)
     panel = largest_divisor_at_most(n_ext, max(panel, ncols), multiple_of=ncols)
     block = pat.block
-    block_name = sch.get(block).name_hint
 
     exact = isinstance(pat.row_extent, int) and pat.row_extent % srows == 0
     consumers = list(pat.epilogues)
     x_pad = None
     if not exact and pad:
-        if len(pat.row_loops) != 1:
-            raise ValueError("padding needs exactly one row axis")
-        iters = sch.get(block).iter_vars
-        row_var = sch.get(pat.row_loops[0]).loop_var
-        padding = []
-        realize_vals = _iter_values(sch, block)
-        for iv, val in zip(iters, realize_vals):
-            padding.append(srows if val.same_as(row_var) else 1)
-        if srows not in padding:
-            raise ValueError("row iterator not found")
-        before = {sch.get(b).name_hint for b in _all_blocks(sch)}
-        sch.pad_einsum(block, padding)
-        new = [b for b in _all_blocks(sch) if sch.get(b).name_hint not in before]
-        block = sch.get_sblock(block_name)
-        producers = [b for b in new if _writes_read_by(sch, b, block)]
-        copy_back = [b for b in new if b not in producers and _reads_written_by(sch, b, block)]
-        if len(copy_back) != 1 or len(producers) > 1:
-            raise ValueError("unexpected pad_einsum result")
-        x_pad = producers[0] if producers else None
-        consumers = copy_back + consumers
-        # the padded matmul: re-derive its loops
-        pat = analyze_matmul_after_pad(sch, block, pat)
+        pat, x_pad, consumers = _pad_rows(sch, pat, srows)
+        block = pat.block
         exact = True
 
     sch.reorder(*pat.row_loops, pat.n_loop, pat.k_loop)
@@ -271,7 +250,7 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
             sch.reverse_compute_at(epi, r_nm)
         except Exception:  # pylint: disable=broad-except
             schedule_injective_block(sch, epi, params)
-    mark(sch, rf, "cpu.DequantGEMM.dot" + ("_pad" if x_pad is not None or exact else ""))
+    mark(sch, rf, "cpu.DequantGEMM.dot" + ("_pad" if exact else ""))
     return sch
 
 

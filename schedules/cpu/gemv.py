@@ -126,4 +126,69 @@ def schedule_gemv(sch: s_tir.Schedule, pat, params: CPUParams, widened=()) -> s_
         except Exception:  # pylint: disable=broad-except
             schedule_injective_block(sch, epi, params)
     mark(sch, rf, "cpu.DequantGEMV")
+    if params.gemv_prefetch_enabled():
+        inner = [sch.get(lp).loop_var for lp in (r_ni, r_kv) + ((r_ku,) if k_u is not None else ())]
+        new = insert_next_rows_prefetch(
+            sch.mod["main"], sch.get(rf).name_hint, sch.get(r_ko).loop_var, sch.get(r_ni).loop_var, inner, rows
+        )
+        if new is not None:
+            sch = s_tir.Schedule(new)
     return sch
+
+
+def insert_next_rows_prefetch(func, block_name, ko_var, ni_var, inner_vars, rows):
+    """Software prefetch for the weight stream: at the top of every K step, one prefetch per row of the
+    *next* row group at the current K position (a row group later in the task's traversal, i.e. rows*K
+    values ahead). The hardware stream prefetchers do not see the jump to the next group; with it the decode
+    GEMV runs at the speed it has with the weights in cache. Prefetches never fault, so reading past the
+    last row is harmless. Returns the new function, or None if the loop/block was not found."""
+    from .analysis import buffer_bytes, loads_in
+    import tvm_ffi
+
+    done = []
+
+    def realizes(stmt):
+        out = []
+        tvm_ffi.structural_walk(
+            stmt, lambda x: out.append(x) if type(x).__name__ == "SBlockRealize" and x.block.name_hint == block_name else None
+        )
+        return out
+
+    def subst(expr, pairs):
+        def cb(v):
+            for a, b in pairs:
+                if v.same_as(a):
+                    return b
+            return v
+
+        return tvm_ffi.structural_map(expr, [(tirx.Var, cb)])
+
+    def on_for(loop):
+        if done or not loop.loop_var.same_as(ko_var):
+            return loop
+        found = realizes(loop.body)
+        if len(found) != 1:
+            return loop
+        br = found[0]
+        lds = loads_in(br.block.body)
+        if not lds:
+            return loop
+        weight = max(lds, key=lambda ld: buffer_bytes(ld.source))
+        bind = [(iv.var, val) for iv, val in zip(br.block.iter_vars, br.iter_values)]
+        stmts = []
+        for r in range(rows):
+            pairs = [(v, tirx.IntImm(str(v.ty), 0)) for v in inner_vars if not v.same_as(ni_var)]
+            pairs.append((ni_var, tirx.IntImm(str(ni_var.ty), r + rows)))
+            idx = [subst(subst(i, bind), pairs) for i in weight.indices]
+            addr = tirx.call_intrin("handle", "tirx.address_of", tirx.BufferLoad(weight.source, idx))
+            stmts.append(tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", addr, 0, 3, 1)))
+        done.append(True)
+        return tirx.For(
+            loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt(stmts + [loop.body]), None, loop.annotations
+        )
+
+    try:
+        body = tvm_ffi.structural_map(func.body, [(tirx.For, on_for)], order="pre")
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return func.with_body(body) if done else None

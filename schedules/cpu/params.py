@@ -105,7 +105,8 @@ class CPUParams:
     magic_convert: bool | None = None  # exact OR-based int4 -> float conversion (default: AVX-512 only)
     scale_cache: bool | None = None  # GEMV: convert each task's float16 scales to float32 once (default on)
     gemv_unroll: int | None = None
-    gemv_accumulators: bool | None = None  # GEMV: a separate accumulator per unrolled K step  # K steps unrolled in the GEMV inner loop (shares group scales)
+    gemv_accumulators: bool | None = None
+    gemv_prefetch: bool | None = None  # GEMV: software-prefetch the next row group (default on)  # GEMV: a separate accumulator per unrolled K step  # K steps unrolled in the GEMV inner loop (shares group scales)
     gemm_rows: int | None = None  # S rows of the GEMM register tile
     gemm_cols: int | None = None  # N columns of the GEMM register tile
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
@@ -174,6 +175,9 @@ class CPUParams:
         """Convert a task's float16 group scales to float32 in one vectorized pass (L1-resident), so the
         inner loop broadcast-loads float32 scales instead of converting one per group and row."""
         return True if self.scale_cache is None else bool(self.scale_cache)
+
+    def gemv_prefetch_enabled(self) -> bool:
+        return True if self.gemv_prefetch is None else bool(self.gemv_prefetch)
 
     def gemv_split_accumulators(self) -> bool:
         return bool(self.gemv_accumulators)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,84 @@ def toy(arch: str, system_lib: bool = False) -> Path:
                 shutil.rmtree(out)
             tmp.rename(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# TVM's own prebuilt aarch64 runtime (the manylinux wheels on PyPI), for cross-checks under qemu
+# ---------------------------------------------------------------------------------------------
+
+WHEEL_PLATFORM = "manylinux_2_28_aarch64"
+
+
+@dataclasses.dataclass
+class PrebuiltTVM:
+    """libtvm_runtime.so / libtvm_ffi.so and the headers of the apache-tvm(-ffi) aarch64 wheels."""
+
+    root: Path  # holds tvm/{lib,include} and tvm_ffi/{lib,include,3rdparty}
+    versions: dict[str, str]
+
+    @property
+    def lib_dirs(self) -> list[Path]:
+        return [self.root / "tvm" / "lib", self.root / "tvm_ffi" / "lib"]
+
+    @property
+    def include_dirs(self) -> list[Path]:
+        return [self.root / "tvm" / "include", self.root / "tvm_ffi" / "include",
+                self.root / "tvm_ffi" / "3rdparty" / "dlpack" / "include"]  # fmt: skip
+
+
+def _installed_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {dist: md.version(dist) for dist in ("apache-tvm", "apache-tvm-ffi")}
+
+
+def prebuilt_tvm_aarch64() -> PrebuiltTVM:
+    """Download (once; cached under build/tvm-wheels/) the aarch64 wheels of the installed TVM
+    versions and extract their runtime libraries and headers.  Skips when PyPI is unreachable."""
+    versions = _installed_versions()
+    tag = "-".join(f"{d}-{v}" for d, v in versions.items())
+    cache = REPO / "build" / "tvm-wheels" / f"{WHEEL_PLATFORM}-{tag}"
+    root = cache / "root"
+    stamp = cache / "extracted.json"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.is_file():
+            wheels = sorted(cache.glob("*.whl"))
+            if len(wheels) != 2:
+                _download_wheels(cache, versions)
+                wheels = sorted(cache.glob("*.whl"))
+            if root.exists():
+                shutil.rmtree(root)
+            wanted = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so", "tvm/include/",
+                      "tvm_ffi/include/", "tvm_ffi/3rdparty/dlpack/include/")  # fmt: skip
+            for whl in wheels:
+                with zipfile.ZipFile(whl) as z:
+                    z.extractall(root, [n for n in z.namelist() if n.startswith(wanted)])
+            stamp.write_text(json.dumps({"wheels": [w.name for w in wheels], **versions}, indent=1))
+    out = PrebuiltTVM(root, versions)
+    for p in out.lib_dirs:
+        assert any(p.glob("libtvm_*.so")), f"{p}: no library extracted from the wheel"
+    return out
+
+
+def _download_wheels(cache: Path, versions: dict[str, str]) -> None:
+    import subprocess
+
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
+           "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--disable-pip-version-check",
+           "--timeout", "30", "--retries", "1", *[f"{d}=={v}" for d, v in versions.items()], "-d", str(tmp)]  # fmt: skip
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        res = None
+    got = sorted(tmp.glob("*.whl"))
+    if res is None or res.returncode != 0 or len(got) != 2:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = "timed out" if res is None else (res.stderr.strip().splitlines() or ["pip failed"])[-1][:300]
+        pytest.skip(f"cannot download the {WHEEL_PLATFORM} wheels of {versions} from PyPI (unreachable?): {why}")
+    for w in got:
+        w.rename(cache / w.name)
+    shutil.rmtree(tmp, ignore_errors=True)

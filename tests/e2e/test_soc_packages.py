@@ -1,0 +1,92 @@
+"""Every SoC in the registry gets a package whose contents match what its manifest says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from compiler.cli import DEFAULT_MODEL, main
+from compiler.compile import CompileOptions, compile_model
+from compiler.errors import LlamaAotError
+from targets import list_socs
+
+PHONES = [s for s in list_socs() if not s.is_host]
+DEVICE_FILE = {"opencl": "kernels.cl", "metal": "kernels.metal"}
+
+
+def _header(path, n=20):
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _arch(path) -> str:
+    head = _header(path)
+    if head[:4] == b"\x7fELF":
+        return {183: "aarch64", 62: "x86_64"}[int.from_bytes(head[18:20], "little")]
+    if head[:4] == b"\xcf\xfa\xed\xfe" and int.from_bytes(head[4:8], "little") == 0x0100000C:
+        return "arm64-macho"
+    return "unknown"
+
+
+@pytest.mark.parametrize("soc", PHONES, ids=[s.name for s in PHONES])
+def test_soc_package_matches_manifest(soc, tmp_path):
+    out = compile_model(DEFAULT_MODEL, tmp_path / soc.name, CompileOptions(soc=soc.name, quant="q4f16", context_window=512))
+    cfg = json.loads((out / "llama-aot.json").read_text())
+    lib = cfg["library"]
+    assert cfg["target"]["device"] == soc.gpu_apis[0]
+    ios = "apple-ios" in soc.tvm_host_target()["mtriple"]
+    expected = "arm64-macho" if ios else "aarch64"
+    objects = sorted((out / "lib" / "objects").glob("*.o"))
+    assert objects and {_arch(o) for o in objects} == {expected}
+    assert _header(out / lib["static_library"], 8) == b"!<arch>\n"
+    if not ios:
+        so = out / lib["shared_library"]
+        assert _arch(so) == "aarch64" and int.from_bytes(_header(so)[16:18], "little") == 3  # ET_DYN
+    api = soc.gpu_apis[0]
+    device_files = [out / p for p in lib["device_code"][api]]
+    assert device_files and all(f.is_file() and f.stat().st_size > 0 for f in device_files)
+    if api == "vulkan":
+        assert all(_header(f, 4) == b"\x03\x02\x23\x07" for f in device_files)  # SPIR-V magic
+    else:
+        assert device_files[0].name == DEVICE_FILE[api] and "dequant_matmul" in device_files[0].read_text()
+    symbols = json.loads((out / lib["symbols"]).read_text())["symbols"]
+    prefix = lib["system_lib_prefix"]
+    assert any(s.lstrip("_").startswith(f"tvm_ffi_{prefix}") or prefix in s for s in symbols), symbols[:10]
+    plan = cfg["memory_plan"]
+    assert plan["peak_bytes"] == plan["weight_bytes"] + plan["kv_cache_bytes"] + plan["activation_bytes"]
+    assert plan["peak_bytes"] <= plan["usable_bytes"]
+
+
+def test_cpu_only_library_has_no_device_code(tmp_path):
+    out = compile_model(DEFAULT_MODEL, tmp_path / "cpu", CompileOptions(soc="snapdragon-8-gen-3", device="cpu", quant="q4f16", context_window=256))
+    cfg = json.loads((out / "llama-aot.json").read_text())
+    assert cfg["target"]["device"] == "cpu" and cfg["library"]["device_code"] == {}
+    assert cfg["target"]["tvm_host"]["mattr"][:3] == ["+neon", "+dotprod", "+i8mm"]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--soc", "snapdragon-9-gen-9"], "unknown SoC"),
+        (["--soc", "apple-a17-pro", "--device", "opencl"], "no opencl"),
+        (["--soc", "exynos-2400", "--device", "opencl"], "no opencl"),
+        (["--soc", "google-tensor-g3", "--context-window", "50000000"], "usable"),
+    ],
+)
+def test_soc_errors(args, expected, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compile", str(DEFAULT_MODEL), "-o", str(out), *args]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and expected in err[-1], err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_user_soc_file(tmp_path):
+    src = next(p for p in (DEFAULT_MODEL.parent.parent / "targets" / "socs").glob("snapdragon-8-gen-3.toml"))
+    text = src.read_text().replace('name = "snapdragon-8-gen-3"', 'name = "my-phone"')
+    user = tmp_path / "my-phone.toml"
+    user.write_text(text)
+    out = compile_model(DEFAULT_MODEL, tmp_path / "pkg", CompileOptions(soc=str(user), device="cpu", quant="q0f16", context_window=128))
+    assert json.loads((out / "llama-aot.json").read_text())["target"]["name"] == "my-phone"
