@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import tvm_ffi
-from tvm import s_tir, tirx
+from tvm import s_tir
 from tvm.s_tir.dlight.analysis import SBlockInfo, collect_vars_used_in_prim_expr, normalize_prim_func
 
 
@@ -166,10 +166,10 @@ def analyze_matmul(sch: s_tir.Schedule, infos: list[SBlockInfo] | None = None) -
         return act_core, n_var
 
     got = classify(rhs.a, rhs.b)
-    act_side, w_side = rhs.a, rhs.b
+    w_side = rhs.b
     if got is None:
         got = classify(rhs.b, rhs.a)
-        act_side, w_side = rhs.b, rhs.a
+        w_side = rhs.a
     if got is None:
         return None
     act_load, n_var = got
@@ -265,11 +265,6 @@ def block_pack_layout(sch: s_tir.Schedule, block) -> tuple[int, int]:
         return 1, 1
     biggest = max(loads, key=lambda ld: buffer_bytes(ld.source))
     return pack_layout(biggest.indices[-1])
-
-
-def block_pack_factor(sch: s_tir.Schedule, block) -> int:
-    """Values per word of the largest buffer the block reads (8 for 4-bit values in uint32), else 1."""
-    return block_pack_layout(sch, block)[0]
 
 
 def inline_producers(sch: s_tir.Schedule, producers: list) -> bool:

@@ -139,9 +139,10 @@ def _download_wheels(cache: Path, versions: dict[str, str]) -> None:
     import subprocess
 
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
-           "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--disable-pip-version-check",
-           "--timeout", "30", "--retries", "1", *[f"{d}=={v}" for d, v in versions.items()], "-d", str(tmp)]  # fmt: skip
+           "--python-version", py, "--disable-pip-version-check", "--timeout", "30", "--retries", "1",
+           *[f"{d}=={v}" for d, v in versions.items()], "-d", str(tmp)]  # fmt: skip
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -149,7 +150,10 @@ def _download_wheels(cache: Path, versions: dict[str, str]) -> None:
     got = sorted(tmp.glob("*.whl"))
     if res is None or res.returncode != 0 or len(got) != 2:
         shutil.rmtree(tmp, ignore_errors=True)
-        why = "timed out" if res is None else (res.stderr.strip().splitlines() or ["pip failed"])[-1][:300]
+        lines = [] if res is None else [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        cause = [ln for ln in lines if any(k in ln for k in ("onnect", "resolve", "SSL", "Timeout"))]
+        why = "timed out" if res is None else " / ".join(dict.fromkeys(cause[:1] + lines[-1:])) or "pip failed"
+        why = why[:400]
         pytest.skip(f"cannot download the {WHEEL_PLATFORM} wheels of {versions} from PyPI (unreachable?): {why}")
     for w in got:
         w.rename(cache / w.name)
