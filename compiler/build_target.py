@@ -22,10 +22,10 @@ class BuildTarget:
     device: dict | None  # TVM device target dict (without its host)
     soc: object | None = field(default=None, compare=False)
 
-    @property
-    def activation_dtype(self) -> str:
-        """f16 on GPUs (half the bandwidth, native math); f32 on CPUs (x86/arm cores gain nothing from f16 here)."""
-        return "float16" if self.device_api else "float32"
+    def activation_dtype(self, quant: str) -> str:
+        """f16 on GPUs (half the bandwidth, native math) unless the weights are f32 (q0f32 asks for
+        full precision); f32 on CPUs (x86/arm cores gain nothing from f16 math here)."""
+        return "float16" if self.device_api and not quant.endswith("f32") else "float32"
 
     def tvm_target(self):
         from tvm.target import Target
@@ -53,7 +53,7 @@ def resolve(target: str = "host", soc: str | None = None, device: str | None = N
         from targets.backends import vulkan
 
         vulkan.register()
-        dev = dict(vulkan.lavapipe_target())
+        dev = _this_machines_vulkan_target() or dict(vulkan.lavapipe_target())
         dev.pop("host", None)
         return BuildTarget("vulkan", host_target_dict(num_threads), "vulkan", dev)
     raise LlamaAotError(
@@ -85,3 +85,16 @@ def _resolve_soc(name: str, device: str | None, num_threads: int | None) -> Buil
 
         vulkan.register()
     return BuildTarget(soc.name, host, api, dev, soc)
+
+
+def _this_machines_vulkan_target() -> dict | None:
+    """The first Vulkan device's real limits, when our runtime plugin can open one."""
+    try:
+        from runtime_stubs import vulkan as vkrt
+
+        vkrt.load_plugin()
+        if vkrt.unavailable_reason():
+            return None
+        return vkrt.device_target(0)
+    except Exception:  # no driver / no compiler for the plugin: fall back to lavapipe's limits
+        return None

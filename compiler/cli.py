@@ -48,7 +48,9 @@ def _cmd_run(args) -> int:
 
     from runtime_stubs.engine import Engine, peak_rss_mb
 
-    engine = Engine(args.package, num_threads=args.threads, verify=args.verify)
+    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device)
+    if args.verbose:
+        print(json.dumps(engine.device_description()), file=sys.stderr)
     if args.prompt_ids is not None:
         prompt_ids = _parse_ids(args.prompt_ids)
     elif args.prompt is not None:
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dump-logits", default=None, metavar="PATH.npy", help="save logits of every generated position")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--verify", action="store_true", help="check every weight's sha256 before running")
+    r.add_argument("--device", default=None, help="Vulkan packages: device index or name substring (default: first)")
+    r.add_argument("--verbose", action="store_true", help="print the device and its limits")
     r.set_defaults(func=_cmd_run)
 
     b = sub.add_parser("bench", help="benchmark packages next to PyTorch and llama.cpp (same run, same weights)")

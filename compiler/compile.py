@@ -60,7 +60,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
-    dtype = bt.activation_dtype
+    dtype = bt.activation_dtype(scheme.name)
 
     with Checkpoint(model_dir) as checkpoint:
         checkpoint.validate(spec)
@@ -120,7 +120,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 "memory_plan": plan_mem,
                 "library": library,
                 "runtime": {
-                    "library": library.get("library") or library.get("shared_library"),
+                    # iOS links the static archive into the app: the model is found as a system library
+                    "library": library.get("library")
+                    or library.get("shared_library")
+                    or f"system:{library['system_lib_prefix']}",
                     "params_manifest": MANIFEST,
                     "num_kv_caches": len(model.groups),
                     "kv_cache_layers": [ids for _, ids in model.groups],
@@ -145,13 +148,21 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
 
 
 def _compile(tvm, mod, target, pipeline):
-    """tvm.compile, with codegen errors of our back ends surfacing as one-line user errors."""
+    """tvm.compile, with codegen errors of our back ends surfacing as one-line user errors.
+
+    GPU builds turn off TIR common-subexpression elimination: on TVM 0.27 it breaks some of the
+    paged KV cache's f32 prefill kernels ("variable cse_vN has been used before definition").
+    """
+    import contextlib
+
+    config = {"tirx.disable_cse_tir": True} if target.kind.name != "llvm" else {}
+    errors = contextlib.nullcontext()
     if target.kind.name == "vulkan":
         from targets.backends import vulkan
 
-        with vulkan.original_errors():
-            return tvm.compile(mod, target, relax_pipeline=pipeline)
-    return tvm.compile(mod, target, relax_pipeline=pipeline)
+        errors = vulkan.original_errors()
+    with errors, tvm.transform.PassContext(opt_level=3, config=config):
+        return tvm.compile(mod, target, relax_pipeline=pipeline)
 
 
 def _symbol_prefix(name: str) -> str:

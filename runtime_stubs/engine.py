@@ -75,7 +75,14 @@ def peak_rss_mb() -> float:
 class Engine:
     """A loaded package: ``Engine(OUT).generate(prompt_ids, max_tokens=...)``."""
 
-    def __init__(self, package_dir: str | Path, num_threads: int | None = None, verify: bool = False):
+    def __init__(
+        self,
+        package_dir: str | Path,
+        num_threads: int | None = None,
+        verify: bool = False,
+        vulkan_device: str | None = None,
+    ):
+        """``vulkan_device``: index or name substring of the Vulkan device (default: the first)."""
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)
         import tvm.runtime  # after TVM_NUM_THREADS: the thread pool reads it once
@@ -88,7 +95,7 @@ class Engine:
         lib_path = self.package_dir / rt["library"]
         if not lib_path.is_file():
             raise LlamaAotError(f"{lib_path} is missing; recompile the package")
-        self.device = tvm.runtime.cpu(0)
+        self.device = self._open_device(self.config["target"].get("device", "cpu"), vulkan_device)
         self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self.params = self._load_params(verify)
         self.context_window = int(self.config["context_window"])
@@ -116,6 +123,33 @@ class Engine:
         self._seq_len = 0
         for cache in self.caches:
             self._f_add_seq(cache, 0)
+
+    def _open_device(self, kind: str, vulkan_device: str | None):
+        tvm = self._tvm
+        if kind == "cpu":
+            return tvm.runtime.cpu(0)
+        if kind == "vulkan":
+            from . import vulkan
+
+            if vulkan_device is not None:
+                os.environ["LLAMA_AOT_VULKAN_DEVICE"] = str(vulkan_device)
+            vulkan.load_plugin()  # before load_module: registers the loader of "vulkan" modules
+            reason = vulkan.unavailable_reason()
+            if reason:
+                raise LlamaAotError(f"cannot run on Vulkan: {reason}")
+            return tvm.runtime.vulkan(0)
+        raise LlamaAotError(
+            f"this package was built for a {kind} device, which this runtime cannot drive here; "
+            "run it on the phone through the C runtime (runtime_stubs/native)"
+        )
+
+    def device_description(self) -> dict:
+        """The device this engine runs on, with its limits (for ``--verbose``)."""
+        if self.config["target"].get("device", "cpu") == "cpu":
+            return {"device": "cpu", "threads": os.environ.get("TVM_NUM_THREADS", str(os.cpu_count()))}
+        from . import vulkan
+
+        return {"device": "vulkan", **vulkan.device_info(0)}
 
     def _load_params(self, verify: bool) -> list:
         import hashlib

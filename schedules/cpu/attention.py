@@ -38,13 +38,34 @@ from .params import CPUParams
 
 PREFILL_SYMBOLS = ("batch_prefill_paged_kv_cpu", "batch_prefill_paged_kv_cpu_sliding_window")
 DECODE_SYMBOLS = ("batch_decode_paged_kv_cpu", "batch_decode_paged_kv_cpu_sliding_window")
+# Once added to a Relax module (BlockBuilder.add_func) the kernels lose their global_symbol; their parameter
+# lists identify them (the tree-attention kernels, whose lists differ, are not touched).
+PREFILL_PARAMS = ("q", "q_indptr", "pages", "page_indptr", "page_values", "length_info", "k_rope_pos_offset",
+                  "q_rope_position", "output", "lse", "causal", "rotary_mode", "rope_scale", "rope_theta", "sm_scale")
+DECODE_PARAMS = ("Q", "pages", "page_table_indptr", "page_table_values", "length_info", "k_rope_pos_offset",
+                 "q_rope_position", "output", "lse", "rotary_mode", "rope_scale", "rope_theta", "sm_scale")
 _DONE = "llama_aot.parallel_heads"
 
 
 def _symbol(func: tirx.PrimFunc) -> str:
-    if func.attrs is None or "global_symbol" not in func.attrs:
-        return ""
-    return str(func.attrs["global_symbol"])
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        return str(func.attrs["global_symbol"])
+    return ""
+
+
+def _kind(func: tirx.PrimFunc) -> str:
+    """"prefill", "decode" or ""."""
+    sym = _symbol(func)
+    if sym in PREFILL_SYMBOLS:
+        return "prefill"
+    if sym in DECODE_SYMBOLS:
+        return "decode"
+    names = tuple(str(p.name) for p in func.params)
+    if names == PREFILL_PARAMS:
+        return "prefill"
+    if names == DECODE_PARAMS:
+        return "decode"
+    return ""
 
 
 def _is_for(node) -> bool:
@@ -152,11 +173,11 @@ def parallelize_attention(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
     if func.attrs is not None and _DONE in func.attrs:
         return None
-    sym = _symbol(func)
+    kind = _kind(func)
     try:
-        if sym in PREFILL_SYMBOLS:
+        if kind == "prefill":
             out = _rewrite_prefill(func)
-        elif sym in DECODE_SYMBOLS:
+        elif kind == "decode":
             out = _rewrite_decode(func)
         else:
             return None
@@ -187,7 +208,7 @@ class PagedAttentionCPU(CPURule):
     """The prefill attention kernel reaches ApplyDefaultSchedule (it is not marked scheduled): parallel heads."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams):
-        if params.num_cores <= 1 or _symbol(func) not in PREFILL_SYMBOLS:
+        if params.num_cores <= 1 or _kind(func) != "prefill":
             return None
         new = parallelize_attention(func)
         return None if new is None else s_tir.Schedule(new)

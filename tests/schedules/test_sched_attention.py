@@ -92,9 +92,13 @@ def test_prefill_parallel_heads_bit_identical():
     np.testing.assert_allclose(outs[1], _reference(q, pages, page_ids, kv_len, sm, causal_offset=kv_len - n), atol=1e-5)
 
 
-def test_applied_by_rules_and_pass():
+@pytest.mark.parametrize("strip_symbol", [False, True])
+def test_applied_by_rules_and_pass(strip_symbol):
+    """Also when the kernels lost their global_symbol (as after BlockBuilder.add_func in a Relax module)."""
     pre = kvc._attention_prefill_cpu(HKV, HQ, D, "float32", False, {})
     dec = kvc._attention_decode_cpu(HKV, HQ, D, "float32", False, {})
+    if strip_symbol:
+        pre, dec = pre.without_attr("global_symbol"), dec.without_attr("global_symbol")
     mod = tvm.IRModule({"prefill": pre, "decode": dec})
     ruled = schedule_module(mod, TARGET)
     assert "T.parallel(" in ruled["prefill"].script()  # via cpu_rules (PagedAttentionCPU)

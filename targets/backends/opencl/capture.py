@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -90,7 +91,7 @@ class Kernel:
         env.values = {p.name: scalars[p.name] for p in self.params if p.kind == "scalar" and p.name in scalars}
         values = {}
         for tag, expr in self.thread_extents.items():
-            values[tag] = int(env.eval_by_name(expr))
+            values[tag] = int(env.eval(expr))
         return dims_from_tags(list(values), list(values.values()))
 
 
@@ -128,6 +129,7 @@ class HostFunction:
     name: str
     params: list[HostParam]
     calls: list[KernelCall]
+    problem: str | None = None  # why the launcher cannot replay it (None: it can)
     _binds: dict = field(default_factory=dict, repr=False)
     _decls: dict = field(default_factory=dict, repr=False)
 
@@ -135,6 +137,8 @@ class HostFunction:
         """For the packed-call arguments ``args`` (numpy arrays for tensors, numbers for scalars):
         per kernel call, ``(call, values, grid, block)`` where ``values`` has, per kernel parameter,
         ``TensorArg(i)`` (the i-th argument's data) or a Python number."""
+        if self.problem:
+            raise OpenCLCaptureError(f"host function {self.name}: {self.problem}")
         if len(args) != len(self.params):
             raise OpenCLCaptureError(
                 f"{self.name} takes {len(self.params)} arguments ({', '.join(p.name for p in self.params)}), got {len(args)}"
@@ -189,7 +193,8 @@ def compile_opencl(mod, target, relax_pipeline=None) -> OpenCLBuild:
     if target.kind.name != "opencl":
         raise OpenCLCaptureError(f"target kind is {target.kind.name!r}, not 'opencl'")
     with capture_split_modules() as records:
-        ex = tvm.compile(mod, target, relax_pipeline=relax_pipeline) if relax_pipeline is not None else tvm.compile(mod, target)
+        kwargs = {} if relax_pipeline is None else {"relax_pipeline": relax_pipeline}
+        ex = tvm.compile(mod, target, **kwargs)
     return build_from_records(ex, records, target)
 
 
@@ -248,12 +253,13 @@ def _children(s):
     return out
 
 
-def _walk(stmt, fn, depth=0, ctx=()):
+def _walk(stmt, fn, ctx=()):
+    """Call ``fn(stmt, ctx)`` on every statement; ``ctx``: the enclosing loops/conditionals."""
     fn(stmt, ctx)
     t = type(stmt).__name__
     inner = ctx + ((t,) if t in ("For", "IfThenElse", "While") else ())
     for c in _children(stmt):
-        _walk(c, fn, depth + 1, inner)
+        _walk(c, fn, inner)
 
 
 def _dtype_of_var(v) -> tuple[str, str]:
@@ -264,11 +270,26 @@ def _dtype_of_var(v) -> tuple[str, str]:
     return "scalar", str(ty.dtype) if hasattr(ty, "dtype") else str(ty)
 
 
+def source_signature(name: str, source: str) -> list[tuple[str, str]]:
+    """[(OpenCL type, parameter name)] of ``__kernel void name(...)`` in ``source``."""
+    m = re.search(rf"__kernel\s+void\s+{re.escape(name)}\s*\(([^)]*)\)\s*{{", source)
+    if m is None:
+        raise OpenCLCaptureError(f"no definition of kernel {name} in its source")
+    out = []
+    for arg in filter(None, (a.strip() for a in m.group(1).split(","))):
+        words = arg.replace("*", " * ").split()
+        out.append((" ".join(w for w in words[:-1] if w not in ("restrict", "const", "__global", "global")), words[-1]))
+    return out
+
+
 def _kernel_info(name, f, source, dtarget) -> Kernel:
+    signature = source_signature(name, source)
+    if len(signature) != len(f.params):
+        raise OpenCLCaptureError(f"{name}: {len(f.params)} TIR parameters but {len(signature)} in the OpenCL source")
     params = []
-    for p in f.params:
+    for p, (_, src_name) in zip(f.params, signature):
         kind, dtype = _dtype_of_var(p)
-        params.append(KernelParam(p.name, kind, dtype))
+        params.append(KernelParam(src_name, kind, dtype))  # the source's spelling (TIR's may hold dots)
     tags = [str(t) for t in (f.attrs.get("tirx.kernel_launch_params") or [])]
     extents = {}
 
@@ -325,13 +346,10 @@ def _host_function(name, f) -> HostFunction | None:
     _walk(f.body, visit)
     if not calls:
         return None
-    hf = HostFunction(name, [params[i] for i in sorted(params)], calls, binds, decls)
     if sorted(params) != list(range(len(params))):
         problems.append(f"could not identify every packed argument (found {sorted(params)})")
-    if problems:
-        hf.calls = []  # not replayable
-        raise OpenCLCaptureError(f"host function {name}: {'; '.join(problems)} is not supported by the launcher")
-    return hf
+    problem = f"{'; '.join(problems)}: not supported by the launcher" if problems else None
+    return HostFunction(name, [params[i] for i in sorted(params)], calls, problem, binds, decls)
 
 
 def _buffer_key(buf) -> int:
@@ -420,9 +438,6 @@ class _Env:
         self.decls = decls or {}
         self.values: dict[str, Any] = {}
         self.memo: dict[int, Any] = {}
-
-    def eval_by_name(self, e):
-        return self.eval(e)
 
     def eval(self, e):  # noqa: C901 - one dispatch over node kinds
         t = type(e).__name__
