@@ -14,9 +14,12 @@ from tvm.s_tir import dlight as dl
 def _schedule_rules(target: tvm.target.Target) -> list:
     """Schedule rules for the target's kernels, most specific first."""
     if target.kind.name == "llvm":
-        from schedules import cpu_rules
+        from schedules import CPUParams, cpu_rules
 
-        return cpu_rules(target)
+        # The GEMV's software prefetch was measured on x86 hosts only, and TVM 0.27's
+        # AttachGlobalSymbol rejects it in system-lib (phone) builds: keep it to host builds.
+        cross = "mtriple" in target.attrs
+        return cpu_rules(target, CPUParams.from_target(target, gemv_prefetch=False if cross else None))
     return [
         dl.gpu.Matmul(),
         dl.gpu.GEMV(),
@@ -24,6 +27,14 @@ def _schedule_rules(target: tvm.target.Target) -> list:
         dl.gpu.GeneralReduction(),
         dl.gpu.Fallback(),
     ]
+
+
+def _post_schedule_passes(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]:
+    if target.kind.name != "llvm":
+        return []
+    from schedules import cpu_passes
+
+    return [(type(p).__name__, p) for p in cpu_passes(target)]
 
 
 def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]:
@@ -38,6 +49,7 @@ def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]
         ("FuseTIR", relax.transform.FuseTIR()),  # one PrimFunc per group: no intermediate tensors in memory
         ("DeadCodeElimination", relax.transform.DeadCodeElimination()),  # drop unused PrimFuncs before scheduling
         ("ApplySchedules", dl.ApplyDefaultSchedule(*_schedule_rules(target))),  # our per-target schedules
+        *_post_schedule_passes(target),  # kernels TVM marks as scheduled (KV-cache attention) get ours too
         *(
             # phone GPUs lack (fast) 64-bit integers; symbolic shapes arrive as int64 indices
             [("ForceNarrowIndexToInt32", tvm.tirx.transform.ForceNarrowIndexToInt32())]

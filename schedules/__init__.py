@@ -39,4 +39,14 @@ def cpu_rules(target: Target | dict | None = None, params: CPUParams | None = No
     ]
 
 
-__all__ = ["CPUParams", "cpu_rules"]
+def cpu_passes(target: Target | dict | None = None) -> list:
+    """Module passes to run right after ``ApplyDefaultSchedule(*cpu_rules(target))`` for an LLVM target.
+
+    Today: `ParallelizeCPUAttention` -- parallel heads in the paged-KV-cache decode attention kernel, which TVM
+    marks ``tirx.is_scheduled`` so no rule ever sees it (see schedules/cpu/attention.py)."""
+    from .cpu.attention import ParallelizeCPUAttention
+
+    return [ParallelizeCPUAttention()]
+
+
+__all__ = ["CPUParams", "cpu_passes", "cpu_rules"]

@@ -22,6 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..frontend.spec import LayerSpec, ModelSpec
 from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
+from .kv_kernels import race_free_merge_state
 
 
 class Attention(nn.Module):
@@ -135,7 +136,8 @@ class LlamaForCausalLM(nn.Module):
 
     def _make_cache_factory(self, g: int):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
-            with _unique_kernel_symbols():
+            # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups (kv_kernels.py)
+            with _unique_kernel_symbols(), race_free_merge_state(self.target):
                 return self._new_cache(
                     g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
                 )

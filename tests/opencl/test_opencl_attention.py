@@ -145,11 +145,13 @@ def test_decode_after_prompt(model, device, prompt):
 def test_merge_state(model, device, prompt):
     """Merging attention over keys [0, 20) with attention over [20, N) gives attention over all.
 
-    TVM's merge_state kernel (_merge_state_inplace) has every threadIdx.x lane of a (row, head)
+    TVM's own merge_state kernel (_merge_state_inplace) has every threadIdx.x lane of a (row, head)
     read S[row, head] and then write it back merged, with no barrier in between: it is correct only
     when those lanes run in lockstep (one GPU subgroup).  A CPU driver that runs work-items one
-    after another (pocl) lets lane 0 overwrite S before lane 1 reads it; then only the first lane
-    (d < VEC) of each row/head is right and the test is an expected failure with that reason.
+    after another (pocl) lets lane 0 overwrite S before lane 1 reads it, so only the first lane
+    (d < VEC) of each row/head comes out right.  A build with that barrier-free kernel is an
+    expected failure here; a kernel with a barrier (the race-free replacement of
+    compiler/model/kv_kernels.py) must be right everywhere.
     """
     build, spec = model
     _, q, k, v, _ = prompt
@@ -157,14 +159,18 @@ def test_merge_state(model, device, prompt):
     q4 = q[-4:]
     o1, s1 = oc.attention(q4, k[:20], v[:20], sm, causal=False)
     o2, s2 = oc.attention(q4, k[20:], v[20:], sm, causal=False)
-    res = run_function(build, "tir_attention_merge_state", [o1.astype(np.float16), s1, o2.astype(np.float16), s2], device)
+    args = [o1.astype(np.float16), s1, o2.astype(np.float16), s2]
+    res = run_function(build, "tir_attention_merge_state", args, device)
     ref, ref_lse = oc.attention(q4, k, v, sm, causal=False)
     kernel = build.kernel("tir_attention_merge_state_kernel")
     vec = D // int(kernel.thread_extents["threadIdx.x"])
     oc.assert_close_f16(res[0][..., :vec], ref[..., :vec], what="merged output, first lane")
-    full = oc.f32(res[0])
-    if not (np.abs(full - ref).max() <= 1e-2 * np.abs(ref).max() and np.allclose(res[1], ref_lse, atol=2e-2)):
+    racy = "barrier(" not in kernel.source and int(kernel.thread_extents["threadIdx.x"]) > 1
+    ok = np.abs(oc.f32(res[0]) - ref).max() <= 1e-2 * np.abs(ref).max() and np.allclose(res[1], ref_lse, atol=2e-2)
+    if racy and not ok:
         pytest.xfail(
             "TVM's merge_state kernel races on S across threadIdx.x (no barrier between the read and "
             f"the write); {device.name} runs work-items serially, so only lane 0 is right"
         )
+    oc.assert_close_f16(res[0], ref, what="merged output")
+    np.testing.assert_allclose(res[1], ref_lse, atol=2e-2)

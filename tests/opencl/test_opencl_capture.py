@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import opencl_cases as oc
-from targets.backends.opencl.capture import source_signature
 from targets.backends.opencl import (
     OpenCLSourceError,
     clang_syntax_check,
     emulate_fp16,
     find_clang,
+    source_signature,
     split_kernels,
     uses_fp16,
 )
@@ -90,3 +90,20 @@ def test_unmodified_fp16_source_passes_clang_opencl_frontend(model):
     clang_syntax_check(model.source)
     with pytest.raises(OpenCLSourceError, match="undeclared"):
         clang_syntax_check("__kernel void k(__global half* a) { a[0] = undefined_thing; }")
+
+
+def test_every_opencl_soc_gets_the_device_target_tested_here():
+    """The kernels verified here are those of every Adreno/Mali SoC in the registry: their OpenCL
+    device targets are identical (a SoC whose target differs would need its own run)."""
+    from targets import load_soc
+    from targets.registry import SHIPPED_DIR
+
+    tested = dict(load_soc(oc.SOC).tvm_device_target("opencl"))
+    tested.pop("host")
+    socs = [load_soc(p.stem) for p in sorted(SHIPPED_DIR.glob("*.toml")) if p.stem != "host"]
+    opencl = [s for s in socs if "opencl" in s.gpu_apis]
+    assert len(opencl) >= 2  # Adreno and Mali
+    for soc in opencl:
+        dev = dict(soc.tvm_device_target("opencl"))
+        dev.pop("host")
+        assert dev == tested, soc.name

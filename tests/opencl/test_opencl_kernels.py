@@ -31,7 +31,8 @@ def test_gemv_decode(scheme, device, rng):
     build = oc.linear_build(scheme, oc.HIDDEN, oc.QKV, 1)
     weights, w = _weights(scheme, oc.QKV, oc.HIDDEN, rng)
     x = rng.standard_normal((1, 1, oc.HIDDEN)).astype(np.float16)
-    out = run_function(build, oc.function(build, "dequant_matmul"), [x, *weights, np.zeros((1, 1, oc.QKV), np.float16)], device)[-1]
+    args = [x, *weights, np.zeros((1, 1, oc.QKV), np.float16)]
+    out = run_function(build, oc.function(build, "dequant_matmul"), args, device)[-1]
     oc.assert_close_f16(out, oc.f32(x) @ w.T, what=f"{scheme} gemv")
 
 
@@ -66,7 +67,8 @@ def test_lm_head_float32_logits(device, rng):
     build = oc.lm_head_build("q4f16")
     weights, w = _weights("q4f16", oc.VOCAB, oc.HIDDEN, rng)
     x = rng.standard_normal((1, 1, oc.HIDDEN)).astype(np.float16)
-    out = run_function(build, oc.function(build, "dequant_matmul"), [x, *weights, np.zeros((1, 1, oc.VOCAB), np.float32)], device)[-1]
+    args = [x, *weights, np.zeros((1, 1, oc.VOCAB), np.float32)]
+    out = run_function(build, oc.function(build, "dequant_matmul"), args, device)[-1]
     assert out.dtype == np.float32
     ref = oc.f32(x) @ w.T
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
@@ -89,7 +91,8 @@ def test_embedding_gather(scheme, device, rng):
     build = oc.embedding_build(scheme)
     weights, table = _weights(scheme, oc.VOCAB, oc.HIDDEN, rng)
     ids = np.array([0, 4095, 17, 17, 2048, 1], np.int32)
-    out = run_function(build, oc.function(build, "dequant_take"), [ids, *weights, np.zeros((6, oc.HIDDEN), np.float16)], device)[-1]
+    args = [ids, *weights, np.zeros((6, oc.HIDDEN), np.float16)]
+    out = run_function(build, oc.function(build, "dequant_take"), args, device)[-1]
     np.testing.assert_array_equal(out, table[ids].astype(np.float16))  # a gather: exact
 
 

@@ -34,7 +34,8 @@ def test_run_kernel_by_parameter_name_matches_host_replay(device, rng):
                "dequant_matmul_cast": np.zeros((1, 1, oc.QKV), np.float16)}  # fmt: skip
     out = run_kernel(kernel, by_name, device)["dequant_matmul_cast"]
     oc.assert_close_f16(out, ref, what="run_kernel")
-    replay = run_function(build, oc.function(build, "dequant_matmul"), [x, packed["qweight"], packed["scale"], np.zeros_like(out)], device)
+    args = [x, packed["qweight"], packed["scale"], np.zeros_like(out)]
+    replay = run_function(build, oc.function(build, "dequant_matmul"), args, device)
     np.testing.assert_array_equal(out, replay[-1])
 
 

@@ -25,6 +25,7 @@ from .capture import (
     capture_split_modules,
     compile_opencl,
     find_opencl_modules,
+    source_signature,
 )
 from .launch import (
     NO_DRIVER_REASON,
@@ -67,6 +68,7 @@ __all__ = [
     "local_memory_bytes",
     "run_function",
     "run_kernel",
+    "source_signature",
     "split_kernels",
     "unavailable_reason",
     "uses_fp16",

@@ -141,7 +141,8 @@ class HostFunction:
             raise OpenCLCaptureError(f"host function {self.name}: {self.problem}")
         if len(args) != len(self.params):
             raise OpenCLCaptureError(
-                f"{self.name} takes {len(self.params)} arguments ({', '.join(p.name for p in self.params)}), got {len(args)}"
+                f"{self.name} takes {len(self.params)} arguments "
+                f"({', '.join(p.name for p in self.params)}), got {len(args)}"
             )
         env = _Env(args=list(args), binds=self._binds, decls=self._decls)
         out = []

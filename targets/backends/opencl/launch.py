@@ -129,7 +129,8 @@ class OpenCLDevice:
         threads = int(np.prod(block))
         if kernel.max_threads and threads > kernel.max_threads:
             raise OpenCLRuntimeError(
-                f"{kernel.name}: {threads} threads per work group exceed the target's max_num_threads {kernel.max_threads}"
+                f"{kernel.name}: {threads} threads per work group exceed the target's "
+                f"max_num_threads {kernel.max_threads}"
             )
         if kernel.max_shared_memory and kernel.local_bytes > kernel.max_shared_memory:
             raise OpenCLRuntimeError(
@@ -138,9 +139,12 @@ class OpenCLDevice:
             )
         limit = self.max_work_group_size
         if clk is not None:
-            limit = min(limit, int(clk.get_work_group_info(self.cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device)))
+            wg = clk.get_work_group_info(self.cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device)
+            limit = min(limit, int(wg))
         if threads > limit:
-            raise OpenCLRuntimeError(f"{kernel.name}: {threads} threads per work group exceed {self.name}'s limit {limit}")
+            raise OpenCLRuntimeError(
+                f"{kernel.name}: {threads} threads per work group exceed {self.name}'s limit {limit}"
+            )
 
     def _upload(self, a: np.ndarray):
         host = np.ascontiguousarray(a.astype(np.float32) if (self.emulate_fp16 and a.dtype == np.float16) else a)

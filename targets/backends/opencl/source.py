@@ -99,7 +99,8 @@ def clang_syntax_check(source: str, std: str = "CL1.2", clang: str | None = None
             f.write(source)
         cmd = [
             clang, "-x", "cl", f"-cl-std={std}", "-target", "spir64-unknown-unknown", "-Xclang",
-            "-finclude-default-header", "-Xclang", "-cl-ext=+cl_khr_fp16", "-fsyntax-only", "-Werror=implicit-function-declaration", path,
+            "-finclude-default-header", "-Xclang", "-cl-ext=+cl_khr_fp16", "-fsyntax-only",
+            "-Werror=implicit-function-declaration", path,
         ]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
