@@ -54,8 +54,10 @@ def test_q0f32_greedy_equals_transformers_generate(packages):
     ours = json.loads(proc.stdout)["token_ids"]
     model = reference_model(DEFAULT_MODEL)
     with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, len(ids):].tolist()
+        x = torch.tensor([ids])
+        # explicit mask: generate() would otherwise infer one from pad_token_id and could mask the bos token
+        ref = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                             eos_token_id=None, pad_token_id=-1)[0, len(ids):].tolist()
     assert ours == ref
 
 
