@@ -10,6 +10,11 @@ the wheel versions, the compiler's version, the options); when it matches, nothi
 otherwise CMake rebuilds incrementally.  Compiles run under `nice -n 19` with 2 jobs by default (the
 build machines are shared).  Needs cmake (+ ninja, optional) and, for aarch64 on an x86_64 host,
 Debian's g++-aarch64-linux-gnu; qemu-user runs the results.
+
+The Vulkan device API (runtime_stubs/vulkan/*.cc, LLAMA_AOT_WITH_VULKAN) is compiled in when the
+target has <vulkan/vulkan.h> and libvulkan (``--vulkan auto``, the default: the host's
+libvulkan-dev for x86_64; an aarch64 libvulkan.so under /usr/aarch64-linux-gnu or
+/usr/lib/aarch64-linux-gnu for aarch64, normally absent); ``--vulkan on|off`` forces it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ ARCHES = ("x86_64", "aarch64")
 TOOLCHAINS = {"aarch64": NATIVE_DIR / "cmake" / "aarch64-linux-gnu.cmake"}
 CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "x86_64-linux-gnu-g++"}
 QEMU = {"aarch64": ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]}
+VULKAN_DIR = NATIVE_DIR.parent / "vulkan"  # vk_*.cc: compiled in with LLAMA_AOT_WITH_VULKAN
+VULKAN_SOURCES = ("vk_common.h", "vk_device.cc", "vk_device_api.cc", "vk_module.cc")
+# where a target's libvulkan.so (the link-time name) may be; the headers are arch-independent
+VULKAN_LIB_DIRS = {
+    "x86_64": ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"),
+    "aarch64": ("/usr/aarch64-linux-gnu/lib", "/usr/lib/aarch64-linux-gnu"),
+}
+VULKAN_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 
 
 class NativeBuildError(RuntimeError):
@@ -53,9 +66,20 @@ class NativeBuild:
     run_shared: Path  # llama_aot_run over libllama_aot_runtime.so
     jni_lib: Path | None
     include_dir: Path
+    vulkan: bool  # the Vulkan device API is compiled in (llama_aot_open(dir, "vulkan", ...))
     seconds: float  # wall time of this call's build (0 when cached)
     cached: bool
     source_hash: str
+
+    @property
+    def static_link_libs(self) -> list[str]:
+        """What an executable linking libllama_aot_runtime.a (whole archive) must link after it:
+        -ldl -lpthread -lm, and libvulkan when the Vulkan device API is compiled in."""
+        libs = ["-ldl", "-lpthread", "-lm"]
+        if self.vulkan:
+            vk = vulkan_for(self.arch)
+            libs.append(str(vk[1]) if vk else "-lvulkan")
+        return libs
 
     def runner(self) -> list[str]:
         """Command prefix to execute this arch's binaries on this host ([] or qemu)."""
@@ -117,6 +141,23 @@ def _compiler_version(arch: str) -> str:
         raise NativeBuildError(f"C++ compiler {cxx} for {arch} is not usable: {e}{hint}") from None
 
 
+def vulkan_for(arch: str) -> tuple[Path, Path] | None:
+    """(include dir holding vulkan/vulkan.h, libvulkan.so) for arch, or None when either is missing.
+
+    Only the link-time name libvulkan.so (libvulkan-dev, or the target's own sysroot) counts, and
+    only in the target's library directories: a cross build never picks up the host's loader.
+    $VULKAN_SDK (host builds) is looked at first.
+    """
+    sdk = os.environ.get("VULKAN_SDK")
+    inc_dirs = ([f"{sdk}/include"] if sdk and arch == host_arch() else []) + list(VULKAN_INCLUDE_DIRS)
+    lib_dirs = ([f"{sdk}/lib"] if sdk and arch == host_arch() else []) + list(VULKAN_LIB_DIRS.get(arch, ()))
+    inc = next((Path(d) for d in inc_dirs if (Path(d) / "vulkan" / "vulkan.h").is_file()), None)
+    lib = next((Path(d) / "libvulkan.so" for d in lib_dirs if (Path(d) / "libvulkan.so").exists()), None)
+    if inc is None or lib is None or not (VULKAN_DIR / "vk_device.cc").is_file():
+        return None
+    return inc, lib
+
+
 def source_hash(arch: str, options: dict) -> str:
     tvm_dir, ffi_dir = wheel_dirs()
     h = hashlib.sha256()
@@ -125,8 +166,10 @@ def source_hash(arch: str, options: dict) -> str:
         for p in sorted(NATIVE_DIR.rglob("*"))
         if p.is_file() and p.suffix in {".h", ".cc", ".c", ".txt", ".cmake", ".modulemap"}
     ]
+    if options.get("vulkan"):
+        own += [VULKAN_DIR / f for f in VULKAN_SOURCES]
     for p in own:
-        h.update(str(p.relative_to(NATIVE_DIR)).encode())
+        h.update(str(p.relative_to(NATIVE_DIR.parent)).encode())
         h.update(p.read_bytes())
     for p in wheel_source_paths():
         h.update(str(p).encode())
@@ -163,7 +206,8 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _artifacts(arch: str, build_dir: Path, jni: bool, seconds: float, cached: bool, digest: str) -> NativeBuild:
+def _artifacts(arch: str, build_dir: Path, jni: bool, vulkan: bool, seconds: float, cached: bool,
+               digest: str) -> NativeBuild:
     return NativeBuild(
         arch=arch,
         build_dir=build_dir,
@@ -173,6 +217,7 @@ def _artifacts(arch: str, build_dir: Path, jni: bool, seconds: float, cached: bo
         run_shared=build_dir / "llama_aot_run_shared",
         jni_lib=(build_dir / "libllama_aot_jni.so") if jni else None,
         include_dir=NATIVE_DIR / "include",
+        vulkan=vulkan,
         seconds=seconds,
         cached=cached,
         source_hash=digest,
@@ -185,8 +230,13 @@ def build_native(
     build_root: Path | None = None,
     jni: bool | None = None,
     verbose: bool = False,
+    vulkan: bool | None = None,
 ) -> NativeBuild:
-    """Build (or reuse) the runtime for `arch`; returns where the artifacts are."""
+    """Build (or reuse) the runtime for `arch`; returns where the artifacts are.
+
+    ``vulkan``: compile the Vulkan device API in (None: when ``vulkan_for(arch)`` finds the header
+    and libvulkan.so of the target; True without them raises NativeBuildError).
+    """
     arch = arch or host_arch()
     if arch not in ARCHES:
         raise NativeBuildError(f"unknown arch {arch!r} (expected one of {ARCHES})")
@@ -201,13 +251,22 @@ def build_native(
         jni = jdk is not None
     elif jni and jdk is None:
         raise NativeBuildError("jni=True but no JDK include directory (jni.h) was found; set JAVA_HOME")
-    options = {"arch": arch, "jni": bool(jni), "jdk": str(jdk) if jni else ""}
+    vk = vulkan_for(arch)
+    if vulkan is None:
+        vulkan = vk is not None
+    elif vulkan and vk is None:
+        raise NativeBuildError(
+            f"vulkan=True but no Vulkan header + libvulkan.so for {arch} was found "
+            f"(x86_64: apt-get install libvulkan-dev; aarch64: see docs/runtime.md, Vulkan)"
+        )
+    options = {"arch": arch, "jni": bool(jni), "jdk": str(jdk) if jni else "", "vulkan": bool(vulkan),
+               "vulkan_lib": str(vk[1]) if vulkan else ""}  # fmt: skip
     tvm_dir, ffi_dir = wheel_dirs()
 
     with _locked(build_root / f".native-{arch}.lock"):
         digest = source_hash(arch, options)
         stamp = build_dir / STAMP
-        art = _artifacts(arch, build_dir, bool(jni), 0.0, True, digest)
+        art = _artifacts(arch, build_dir, bool(jni), bool(vulkan), 0.0, True, digest)
         outputs = [art.static_lib, art.shared_lib, art.run, art.run_shared] + ([art.jni_lib] if jni else [])
         if stamp.is_file() and all(p.is_file() for p in outputs):
             try:
@@ -230,6 +289,11 @@ def build_native(
         ]  # fmt: skip
         if jni:
             configure.append(f"-DLLAMA_AOT_JNI_INCLUDE={jdk}")
+        if vulkan:
+            configure += ["-DLLAMA_AOT_WITH_VULKAN=ON", f"-DLLAMA_AOT_VULKAN_INCLUDE_DIR={vk[0]}",
+                          f"-DLLAMA_AOT_VULKAN_LIBRARY={vk[1]}"]  # fmt: skip
+        else:
+            configure.append("-DLLAMA_AOT_WITH_VULKAN=OFF")
         if arch != host_arch():
             configure.append(f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAINS[arch]}")
         build = ["nice", "-n", "19", "cmake", "--build", str(build_dir), "-j", str(max(1, jobs))]
@@ -243,7 +307,7 @@ def build_native(
         if missing:
             raise NativeBuildError(f"build finished but {missing} are missing")
         stamp.write_text(json.dumps({"source_hash": digest, "build_seconds": round(seconds, 1), **options}, indent=1))
-        return _artifacts(arch, build_dir, bool(jni), seconds, False, digest)
+        return _artifacts(arch, build_dir, bool(jni), bool(vulkan), seconds, False, digest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,11 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--build-root", type=Path, default=None)
     ap.add_argument("--jni", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--vulkan", nargs="?", const="on", choices=["auto", "on", "off"], default="auto",
+                    help="compile the Vulkan device API in (auto: when the target has libvulkan)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     jni = {"auto": None, "on": True, "off": False}[args.jni]
+    vulkan = {"auto": None, "on": True, "off": False}[args.vulkan]
     try:
-        b = build_native(args.arch, args.jobs, args.build_root, jni, args.verbose)
+        b = build_native(args.arch, args.jobs, args.build_root, jni, args.verbose, vulkan)
     except NativeBuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

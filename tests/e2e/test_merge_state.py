@@ -11,68 +11,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 
 from compiler.compile import CompileOptions, compile_model
 from compiler.frontend.synthetic import write_random_checkpoint
 from reference import reference_logits, reference_model
 from runtime_stubs.engine import Engine
+from vulkan_support import dev, numpy_merge, run_merge, toolchain, vk, vkb, vkrt  # noqa: F401  fixtures
 
-NO_DEVICE = "needs a Vulkan driver (mesa-vulkan-drivers)"
-NO_TOOLS = "needs glslangValidator and spirv-val (apt-get install glslang-tools spirv-tools)"
 H = 4
-
-
-@pytest.fixture(scope="module")
-def dev():
-    from runtime_stubs import vulkan
-
-    vulkan.load_plugin()
-    if vulkan.unavailable_reason() is not None:
-        pytest.skip(NO_DEVICE)
-    return tvm.runtime.vulkan(0)
-
-
-@pytest.fixture(scope="module")
-def vkb(dev):
-    from targets.backends import vulkan
-
-    vulkan.register()
-    if not vulkan.toolchain_available():
-        pytest.skip(NO_TOOLS)
-    return vulkan
-
-
-def _numpy_merge(v, s, vo, so):
-    """Log-sum-exp merge (base 2) of two normalised partial attention outputs."""
-    m = np.maximum(s, so)
-    a, b = np.exp2(s - m), np.exp2(so - m)
-    return (v * a[..., None] + vo * b[..., None]) / (a + b)[..., None], np.log2(a + b) + m
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_merge_state_kernel_matches_numpy(head_dim, dev, vkb, tmp_path):
     from compiler.model.kv_kernels import merge_state_inplace
 
-    target = tvm.target.Target(vkb.lavapipe_target(), host={"kind": "llvm"})
-    mod = tvm.IRModule({"main": merge_state_inplace(H, head_dim, "float32", target)})
-    with vkb.original_errors():
-        ex = tvm.compile(mod, target=target)
-    ex.export_library(str(tmp_path / "merge.so"))
-    lib = tvm.runtime.load_module(str(tmp_path / "merge.so"))
-
-    rng = np.random.default_rng(head_dim)
-    n = 5
-    v, vo = (rng.standard_normal((n, H, head_dim)).astype("float32") for _ in range(2))
-    s, so = ((3 * rng.standard_normal((n, H))).astype("float32") for _ in range(2))
-    tv, ts = tvm.runtime.tensor(v, dev), tvm.runtime.tensor(s, dev)
-    tvo, tso = tvm.runtime.tensor(vo, dev), tvm.runtime.tensor(so, dev)
-    lib["main"](tv, ts, tvo, tso)
-    ref_v, ref_s = _numpy_merge(v.astype("float64"), s.astype("float64"), vo.astype("float64"), so.astype("float64"))
-    np.testing.assert_allclose(tv.numpy(), ref_v, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ts.numpy(), ref_s, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(tvo.numpy(), vo)  # the other state is only read
-    np.testing.assert_array_equal(tso.numpy(), so)
+    (v, s, vo, so), out = run_merge(merge_state_inplace, H, head_dim, vkb, dev, tmp_path / "merge.so", rows=5,
+                                    seed=head_dim)  # fmt: skip
+    ref_v, ref_s = numpy_merge(v, s, vo, so)
+    np.testing.assert_allclose(out[0], ref_v, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], ref_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[2], vo)  # the other state is only read
+    np.testing.assert_array_equal(out[3], so)
 
 
 CONFIG = dict(

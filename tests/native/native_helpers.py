@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -20,12 +21,13 @@ REPO = HERE.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import toy_package  # noqa: E402
-
 from runtime_stubs import native_build  # noqa: E402
 
-PROMPT = list(range(3, 23))  # 20 tokens: two prefill chunks of 16
-MAX_TOKENS = 40  # 60 tokens in all: crosses several 16-token pages, inside the 96-token window
+NATIVE = REPO / "runtime_stubs" / "native"
+PROMPT = list(range(3, 40))  # 37 tokens: three prefill chunks of 16
+MAX_TOKENS = 40  # 77 tokens in all: crosses four 16-token pages, inside the 96-token window
+PHONE_SOC = "snapdragon-8-gen-3"  # aarch64-linux-android: runs under qemu-aarch64 on Debian's glibc
+ANDROID_X86_64 = HERE / "android-x86-64.toml"  # an x86_64 phone target: libmodel.a for this host
 
 
 def need(*tools: str) -> None:
@@ -35,6 +37,14 @@ def need(*tools: str) -> None:
         if os.environ.get("LLAMA_AOT_REQUIRE_NATIVE") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def need_phone_toolchain() -> None:
+    """What compiler/export.py links phone packages with: clang, lld, llvm-ar, llvm-nm."""
+    need("clang", "ld.lld")
+    for names in (("llvm-ar", "llvm-ar-14"), ("llvm-nm", "llvm-nm-14")):  # what compiler/export.py accepts
+        if not any(shutil.which(n) for n in names):
+            need(names[0])
 
 
 def build(arch: str) -> native_build.NativeBuild:
@@ -47,32 +57,67 @@ def build(arch: str) -> native_build.NativeBuild:
     return b
 
 
-def _toy_key() -> str:
-    import importlib.metadata as md
+def engine_reference(package: Path, prompt, max_tokens: int, stop_on_eos: bool = True):
+    """(tokens, logits rows) of runtime_stubs.engine.Engine (TVM's Python runtime) on a host package."""
+    from runtime_stubs.engine import Engine
 
-    h = hashlib.sha256((HERE / "toy_package.py").read_bytes())
-    for dist in ("apache-tvm", "apache-tvm-ffi"):
-        try:
-            h.update(md.version(dist).encode())
-        except md.PackageNotFoundError:
-            pass
-    return h.hexdigest()[:16]
+    gen = Engine(package).generate(prompt, max_tokens=max_tokens, stop_on_eos=stop_on_eos, keep_logits=True)
+    assert len(gen.token_ids) == max_tokens, "stopped early: the run no longer crosses the pages it should"
+    return gen.token_ids, np.stack(gen.logits).astype("float32")
 
 
-def toy(arch: str, system_lib: bool = False) -> Path:
-    """A toy package for arch (cached across sessions; rebuilt when toy_package.py changes)."""
-    root = REPO / "build" / "native-toy" / _toy_key()
-    out = root / (f"{arch}-syslib" if system_lib else arch)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "llama-aot.json").is_file():
-            tmp = root / f".tmp-{out.name}"
-            toy_package.build_package(tmp, arch, system_lib=system_lib)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
+def run_driver(prefix: list[str], exe: Path, package: Path, prompt=PROMPT, max_tokens=MAX_TOKENS, tmp=None,
+               extra=(), env=None):
+    """Run llama_aot_run; return (json result, logits rows [tokens, vocab] or None without tmp)."""
+    args = [*prefix, str(exe), str(package), "--prompt-ids", ",".join(map(str, prompt)),
+            "--max-tokens", str(max_tokens), *extra]  # fmt: skip
+    logits_path = None
+    if tmp is not None:
+        logits_path = Path(tmp) / f"logits-{exe.name}-{Path(package).name}.bin"
+        args += ["--logits-out", str(logits_path)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, f"{' '.join(args)}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+    out = json.loads(res.stdout)
+    rows = None
+    if logits_path is not None:
+        rows = np.fromfile(logits_path, dtype="<f4").reshape(len(out["token_ids"]), -1)
+    return out, rows
+
+
+def check(out, rows, reference, prompt=PROMPT, atol: float | None = None, rel_tol: float | None = None):
+    """Same prompt, tokens and decode steps as the reference; logits within atol, or within rel_tol
+    of the reference's logit scale (max |logit|)."""
+    tokens, ref_rows = reference
+    assert out["prompt_ids"] == list(prompt)
+    assert out["token_ids"] == tokens
+    assert out["decode_steps"] == len(tokens) - 1
+    assert rows.shape == ref_rows.shape
+    scale = float(np.abs(ref_rows).max())
+    worst = float(np.abs(rows - ref_rows).max())
+    print(f"\n[max |logit diff| {worst:.3g} = {worst / scale:.3g} of the logit scale {scale:.3g}]")
+    np.testing.assert_allclose(rows, ref_rows, rtol=0, atol=atol if rel_tol is None else rel_tol * scale)
+
+
+def link_system_lib_driver(build: native_build.NativeBuild, package: Path, out: Path, cxx: str) -> Path:
+    """llama_aot_run with the package's lib/libmodel.a and the whole static runtime linked in."""
+    need(cxx)
+    cmd = ["nice", "-n", "19", cxx, "-O2", "-o", str(out), str(NATIVE / "tools" / "llama_aot_run.cc"),
+           f"-I{build.include_dir}", "-Wl,--whole-archive", str(Path(package) / "lib" / "libmodel.a"),
+           str(build.static_lib), "-Wl,--no-whole-archive", *build.static_link_libs]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
     return out
+
+
+def system_lib_view(package: Path, dest: Path) -> Path:
+    """The package as an app that links lib/libmodel.a sees it: llama-aot.json says
+    "system:<prefix>"; the weights are the same files (params/ is a symlink)."""
+    cfg = json.loads((package / "llama-aot.json").read_text())
+    cfg["runtime"]["library"] = "system:" + cfg["library"]["system_lib_prefix"]
+    dest.mkdir()
+    (dest / "params").symlink_to(package / "params", target_is_directory=True)
+    (dest / "llama-aot.json").write_text(json.dumps(cfg, indent=1))
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,15 +24,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from native_helpers import REPO, need, prebuilt_tvm_aarch64
+from native_helpers import (NATIVE, PHONE_SOC, REPO, check, engine_reference, link_system_lib_driver, need,
+                            need_phone_toolchain, prebuilt_tvm_aarch64, run_driver, system_lib_view)  # fmt: skip
 from runtime_stubs import native_build
 
-NATIVE = REPO / "runtime_stubs" / "native"
 MODEL = REPO / "models" / "tiny-llama3"
-SOC = "snapdragon-8-gen-3"
 QUANT = "q4f16"
 PREFILL_CHUNK = 16
 CONTEXT_WINDOW = 128
@@ -53,11 +51,8 @@ def _compile(out: Path, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def soc_package(tmp_path_factory):
-    need("clang", "ld.lld")
-    for names in (("llvm-ar", "llvm-ar-14"), ("llvm-nm", "llvm-nm-14")):  # what compiler/export.py accepts
-        if not any(shutil.which(n) for n in names):
-            need(names[0])
-    return _compile(tmp_path_factory.mktemp("soc") / "pkg", soc=SOC, device="cpu")
+    need_phone_toolchain()
+    return _compile(tmp_path_factory.mktemp("soc") / "pkg", soc=PHONE_SOC, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -68,53 +63,19 @@ def host_package(tmp_path_factory):
 @pytest.fixture(scope="module")
 def host_reference(host_package):
     """(tokens, logits rows) of runtime_stubs.engine.Engine on the host package."""
-    from runtime_stubs.engine import Engine
-
-    gen = Engine(host_package).generate(PROMPT, max_tokens=MAX_TOKENS, stop_on_eos=False, keep_logits=True)
-    assert len(gen.token_ids) == MAX_TOKENS
-    return gen.token_ids, np.stack(gen.logits).astype("float32")
+    return engine_reference(host_package, PROMPT, MAX_TOKENS, stop_on_eos=False)
 
 
 def run_package(prefix: list[str], exe: Path, package: Path, tmp: Path, threads: int | None = None, env=None):
-    """llama_aot_run on the package; returns (json result, logits rows [tokens, vocab])."""
-    logits = tmp / f"logits-{exe.name}-{package.name}.bin"
-    args = [*prefix, str(exe), str(package), "--prompt-ids", ",".join(map(str, PROMPT)), "--max-tokens",
-            str(MAX_TOKENS), "--no-stop-on-eos", "--logits-out", str(logits)]  # fmt: skip
-    if threads:
-        args += ["--threads", str(threads)]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, f"{' '.join(args)}\nstdout: {res.stdout}\nstderr: {res.stderr}"
-    out = json.loads(res.stdout)
-    rows = np.fromfile(logits, dtype="<f4").reshape(len(out["token_ids"]), -1)
-    return out, rows
-
-
-def check(out, rows, reference, rel_tol=REL_TOL):
-    tokens, ref_rows = reference
-    assert out["prompt_ids"] == PROMPT
-    assert out["token_ids"] == tokens
-    assert rows.shape == ref_rows.shape
-    scale = float(np.abs(ref_rows).max())
-    worst = float(np.abs(rows - ref_rows).max())
-    print(f"\n[max |logit diff| {worst:.3g} = {worst / scale:.3g} of the logit scale {scale:.3g}]")
-    np.testing.assert_allclose(rows, ref_rows, rtol=0, atol=rel_tol * scale)
+    """llama_aot_run on the package (no stop on EOS); returns (json result, logits rows [tokens, vocab])."""
+    extra = ["--no-stop-on-eos", *(["--threads", str(threads)] if threads else [])]
+    return run_driver(prefix, exe, package, PROMPT, MAX_TOKENS, tmp, extra=extra, env=env)
 
 
 def _elf_machine(path: Path) -> int:
     head = path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF", path
     return int.from_bytes(head[18:20], "little")
-
-
-def system_lib_view(package: Path, dest: Path) -> Path:
-    """The package as an app that links lib/libmodel.a sees it: llama-aot.json says
-    "system:<prefix>"; the weights are the same files (params/ is a symlink)."""
-    cfg = json.loads((package / "llama-aot.json").read_text())
-    cfg["runtime"]["library"] = "system:" + cfg["library"]["system_lib_prefix"]
-    dest.mkdir()
-    (dest / "params").symlink_to(package / "params", target_is_directory=True)
-    (dest / "llama-aot.json").write_text(json.dumps(cfg, indent=1))
-    return dest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +111,7 @@ def test_soc_cpu_package_libraries(soc_package):
 
 def test_x86_runtime_runs_host_tiny_package(native_x86, host_package, host_reference, tmp_path):
     out, rows = run_package([], native_x86.run, host_package, tmp_path)
-    check(out, rows, host_reference, rel_tol=1e-6)  # the same model.so as the Python runtime
+    check(out, rows, host_reference, PROMPT, rel_tol=1e-6)  # the same model.so as the Python runtime
 
 
 @pytest.mark.parametrize("driver", ["run", "run_shared"])
@@ -159,23 +120,16 @@ def test_aarch64_runtime_runs_soc_model_so_under_qemu(native_aarch64, soc_packag
     our runtime, linked into the driver (-rdynamic) or as libllama_aot_runtime.so."""
     exe = getattr(native_aarch64, driver)
     out, rows = run_package(native_aarch64.runner(), exe, soc_package, tmp_path, threads=None if driver == "run" else 1)
-    check(out, rows, host_reference)
+    check(out, rows, host_reference, PROMPT, rel_tol=REL_TOL)
 
 
 def test_aarch64_static_archive_system_lib_under_qemu(native_aarch64, soc_package, host_reference, tmp_path):
     """lib/libmodel.a linked whole-archive (with the whole static runtime) into the driver; the C API
     finds it with ffi.SystemLib(<prefix>) from "runtime.library": "system:<prefix>"."""
-    need("aarch64-linux-gnu-g++")
-    exe = tmp_path / "llama_aot_run_syslib"
-    cmd = ["nice", "-n", "19", "aarch64-linux-gnu-g++", "-O2", "-o", str(exe),
-           str(NATIVE / "tools" / "llama_aot_run.cc"), f"-I{native_aarch64.include_dir}",
-           "-Wl,--whole-archive", str(soc_package / "lib" / "libmodel.a"), str(native_aarch64.static_lib),
-           "-Wl,--no-whole-archive", "-ldl", "-lpthread", "-lm"]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
+    exe = link_system_lib_driver(native_aarch64, soc_package, tmp_path / "llama_aot_run_syslib", "aarch64-linux-gnu-g++")
     package = system_lib_view(soc_package, tmp_path / "syslib-pkg")
     out, rows = run_package(native_aarch64.runner(), exe, package, tmp_path, threads=1)
-    check(out, rows, host_reference)
+    check(out, rows, host_reference, PROMPT, rel_tol=REL_TOL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,4 +186,4 @@ def test_prebuilt_tvm_wheel_runtime_runs_soc_model_so_under_qemu(prebuilt_tvm, s
     res = subprocess.run([*runner, str(exe), str(soc_package), "--prompt-ids", "1"], capture_output=True, text=True)
     assert res.returncode != 0 and "libtvm_" in res.stderr
     out, rows = run_package(prefix, exe, soc_package, tmp_path, threads=1, env=env)
-    check(out, rows, host_reference)
+    check(out, rows, host_reference, PROMPT, rel_tol=REL_TOL)

@@ -19,6 +19,8 @@ from tvm.script import tirx as T
 
 from targets.backends import vulkan as vkb
 from targets.backends.vulkan.launch import run_kernel
+from vulkan_support import (MANY_FLOATS, MANY_INTS, MANY_LONGS, many_scalars, many_scalars_reference,
+                            matmul_f16)  # fmt: skip
 
 HOST = {"kind": "llvm"}
 
@@ -506,14 +508,8 @@ def _check_q4_gemv(kernels, dev):
 
 
 def _build_matmul_f16():
-    m = te.var("m")
-    a = te.placeholder((m, 128), "float16", name="a")
-    b = te.placeholder((128, 128), "float16", name="b")
-    k = te.reduce_axis((0, 128), name="k")
-    c = te.compute((m, 128), lambda i, j: te.sum(a[i, k].astype("float32") * b[k, j].astype("float32"), axis=k))
-    d = te.compute((m, 128), lambda i, j: c[i, j].astype("float16"), name="d")
     tgt = lavapipe()
-    return dlight_module({"main": te.create_prim_func([a, b, d])}, [dl.gpu.Matmul()], tgt), tgt
+    return dlight_module({"main": matmul_f16()}, [dl.gpu.Matmul()], tgt), tgt
 
 
 def _check_matmul_f16(kernels, dev):
@@ -532,36 +528,18 @@ def _check_matmul_f16(kernels, dev):
 # more than 16 scalar arguments: a uniform buffer instead of push constants (shader flag bit 0)
 
 
-@T.prim_func
-def _many_scalars(
-    a: T.Buffer((64,), "float32"), out: T.Buffer((64,), "float32"),
-    s0: T.int32, s1: T.int32, s2: T.int32, s3: T.int32, s4: T.int32, s5: T.int32,
-    f0: T.float32, f1: T.float32, f2: T.float32, f3: T.float32, f4: T.float32, f5: T.float32,
-    l0: T.int64, l1: T.int64, l2: T.int64, l3: T.int64, l4: T.int64, l5: T.int64,
-):  # fmt: skip
-    T.func_attr({"global_symbol": "many_scalars", "tirx.noalias": True})
-    for tx in T.thread_binding(64, thread="threadIdx.x"):
-        out[tx] = (
-            a[tx] * T.Cast("float32", s0 + s1 + s2 + s3 + s4 + s5)
-            + (f0 + f1 + f2 + f3 + f4 + f5)
-            + T.Cast("float32", l0 + l1 + l2 + l3 + l4 + l5)
-        )
-
-
 def _build_many_scalars():
-    return tvm.IRModule({"many_scalars": _many_scalars}), lavapipe()
+    return many_scalars(), lavapipe()
 
 
 def _check_many_scalars(kernels, dev):
     k = one(kernels)
     assert k.flag == vkb.FLAG_USE_UBO
     a = RNG.standard_normal(64).astype("float32")
-    ints, floats, longs = [1, 2, 3, 4, 5, -6], [0.5, 0.25, 1.0, -1.0, 2.0, 3.0], [10, 20, 30, 40, 50, 2**33]
-    scalars = dict(zip([f"s{i}" for i in range(6)] + [f"f{i}" for i in range(6)] + [f"l{i}" for i in range(6)],
-                       ints + floats + longs))  # fmt: skip
+    names = [f"{c}{i}" for c in "sfl" for i in range(6)]
+    scalars = dict(zip(names, MANY_INTS + MANY_FLOATS + MANY_LONGS))
     out = run_kernel(k, dict(a=a, out=np.zeros(64, "float32"), **scalars), dev)["out"]
-    ref = a * sum(ints) + sum(floats) + np.float32(sum(longs))
-    np.testing.assert_allclose(out, ref, rtol=1e-6)
+    np.testing.assert_allclose(out, many_scalars_reference(a), rtol=1e-6)
 
 
 CASES = {

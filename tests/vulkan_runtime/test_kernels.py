@@ -10,6 +10,8 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from vkrt_helpers import build_and_load, lavapipe
+from vulkan_support import (MANY_FLOATS, MANY_INTS, MANY_LONGS, many_scalars, many_scalars_reference,
+                            matmul_f16)  # fmt: skip
 
 RNG = np.random.default_rng(0)
 _libs: dict[str, tvm.runtime.Module] = {}
@@ -169,14 +171,7 @@ def test_dlight_reduction(dev, vkb, libdir, warp):
 
 
 def _matmul(path):
-    m = te.var("m")
-    a = te.placeholder((m, 128), "float16", name="a")
-    b = te.placeholder((128, 128), "float16", name="b")
-    k = te.reduce_axis((0, 128), name="k")
-    c = te.compute((m, 128), lambda i, j: te.sum(a[i, k].astype("float32") * b[k, j].astype("float32"), axis=k))
-    d = te.compute((m, 128), lambda i, j: c[i, j].astype("float16"), name="d")
-    mod = tvm.IRModule({"main": te.create_prim_func([a, b, d])})
-    return build_and_load(mod, lavapipe(), path, [dl.gpu.Matmul()])
+    return build_and_load(tvm.IRModule({"main": matmul_f16()}), lavapipe(), path, [dl.gpu.Matmul()])
 
 
 def test_dlight_matmul_dynamic(dev, vkb, libdir):
@@ -195,32 +190,13 @@ def test_dlight_matmul_dynamic(dev, vkb, libdir):
 # more than 16 scalars: uniform buffer (shader flag bit 0) instead of push constants
 
 
-@T.prim_func
-def _many_scalars(
-    a: T.Buffer((64,), "float32"), out: T.Buffer((64,), "float32"),
-    s0: T.int32, s1: T.int32, s2: T.int32, s3: T.int32, s4: T.int32, s5: T.int32,
-    f0: T.float32, f1: T.float32, f2: T.float32, f3: T.float32, f4: T.float32, f5: T.float32,
-    l0: T.int64, l1: T.int64, l2: T.int64, l3: T.int64, l4: T.int64, l5: T.int64,
-):  # fmt: skip
-    T.func_attr({"global_symbol": "many_scalars", "tirx.noalias": True})
-    for tx in T.thread_binding(64, thread="threadIdx.x"):
-        out[tx] = (
-            a[tx] * T.Cast("float32", s0 + s1 + s2 + s3 + s4 + s5)
-            + (f0 + f1 + f2 + f3 + f4 + f5)
-            + T.Cast("float32", l0 + l1 + l2 + l3 + l4 + l5)
-        )
-
-
 def test_scalars_in_uniform_buffer(dev, vkb, libdir):
-    lib = _lib("many_scalars", lambda p: build_and_load(tvm.IRModule({"many_scalars": _many_scalars}), lavapipe(), p),
-               libdir)  # fmt: skip
+    lib = _lib("many_scalars", lambda p: build_and_load(many_scalars(), lavapipe(), p), libdir)
     a = RNG.standard_normal(64).astype("float32")
-    ints, floats, longs = [1, 2, 3, 4, 5, -6], [0.5, 0.25, 1.0, -1.0, 2.0, 3.0], [10, 20, 30, 40, 50, 2**33]
     ta, to = tvm.runtime.tensor(a, dev), tvm.runtime.empty((64,), "float32", dev)
     for scale in (1, 3):  # two dispatches in one batch: each gets its own uniform-buffer slice
-        lib["many_scalars"](ta, to, *[i * scale for i in ints], *floats, *longs)
-    ref = a * 3 * sum(ints) + sum(floats) + np.float32(sum(longs))
-    np.testing.assert_allclose(to.numpy(), ref, rtol=1e-6)
+        lib["many_scalars"](ta, to, *[i * scale for i in MANY_INTS], *MANY_FLOATS, *MANY_LONGS)
+    np.testing.assert_allclose(to.numpy(), many_scalars_reference(a, int_scale=3), rtol=1e-6)
 
 
 def test_int_types_and_bool_scalar(dev, vkb, libdir):

@@ -44,7 +44,7 @@ public final class LlamaAot implements AutoCloseable {
 
   private long handle;
 
-  /** Open a package directory on a device ("cpu", or "kind:index"). */
+  /** Open a package directory on a device ("cpu", "vulkan", "kind:index"; null: the package's own). */
   public LlamaAot(String packageDir, String device) {
     handle = nativeOpen(packageDir, device);
   }

@@ -52,7 +52,7 @@ JNIEXPORT jlong JNICALL Java_org_llamaaot_LlamaAot_nativeOpen(JNIEnv* env, jclas
     return 0;
   }
   std::string d = Utf8(env, dir, "");
-  std::string dev = Utf8(env, device, "cpu");
+  std::string dev = Utf8(env, device, "");  // null: the package's own device (target.device)
   llama_aot_model* m = nullptr;
   int rc = llama_aot_open(d.c_str(), dev.c_str(), &m);
   if (rc != LLAMA_AOT_OK) {

@@ -103,6 +103,43 @@ DLDevice ParseDevice(const char* spec) {
 }
 
 /*!
+ * \brief A non-CPU device must have its device API compiled in (device_api.<kind>, e.g. the Vulkan
+ *  one with -DLLAMA_AOT_WITH_VULKAN=ON) and must exist (a driver, a device at that index).
+ */
+void CheckDevice(DLDevice dev) {
+  std::string kind = tvm::runtime::DLDeviceType2Str(dev.device_type);
+  std::string api = "device_api." + kind;
+  if (!ffi::Function::GetGlobal(api).has_value()) {
+    std::string how = dev.device_type == kDLVulkan
+                          ? "configure runtime_stubs/native with -DLLAMA_AOT_WITH_VULKAN=ON "
+                            "(native_build --vulkan on) where the target has libvulkan"
+                          : "link the device's runtime sources to use it";
+    throw StatusError(LLAMA_AOT_ERR_UNSUPPORTED,
+                      "this runtime was built without " + api + " (" + how + ")");
+  }
+  ffi::Any exist;
+  tvm::runtime::DeviceAPI::Get(dev)->GetAttr(dev, tvm::runtime::kExist, &exist);
+  if (exist == nullptr || exist.cast<int64_t>() == 0) {
+    std::string why;
+    if (dev.device_type == kDLVulkan) {
+      // the Vulkan runtime says why (no ICD, LLAMA_AOT_VULKAN_DEVICE matches nothing, ...)
+      if (auto f = ffi::Function::GetGlobal("llama_aot.vulkan.init_error")) {
+        why = (*f)().cast<ffi::String>();
+      }
+      if (why.empty()) {
+        auto count = ffi::Function::GetGlobal("llama_aot.vulkan.device_count");
+        why = "the runtime sees " +
+              (count ? std::to_string((*count)().cast<int64_t>()) : std::string("no")) +
+              " Vulkan device(s) (LLAMA_AOT_VULKAN_DEVICE picks which one is vulkan:0)";
+      }
+    }
+    throw StatusError(LLAMA_AOT_ERR_UNSUPPORTED, "no " + kind + " device " +
+                                                    std::to_string(dev.device_id) +
+                                                    (why.empty() ? "" : ": " + why));
+  }
+}
+
+/*!
  * \brief Make the symbols of the library holding this code globally visible, so that a model .so
  *  dlopen'ed later resolves its undefined TVMFFI* references against us even when we were loaded
  *  with RTLD_LOCAL (JNI's System.loadLibrary, Python ctypes).  Best effort: on glibc an RTLD_NOLOAD
@@ -290,16 +327,22 @@ int llama_aot_open(const char* package_dir, const char* device, llama_aot_model*
   *out = nullptr;
   std::unique_ptr<llama_aot_model> m(new llama_aot_model());
   int rc = Guard("llama_aot_open", [&] {
-    m->device = ParseDevice(device);
-    if (m->device.device_type != kDLCPU) {
-      std::string api = "device_api." + std::string(tvm::runtime::DLDeviceType2Str(m->device.device_type));
-      if (!ffi::Function::GetGlobal(api).has_value()) {
-        throw StatusError(LLAMA_AOT_ERR_UNSUPPORTED,
-                          "this runtime was built without " + api + " (only the CPU device API is in "
-                          "libllama_aot_runtime; link the device's runtime sources to use it)");
-      }
-    }
     m->cfg = llama_aot::ReadPackage(package_dir);
+    // NULL / "" / "auto": the device the package was compiled for (target.device; a package
+    // without one, e.g. a hand-made one, is a CPU package)
+    const std::string package_device = m->cfg.target_device.empty() ? "cpu" : m->cfg.target_device;
+    std::string spec = device ? device : "";
+    if (spec.empty() || spec == "auto") spec = package_device;
+    m->device = ParseDevice(spec.c_str());
+    if (m->device.device_type != kDLCPU) CheckDevice(m->device);
+    if (ParseDevice(package_device.c_str()).device_type != m->device.device_type) {
+      throw StatusError(LLAMA_AOT_ERR_UNSUPPORTED,
+                        std::string(package_dir) + " was compiled for device \"" + package_device +
+                            (m->cfg.target_device.empty() ? "\" (llama-aot.json has no target.device)"
+                                                          : "\" (llama-aot.json target.device)") +
+                            ", not \"" + spec + "\": open it with \"" +
+                            package_device + "\" (or NULL), or recompile it for that device (--target)");
+    }
     m->vocab_size = m->cfg.vocab_size;
 
     // ---- library -> VM ----

@@ -143,6 +143,11 @@ PackageConfig ReadPackage(const std::string& package_dir) {
     FormatError(rt.where, "context_window, prefill_chunk and page_size must be positive");
   }
 
+  if (top.Has("target")) {
+    Obj target = top.Child("target");
+    if (target.Has("device")) cfg.target_device = target.Str("device");
+  }
+
   if (top.Has("model")) {
     Obj model = top.Child("model");
     if (model.Has("vocab_size")) cfg.vocab_size = model.Int("vocab_size");

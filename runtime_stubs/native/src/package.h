@@ -46,6 +46,9 @@ struct PackageConfig {
   std::string fn_prefill = "prefill";
   std::string fn_decode = "decode";
   std::vector<std::string> fn_create_kv_cache;
+  // target.device: the device kind the package was compiled for ("cpu", "vulkan", "opencl");
+  // empty when llama-aot.json has no target section (hand-made packages), which means "cpu"
+  std::string target_device;
   int64_t vocab_size = -1;  // from model.vocab_size when present, else from the first logits
   std::vector<int64_t> eos_token_ids;
   std::vector<ParamEntry> params;  // in the order the VM functions take them

@@ -2,7 +2,7 @@
  * llama_aot_run: command-line driver over the C API (include/llama_aot.h).
  *
  *   llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N
- *                 [--device cpu] [--threads N] [--temperature T] [--top-p P] [--seed S]
+ *                 [--device cpu|vulkan[:N]|auto] [--threads N] [--temperature T] [--top-p P] [--seed S]
  *                 [--no-stop-on-eos] [--logits-out FILE]
  *
  * Prints one JSON object on stdout: the generated token ids and timings (same keys as the Python
@@ -42,7 +42,9 @@ double PeakRssMb() {
 [[noreturn]] void Usage(const char* msg) {
   std::fprintf(stderr,
                "error: %s\n"
-               "usage: llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N [--device cpu]\n"
+               "usage: llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N\n"
+               "       [--device cpu|vulkan[:N]|auto] (default: the package's target device;\n"
+               "        LLAMA_AOT_VULKAN_DEVICE = index or name picks the Vulkan GPU)\n"
                "       [--threads N] [--temperature T] [--top-p P] [--seed S] [--no-stop-on-eos]\n"
                "       [--logits-out FILE]\n",
                msg);
@@ -80,7 +82,7 @@ void PrintIds(const std::vector<int32_t>& v) {
 
 int main(int argc, char** argv) {
   const char* package = nullptr;
-  const char* device = "cpu";
+  const char* device = nullptr;  // the package's target.device
   const char* logits_path = nullptr;
   std::vector<int32_t> prompt;
   long max_tokens = 16;
