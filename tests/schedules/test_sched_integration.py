@@ -11,13 +11,10 @@ from sched_helpers import host_target, rel_err, rules_used
 from tvm import relax, tirx
 from tvm.relax.frontend import nn
 
-quant = pytest.importorskip("compiler.quantization")
-pipeline = pytest.importorskip("compiler.pipeline")
-try:
-    from compiler.quantization.embedding import QuantizedEmbedding
-    from compiler.quantization.linear import QuantizedLinear
-except ImportError as err:  # pragma: no cover
-    pytest.skip(f"quantization ops not available: {err}", allow_module_level=True)
+import compiler.pipeline as pipeline
+import compiler.quantization as quant
+from compiler.quantization.embedding import QuantizedEmbedding
+from compiler.quantization.linear import QuantizedLinear
 
 N, K, V = 192, 256, 300
 TARGET = host_target()
