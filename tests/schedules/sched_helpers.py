@@ -25,6 +25,22 @@ def schedule_module(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         return dl.ApplyDefaultSchedule(*cpu_rules(target))(mod)
 
 
+def fuse_and_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Legalize + fuse a Relax module as the compiler's pipeline does, then apply our rules."""
+    from tvm import relax
+
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+    return schedule_module(seq(mod), target)
+
+
 def schedule_func(func: tirx.PrimFunc, target: Target) -> tvm.IRModule:
     return schedule_module(tvm.IRModule({"main": func}), target)
 

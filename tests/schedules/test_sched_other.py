@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from sched_helpers import build_func, host_target, loop_kinds, rel_err, rules_used, schedule_module
+from sched_helpers import fuse_and_schedule, build_func, host_target, loop_kinds, rel_err, rules_used, schedule_module
 from tvm import relax
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
@@ -43,25 +43,12 @@ class Block(nn.Module):
         return h, self.norm(h), op.silu(g) * u
 
 
-def _pipeline(mod, target):
-    seq = tvm.transform.Sequential(
-        [
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-        ]
-    )
-    return schedule_module(seq(mod), target)
-
-
 @pytest.mark.parametrize("seq", ["seq", 1])
 def test_rmsnorm_swiglu_add(seq):
     """Prefill (symbolic rows: parallel over rows) and decode (one static row: vectorized, serial)."""
     spec = {"forward": {n: nn.spec.Tensor((1, seq, H if n in "xr" else 4 * H), "float32") for n in "xrgu"}}
     mod, params = Block().export_tvm(spec=spec)
-    mod = _pipeline(mod, TARGET)
+    mod = fuse_and_schedule(mod, TARGET)
     rules = {}
     for gv, f in mod.functions_items():
         if isinstance(f, tvm.tirx.PrimFunc):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from sched_helpers import host_target, rel_err, schedule_module
+from sched_helpers import fuse_and_schedule, host_target, rel_err, schedule_module
 from tvm import relax, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
@@ -30,19 +30,6 @@ class Mixed(nn.Module):
         return a, b, att, red
 
 
-def _pipeline(mod):
-    seq = tvm.transform.Sequential(
-        [
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-        ]
-    )
-    return schedule_module(seq(mod), TARGET)
-
-
 def test_mixed_module_matches_numpy():
     spec = {
         "forward": {
@@ -52,7 +39,7 @@ def test_mixed_module_matches_numpy():
         }
     }
     mod, _ = Mixed().export_tvm(spec=spec)
-    mod = _pipeline(mod)
+    mod = fuse_and_schedule(mod, TARGET)
     ex = tvm.compile(mod, target=TARGET)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
