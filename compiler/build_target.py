@@ -1,8 +1,10 @@
 """What the user asked to build for -> the TVM target, the device API and the activation dtype.
 
 ``--target host`` builds for this machine's CPU; ``--target vulkan`` for this machine's CPU as
-host and its Vulkan device; ``--soc NAME [--device cpu|gpu|opencl|vulkan|metal]`` for a phone SoC
-from the registry (targets/socs), cross-compiled.
+host and its Vulkan device (or, with ``--vulkan-profile FILE.json``, a Vulkan device described by
+the profile ``python -m runtime_stubs.vulkan --profile FILE.json`` wrote on the machine that has
+it; targets/vulkan_profiles holds some); ``--soc NAME [--device cpu|gpu|opencl|vulkan|metal]`` for a
+phone SoC from the registry (targets/socs), cross-compiled.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ class BuildTarget:
         return {"name": self.name, "device": self.device_api or "cpu", "tvm_host": self.host, "tvm_device": self.device}
 
 
-def resolve(target: str = "host", soc: str | None = None, device: str | None = None, num_threads: int | None = None) -> BuildTarget:
+def resolve(
+    target: str = "host",
+    soc: str | None = None,
+    device: str | None = None,
+    num_threads: int | None = None,
+    vulkan_profile: str | None = None,
+) -> BuildTarget:
     from targets.host import host_target_dict
 
     if device is not None and device not in ("cpu", "gpu", *GPU_APIS):
         raise LlamaAotError(f"unknown --device {device!r}; use cpu, gpu, {', '.join(GPU_APIS)}")
+    if vulkan_profile is not None and (soc is not None or target != "vulkan"):
+        raise LlamaAotError("--vulkan-profile goes with --target vulkan (a --soc brings its own GPU description)")
     if soc is not None:
         return _resolve_soc(soc, device, num_threads)
     if target == "host":
@@ -53,7 +63,10 @@ def resolve(target: str = "host", soc: str | None = None, device: str | None = N
         from targets.backends import vulkan
 
         vulkan.register()
-        dev = _this_machines_vulkan_target() or dict(vulkan.lavapipe_target())
+        if vulkan_profile is not None:
+            dev = load_vulkan_profile(vulkan_profile)
+        else:
+            dev = _this_machines_vulkan_target() or dict(vulkan.lavapipe_target())
         dev.pop("host", None)
         return BuildTarget("vulkan", host_target_dict(num_threads), "vulkan", dev)
     raise LlamaAotError(
@@ -85,6 +98,33 @@ def _resolve_soc(name: str, device: str | None, num_threads: int | None) -> Buil
 
         vulkan.register()
     return BuildTarget(soc.name, host, api, dev, soc)
+
+
+def load_vulkan_profile(path: str) -> dict:
+    """A Vulkan target dict from a JSON profile (a path, or a name in targets/vulkan_profiles)."""
+    import json
+    from pathlib import Path
+
+    from targets.backends.vulkan.target import VulkanCaps
+
+    p = Path(path)
+    if not p.is_file():
+        shipped = Path(__file__).resolve().parent.parent / "targets" / "vulkan_profiles" / f"{path}.json"
+        if not shipped.is_file():
+            names = sorted(f.stem for f in shipped.parent.glob("*.json"))
+            raise LlamaAotError(f"no Vulkan profile {path!r}: give a JSON file or one of {', '.join(names)}")
+        p = shipped
+    try:
+        dev = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise LlamaAotError(f"Vulkan profile {p} is not readable JSON ({e}); write one with "
+                            "`python -m runtime_stubs.vulkan --profile FILE.json` on the device") from None
+    if not isinstance(dev, dict) or dev.get("kind") != "vulkan":
+        raise LlamaAotError(f'Vulkan profile {p} must be a JSON object with "kind": "vulkan"')
+    dev = {k: v for k, v in dev.items() if not k.startswith("_")}  # "_source" notes are for people
+    dev.pop("host", None)
+    VulkanCaps.from_target(dev)  # rejects a malformed vulkan_api_version early
+    return dev
 
 
 def _this_machines_vulkan_target() -> dict | None:

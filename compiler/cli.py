@@ -21,6 +21,7 @@ def _cmd_compile(args) -> int:
 
     options = CompileOptions(
         target=args.target,
+        vulkan_profile=args.vulkan_profile,
         soc=args.soc,
         device=args.device,
         system_lib_prefix=args.system_lib_prefix,
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
     c.add_argument("-o", "--output", required=True, help="package directory to write")
     c.add_argument("--target", default="host", help="host (this CPU) or vulkan (this CPU + its Vulkan device)")
+    c.add_argument(
+        "--vulkan-profile",
+        default=None,
+        metavar="FILE.json|NAME",
+        help="with --target vulkan: build for the Vulkan device this profile describes instead of this machine's "
+        "(write one with `python -m runtime_stubs.vulkan --profile FILE.json`; shipped: targets/vulkan_profiles)",
+    )
     c.add_argument("--soc", default=None, help="build for a phone SoC from `llama-aot targets` (or a .toml path)")
     c.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
     c.add_argument("--system-lib-prefix", default=None, help="symbol prefix of a phone library (default: from the model dir)")

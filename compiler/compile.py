@@ -28,6 +28,7 @@ PAGE_SIZE = 16
 @dataclass(frozen=True)
 class CompileOptions:
     target: str = "host"  # "host" | "vulkan"; ignored when soc is set
+    vulkan_profile: str | None = None  # --target vulkan for another machine's device (JSON profile)
     soc: str | None = None  # a SoC from the registry (or a path to its .toml)
     device: str | None = None  # cpu | gpu | opencl | vulkan | metal
     quant: str = "q4f16"
@@ -55,7 +56,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     spec = load_spec(model_dir)
     scheme = get_scheme(options.quant)
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
-    bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads)
+    bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:

@@ -287,13 +287,25 @@ def load_module(path: str | os.PathLike):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m runtime_stubs.vulkan``: build, load and describe the devices."""
+    """``python -m runtime_stubs.vulkan [--profile FILE.json [--device N]]``: build, load and describe
+    the devices; ``--profile`` writes the device's target profile for ``compile --vulkan-profile``."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m runtime_stubs.vulkan", description=main.__doc__)
+    ap.add_argument("--profile", default=None, metavar="FILE.json", help="write this device's Vulkan target profile")
+    ap.add_argument("--device", type=int, default=0, help="device index for --profile")
+    args = ap.parse_args(argv)
     path = build_plugin()
     print(f"plugin: {path}" + (f" (built in {last_build_seconds:.1f} s)" if last_build_seconds else " (cached)"))
     reason = unavailable_reason()
     if reason:
         print(reason)
         return 1
+    if args.profile:
+        Path(args.profile).write_text(json.dumps(device_target(args.device), indent=1) + "\n")
+        print(f"wrote {args.profile} (vulkan({args.device}))")
+        return 0
     for i in range(device_count()):
         info = device_info(i)
         print(f"vulkan({i}): {info.get('device_name')}")

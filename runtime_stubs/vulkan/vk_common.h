@@ -9,9 +9,14 @@
 //     so commands execute as if serialized, in submission order.
 //   * A batch is submitted (without waiting) after kFlushEvery commands; at most kMaxInFlight
 //     batches are in flight.  Sync() submits the current batch and waits for all of them.
-//   * Host<->device copies Sync() first, then memcpy into/out of persistently mapped memory
-//     (HOST_VISIBLE|HOST_COHERENT device-local memory: lavapipe, integrated GPUs, ReBAR), or go
-//     through a staging buffer for device-local memory that the host cannot map.
+//   * Small host->device copies (KV-cache page tables, token ids: every step) are recorded in
+//     the stream like a dispatch: the bytes go to a per-batch upload arena, no wait.  Larger
+//     host->device copies and every device->host copy Sync() first, then memcpy into/out of
+//     persistently mapped storage (device-local memory the host reads cached: lavapipe,
+//     integrated GPUs, phones) or go through a staging buffer (discrete GPUs: their ReBAR window
+//     is uncached for the host, reading logits from it costs milliseconds).
+//   * Freed buffers of up to kRecycleMax bytes are kept for reuse by size (the VM and the KV
+//     cache allocate the same small tensors every step; vkAllocateMemory is slow on some drivers).
 //   * Objects that recorded commands may still use (buffers, pipelines) are destroyed only once
 //     the batches that may reference them have completed (Device::Defer).
 #ifndef LLAMA_AOT_VULKAN_VK_COMMON_H_
@@ -122,6 +127,9 @@ struct Batch {
   std::vector<Buffer*> ubo_chunks;  // host-visible uniform buffers for scalar arguments
   size_t ubo_chunk = 0;
   VkDeviceSize ubo_offset = 0;
+  std::vector<Buffer*> upload_chunks;  // host-visible sources of small recorded uploads
+  size_t upload_chunk = 0;
+  VkDeviceSize upload_offset = 0;
   std::vector<std::function<void()>> on_complete;  // deferred destruction
   uint32_t commands = 0;
 };
@@ -167,9 +175,21 @@ class Device {
 
   /*! \brief Submits recorded commands and waits for everything in flight. */
   void Sync();
+  /*! \brief DeviceAPI::StreamSync: Sync(), except when nothing but recorded uploads happened
+   *  since the last one.  TVM's Tensor::CopyFromBytes calls it after every upload "in case the
+   *  host data becomes unavailable"; a recorded upload already owns a copy of the bytes, and any
+   *  host read syncs by itself, so waiting there would only add a GPU round trip per step. */
+  void StreamSync();
 
   uint64_t dispatch_count() const { return dispatches_; }
   uint64_t submit_count() const { return submits_; }
+
+  /*! \brief Counters for `device_info` (what a step costs besides kernels). */
+  struct Stats {
+    uint64_t syncs = 0, fence_wait_us = 0, uploads_recorded = 0, uploads_synced = 0,
+             downloads = 0, allocations = 0, reused = 0;
+  };
+  Stats stats() const { return stats_; }
 
  private:
   // all of these require mu_
@@ -180,6 +200,8 @@ class Device {
   void WaitOldestLocked();
   VkDescriptorSet AllocSetLocked(Batch& b, VkDescriptorSetLayout layout);
   std::pair<Buffer*, VkDeviceSize> AllocUniformLocked(Batch& b, VkDeviceSize nbytes);
+  std::pair<Buffer*, VkDeviceSize> AllocUploadLocked(Batch& b, VkDeviceSize nbytes);
+  Buffer* TakeRecycledLocked(size_t nbytes);
   Buffer* CreateBuffer(size_t nbytes, VkBufferUsageFlags usage, uint32_t mem_type, bool map);
   void DestroyBuffer(Buffer* buf);
   uint32_t FindMemoryType(uint32_t type_bits, VkMemoryPropertyFlags want,
@@ -201,6 +223,10 @@ class Device {
   std::deque<Batch*> in_flight_;
   std::vector<Batch*> free_batches_;
   Buffer* staging_ = nullptr;
+  bool only_uploads_since_sync_ = true;  // nothing but recorded uploads since the last Sync
+  std::vector<Buffer*> recycled_;  // freed storage buffers kept for reuse (<= kRecycleMax each)
+  size_t recycled_bytes_ = 0;
+  Stats stats_;
   uint64_t dispatches_ = 0, submits_ = 0;
   bool warned_range_ = false;
 };

@@ -1,5 +1,6 @@
 // llama-aot Vulkan runtime: instance, device selection, buffers, command batches, copies.
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +19,10 @@ constexpr uint32_t kFlushEvery = 128;        // commands per batch before it is 
 constexpr size_t kMaxInFlight = 3;           // submitted batches before we wait for the oldest
 constexpr uint32_t kSetsPerPool = 256;       // descriptor sets per descriptor pool
 constexpr VkDeviceSize kUboChunk = 64 << 10;  // bytes per uniform-buffer chunk
+constexpr size_t kRecordedUploadMax = 256 << 10;  // larger host->device copies sync instead
+constexpr VkDeviceSize kUploadChunk = 1 << 20;    // bytes per upload-arena chunk
+constexpr size_t kRecycleMax = 16 << 20;          // freed buffers up to this size are reused
+constexpr size_t kRecycleBudget = 256 << 20;      // bytes of freed buffers kept at most
 constexpr size_t kStagingMax = 64 << 20;     // staging buffer limit (copies are chunked)
 
 thread_local int t_active_device = 0;
@@ -474,10 +479,17 @@ Device::Device(VkInstance instance, const PhysicalInfo& info, int device_id)
                                 << " has no host-visible coherent memory";
   }
   // Map storage buffers directly when device-local memory is host-visible in a heap that holds
-  // (nearly) all device memory: unified memory (lavapipe, integrated GPUs, phones) or ReBAR.
-  // A small BAR window (256 MiB on discrete GPUs without ReBAR) is not used for storage.
+  // (nearly) all device memory and the host reads it through its caches: unified memory
+  // (lavapipe, integrated GPUs, phones).  Not on discrete GPUs: their ReBAR window is uncached
+  // for the host (a 0.5 MB logits read took ~15 ms on an H200), and a small BAR window (256 MiB
+  // without ReBAR) cannot hold the weights.  LLAMA_AOT_VULKAN_MAPPED=0/1 overrides.
   const char* env_mapped = std::getenv("LLAMA_AOT_VULKAN_MAPPED");
-  uint32_t mt = FindMemoryType(req.memoryTypeBits, kLocal | kHost);
+  const bool unified = info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ||
+                       info.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+  uint32_t mt = FindMemoryType(req.memoryTypeBits, kLocal | kHost | VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+  if (mt == UINT32_MAX && (unified || (env_mapped != nullptr && *env_mapped))) {
+    mt = FindMemoryType(req.memoryTypeBits, kLocal | kHost);
+  }
   if (device_type_ == UINT32_MAX) {  // no device-local memory at all
     device_type_ = host_type_;
     mt = host_type_;
@@ -499,6 +511,7 @@ Device::~Device() {
     Sync();
   } catch (...) {
   }
+  for (Buffer* b : recycled_) DestroyBuffer(b);
   // Batches, pools and buffers are released with the device by the driver.
 }
 
@@ -559,10 +572,29 @@ void Device::DestroyBuffer(Buffer* b) {
   delete b;
 }
 
+Buffer* Device::TakeRecycledLocked(size_t nbytes) {
+  const size_t size = std::max<size_t>(16, (nbytes + 15) / 16 * 16);
+  for (size_t i = recycled_.size(); i-- > 0;) {
+    if (recycled_[i]->size == size) {
+      Buffer* b = recycled_[i];
+      recycled_.erase(recycled_.begin() + static_cast<std::ptrdiff_t>(i));
+      recycled_bytes_ -= b->size;
+      ++stats_.reused;
+      return b;
+    }
+  }
+  return nullptr;
+}
+
 Buffer* Device::Allocate(size_t nbytes) {
   const VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
                                    VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (Buffer* r = TakeRecycledLocked(nbytes)) return r;
+    ++stats_.allocations;
+  }
   Buffer* b = nullptr;
   if (mapped_type_ != UINT32_MAX) b = CreateBuffer(nbytes, usage, mapped_type_, true);
   if (b == nullptr && device_type_ != mapped_type_) {
@@ -597,7 +629,22 @@ void Device::Defer(std::function<void()> fn) {
 
 void Device::Free(Buffer* buf) {
   if (buf == nullptr) return;
-  Defer([this, buf] { DestroyBuffer(buf); });
+  // Runs with mu_ held when it runs from Recycle, or without pending work right away.
+  auto keep_or_destroy = [this, buf] {
+    if (buf->size <= kRecycleMax && recycled_bytes_ + buf->size <= kRecycleBudget && !g_exiting.load()) {
+      recycled_.push_back(buf);
+      recycled_bytes_ += buf->size;
+    } else {
+      DestroyBuffer(buf);
+    }
+  };
+  std::unique_lock<std::mutex> lock(mu_);
+  Batch* pending = current_ != nullptr ? current_ : (in_flight_.empty() ? nullptr : in_flight_.back());
+  if (pending != nullptr) {
+    pending->on_complete.push_back(std::move(keep_or_destroy));
+  } else {
+    keep_or_destroy();
+  }
 }
 
 Batch& Device::Current() {
@@ -649,7 +696,10 @@ void Device::FlushLocked() {
 
 void Device::WaitOldestLocked() {
   Batch* b = in_flight_.front();
+  auto t0 = std::chrono::steady_clock::now();
   VkResult r = vkWaitForFences(device_, 1, &b->fence, VK_TRUE, UINT64_MAX);
+  stats_.fence_wait_us += static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
   in_flight_.pop_front();
   if (r != VK_SUCCESS) {
     TVM_FFI_THROW(RuntimeError) << "Vulkan: waiting for submitted work failed: " << VkResultName(r);
@@ -664,6 +714,8 @@ void Device::Recycle(Batch* b) {
   b->pool_cursor = 0;
   b->ubo_chunk = 0;
   b->ubo_offset = 0;
+  b->upload_chunk = 0;
+  b->upload_offset = 0;
   b->commands = 0;
   std::vector<std::function<void()>> fns;
   fns.swap(b->on_complete);
@@ -672,13 +724,21 @@ void Device::Recycle(Batch* b) {
 }
 
 void Device::SyncLocked() {
+  if (current_ == nullptr && in_flight_.empty()) return;
+  ++stats_.syncs;
   FlushLocked();
   while (!in_flight_.empty()) WaitOldestLocked();
+  only_uploads_since_sync_ = true;
 }
 
 void Device::Sync() {
   std::lock_guard<std::mutex> lock(mu_);
   SyncLocked();
+}
+
+void Device::StreamSync() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!only_uploads_since_sync_) SyncLocked();
 }
 
 VkDescriptorSet Device::AllocSetLocked(Batch& b, VkDescriptorSetLayout layout) {
@@ -729,6 +789,26 @@ std::pair<Buffer*, VkDeviceSize> Device::AllocUniformLocked(Batch& b, VkDeviceSi
     }
     ++b.ubo_chunk;
     b.ubo_offset = 0;
+  }
+}
+
+std::pair<Buffer*, VkDeviceSize> Device::AllocUploadLocked(Batch& b, VkDeviceSize nbytes) {
+  for (;;) {
+    if (b.upload_chunk == b.upload_chunks.size()) {
+      Buffer* c = CreateBuffer(std::max(kUploadChunk, nbytes), VK_BUFFER_USAGE_TRANSFER_SRC_BIT,
+                               host_type_, true);
+      if (c == nullptr) TVM_FFI_THROW(RuntimeError) << "Vulkan: out of memory for an upload";
+      b.upload_chunks.push_back(c);
+      b.upload_offset = 0;
+    }
+    Buffer* c = b.upload_chunks[b.upload_chunk];
+    VkDeviceSize off = (b.upload_offset + 15) / 16 * 16;
+    if (off + nbytes <= c->size) {
+      b.upload_offset = off + nbytes;
+      return {c, off};
+    }
+    ++b.upload_chunk;
+    b.upload_offset = 0;
   }
 }
 
@@ -785,6 +865,7 @@ void Device::Dispatch(const Pipeline& p,
     vkCmdPushConstants(b.cmd, p.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, p.push_bytes, scalars);
   }
   vkCmdDispatch(b.cmd, gx, gy, gz);
+  only_uploads_since_sync_ = false;
   RecordBarrier(b.cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                 kComputeOrTransfer, kAnyComputeOrTransfer);
   ++dispatches_;
@@ -806,6 +887,19 @@ void Device::CopyHostToDevice(const void* src, Buffer* dst, size_t dst_offset, s
   if (nbytes == 0) return;
   TVM_FFI_ICHECK_LE(dst_offset + nbytes, dst->size) << "Vulkan copy out of bounds";
   std::lock_guard<std::mutex> lock(mu_);
+  if (nbytes <= kRecordedUploadMax) {  // in stream order, no wait: what every step uploads
+    Batch& b = Current();
+    auto [chunk, off] = AllocUploadLocked(b, nbytes);
+    std::memcpy(chunk->mapped + off, src, nbytes);
+    VkBufferCopy region{off, dst_offset, nbytes};
+    vkCmdCopyBuffer(b.cmd, chunk->buffer, dst->buffer, 1, &region);
+    RecordBarrier(b.cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                  kComputeOrTransfer, kAnyComputeOrTransfer);
+    ++stats_.uploads_recorded;
+    if (++b.commands >= kFlushEvery) FlushLocked();
+    return;
+  }
+  ++stats_.uploads_synced;
   SyncLocked();  // recorded commands may still read or write dst
   if (dst->mapped != nullptr) {
     std::memcpy(dst->mapped + dst_offset, src, nbytes);
@@ -830,6 +924,7 @@ void Device::CopyDeviceToHost(Buffer* src, size_t src_offset, void* dst, size_t 
   if (nbytes == 0) return;
   TVM_FFI_ICHECK_LE(src_offset + nbytes, src->size) << "Vulkan copy out of bounds";
   std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.downloads;
   SyncLocked();
   if (src->mapped != nullptr) {
     std::memcpy(dst, src->mapped + src_offset, nbytes);
@@ -857,6 +952,7 @@ void Device::CopyDeviceToDevice(Buffer* src, size_t src_offset, Buffer* dst, siz
   Batch& b = Current();
   VkBufferCopy region{src_offset, dst_offset, nbytes};
   vkCmdCopyBuffer(b.cmd, src->buffer, dst->buffer, 1, &region);
+  only_uploads_since_sync_ = false;
   RecordBarrier(b.cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
                 kComputeOrTransfer, kAnyComputeOrTransfer);
   if (++b.commands >= kFlushEvery) FlushLocked();

@@ -227,7 +227,7 @@ class VulkanDeviceAPI final : public tvm::runtime::DeviceAPI {
   }
 
   void StreamSync(DLDevice dev, TVMStreamHandle) final {
-    Runtime::Global()->Get(dev.device_id).Sync();
+    Runtime::Global()->Get(dev.device_id).StreamSync();
   }
 
   // One queue per device; streams are not exposed.
@@ -311,6 +311,14 @@ tvm::ffi::Map<String, Any> DeviceInfo(int device_id) {
   m.Set("host_mapped_storage", d.maps_storage());
   m.Set("dispatches", static_cast<int64_t>(d.dispatch_count()));
   m.Set("submits", static_cast<int64_t>(d.submit_count()));
+  Device::Stats st = d.stats();
+  m.Set("syncs", static_cast<int64_t>(st.syncs));
+  m.Set("fence_wait_us", static_cast<int64_t>(st.fence_wait_us));
+  m.Set("uploads_recorded", static_cast<int64_t>(st.uploads_recorded));
+  m.Set("uploads_synced", static_cast<int64_t>(st.uploads_synced));
+  m.Set("downloads", static_cast<int64_t>(st.downloads));
+  m.Set("allocations", static_cast<int64_t>(st.allocations));
+  m.Set("allocations_reused", static_cast<int64_t>(st.reused));
   return m;
 }
 

@@ -4,7 +4,7 @@
 // Payload (TVM's serialized VulkanModule, see shared/facts/vulkan-module-format.md):
 //   fmt: str; fmap: u64 n, n x (str name, FunctionInfo); smap: u64 n, n x (str name, bytes shader)
 //   FunctionInfo: str name; vec<DLDataType> arg_types; vec<str> launch_param_tags; vec<i32> extra
-//   shader: u32 flag (bit 0: scalars in a uniform buffer), u64 nwords, u32 words[nwords]
+//   shader: u32 flag (bit 0: scalars in a uniform buffer; bit 1: blockIdx.x folds into x*y), u64 nwords, u32 words[nwords]
 //
 // Calling convention of a kernel function (what TVM's host code passes):
 //   (arguments in FunctionInfo.arg_types order: buffers as device pointers, scalars as int64 /
@@ -227,6 +227,7 @@ struct KernelSpec {
   bool dyn_shmem = false;
   uint32_t local[3] = {0, 0, 0};
   bool use_ubo = false;
+  bool folded_grid = false;  // shader flag bit 1 (targets/backends/vulkan/module_format.py)
 };
 
 class VulkanModuleObj : public ModuleObj {
@@ -489,6 +490,7 @@ Optional<Function> VulkanModuleObj::GetFunction(const String& name) {
   }
   const Shader& sh = smap_.at(spec->name);
   spec->use_ubo = (sh.flag & 1u) != 0;
+  spec->folded_grid = (sh.flag & 2u) != 0;
   std::vector<SpirvEntry> entries = ParseSpirv(sh.words, spec->name);
   if (entries.empty()) {
     TVM_FFI_THROW(RuntimeError) << "Vulkan kernel '" << spec->name
@@ -540,6 +542,12 @@ Optional<Function> VulkanModuleObj::GetFunction(const String& name) {
     }
     Device& d = Runtime::Global()->Get(device_id);
     const auto& lim = d.info().props.limits;
+    if (k.folded_grid && dims[1] == 1 && dims[0] > lim.maxComputeWorkGroupCount[0]) {
+      // the shader linearizes (x, y) and skips the groups past the end (FLAG_FOLDED_GRID)
+      uint64_t y = (dims[0] + lim.maxComputeWorkGroupCount[0] - 1) / lim.maxComputeWorkGroupCount[0];
+      dims[1] = y;
+      dims[0] = (dims[0] + y - 1) / y;
+    }
     for (int i = 0; i < 3; ++i) {
       if (dims[i] > lim.maxComputeWorkGroupCount[i]) {
         TVM_FFI_THROW(RuntimeError) << "Vulkan kernel '" << k.name << "': grid " << dims[0] << "x"

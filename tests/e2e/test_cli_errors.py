@@ -54,6 +54,9 @@ CASES = {
     "unknown_quant": (None, ["--quant", "q3f7"], "q3f7"),
     "unknown_target": (None, ["--target", "toaster-9000"], "toaster-9000"),
     "unsupported_dtype": (_edit_config(torch_dtype="int8"), [], "int8"),
+    "unknown_vulkan_profile": (None, ["--target", "vulkan", "--vulkan-profile", "no-such-gpu"], "nvidia-hopper"),
+    "vulkan_profile_without_vulkan": (None, ["--vulkan-profile", "nvidia-hopper"], "--target vulkan"),
+    "vulkan_profile_not_vulkan": (None, ["--target", "vulkan", "--vulkan-profile", "{profile_dir}/cuda.json"], "kind"),
 }
 
 
@@ -63,13 +66,16 @@ def test_bad_checkpoint(case, tmp_path, capsys):
     src = write_random_checkpoint(tmp_path / "ckpt", dict(BASE, tie_word_embeddings=True), seed=1)
     if edit:
         edit(src)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "cuda.json").write_text('{"kind": "cuda", "arch": "sm_90"}')
+    extra_args = [a.replace("{profile_dir}", str(tmp_path / "profiles")) for a in extra_args]
     out = tmp_path / "out"
     code = main(["compile", str(src), "-o", str(out), *extra_args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert err and err[-1].startswith("error: ") and expected in err[-1], err
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"], "temporary output left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "profiles"], "temporary output left behind"
 
 
 def test_missing_directory_via_console_script(tmp_path):

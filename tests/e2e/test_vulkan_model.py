@@ -28,9 +28,10 @@ def vulkan_ready():
         pytest.skip(NO_DEVICE)
 
 
-def _build(tmp_path_factory, model_dir, target, quant):
+def _build(tmp_path_factory, model_dir, target, quant, prefill_chunk=16):
     out = tmp_path_factory.mktemp(f"{target}-{quant}")
-    return compile_model(model_dir, out / "pkg", CompileOptions(target=target, quant=quant, prefill_chunk=16, context_window=128))
+    opts = CompileOptions(target=target, quant=quant, prefill_chunk=prefill_chunk, context_window=256)
+    return compile_model(model_dir, out / "pkg", opts)
 
 
 def _generate(package, prompt, steps=STEPS):
@@ -63,3 +64,34 @@ def test_f16_vulkan_matches_host_build(model, quant, tol, vulkan_ready, tmp_path
     gpu.reset()
     rows = [gpu.prefill(prompt)] + [gpu.decode(t) for t in host_tokens[:-1]]
     assert _rel(np.stack(rows), host_logits) <= tol
+
+
+def test_long_prefill_chunk_matches_transformers(vulkan_ready, tmp_path_factory):
+    """The default prefill chunk (128) with a 101-token prompt: kernels then launch more workgroups
+    than lavapipe's maxComputeWorkGroupCount (65535) in x, which the runtime folds into x*y."""
+    prompt = [0] + [(37 * i + 5) % 4000 + 3 for i in range(100)]
+    tokens, logits = _generate(_build(tmp_path_factory, DEFAULT_MODEL, "vulkan", "q0f32", prefill_chunk=128), prompt, steps=4)
+    ref = reference_logits(reference_model(DEFAULT_MODEL), prompt + tokens[:-1])[len(prompt) - 1 :]
+    assert _rel(logits, ref) <= 1e-3
+    assert tokens == [int(t) for t in ref.argmax(-1)]
+
+
+def test_vulkan_profile_builds_for_another_device(vulkan_ready, tmp_path):
+    """--vulkan-profile: this device's profile (written by `python -m runtime_stubs.vulkan --profile`)
+    gives a package that runs here like transformers; a shipped profile (a 32-lane NVIDIA GPU) is
+    compiled for that device's limits, whatever this machine has."""
+    import json
+    import subprocess
+    import sys
+
+    profile = tmp_path / "this-device.json"
+    subprocess.run([sys.executable, "-m", "runtime_stubs.vulkan", "--profile", str(profile)], check=True, capture_output=True)
+    opts = dict(target="vulkan", quant="q0f32", prefill_chunk=16, context_window=128)
+    pkg = compile_model(DEFAULT_MODEL, tmp_path / "here", CompileOptions(vulkan_profile=str(profile), **opts))
+    tokens, logits = _generate(pkg, PROMPT, steps=4)
+    ref = reference_logits(reference_model(DEFAULT_MODEL), PROMPT + tokens[:-1])[len(PROMPT) - 1 :]
+    assert _rel(logits, ref) <= 1e-3 and tokens == [int(t) for t in ref.argmax(-1)]
+
+    other = compile_model(DEFAULT_MODEL, tmp_path / "nv", CompileOptions(vulkan_profile="nvidia-hopper", **opts))
+    dev = json.loads((other / "llama-aot.json").read_text())["target"]["tvm_device"]
+    assert dev["thread_warp_size"] == 32 and dev["max_shared_memory_per_block"] == 49152

@@ -145,6 +145,34 @@ def test_vulkan_package_matches_engine(native_vk, vk_package, engine_reference, 
     assert _rel(rows, ref_rows) <= REL_TOL, _rel(rows, ref_rows)
 
 
+def test_teacher_forcing_and_device_info(native_vk, vk_package, engine_reference, vulkan_device, tmp_path):
+    """--force-ids feeds the given continuation (its logits rows are the engine's for the same
+    tokens); --verbose reports the device and the runtime's counters: one host round trip (the
+    logits download) per decode step, uploads recorded in the stream rather than waited for."""
+    ref_tokens, ref_rows = engine_reference
+    forced = [5, 6] + ref_tokens[2:8]  # off the greedy path for two steps, then back on it
+    res = _driver(native_vk.run, vk_package, "--force-ids", ",".join(map(str, forced)), "--verbose", max_tokens=8,
+                  logits=tmp_path / "l.bin")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["token_ids"] == forced
+    from runtime_stubs.engine import Engine
+
+    eng = Engine(vk_package)
+    eng.reset()
+    expect = np.stack([eng.prefill(PROMPT)] + [eng.decode(t) for t in forced[:-1]]).astype(np.float32)
+    rows = np.fromfile(tmp_path / "l.bin", dtype="<f4").reshape(expect.shape)
+    assert _rel(rows, expect) <= REL_TOL
+    assert _rel(rows[3:], ref_rows[3:8]) > REL_TOL  # forcing changed the continuation
+    info = out["device_info"]
+    assert info["device"] == "vulkan:0" and info["device_name"] == vulkan_device["device_name"]
+    # 1 prefill (3 chunks) + 7 decode steps; the load's uploads of big weights sync on their own
+    steps = 3 + 7
+    assert info["downloads"] == 8
+    assert info["syncs"] <= info["uploads_synced"] + steps + 2, info
+    assert info["uploads_recorded"] >= steps, info
+
+
 def test_vulkan_device_selection(native_vk, vk_package, engine_reference, vulkan_device):
     """No --device opens the package's own device (vulkan); LLAMA_AOT_VULKAN_DEVICE by index and by name
     substring pick the device as in the plugin."""

@@ -217,3 +217,36 @@ def test_int_types_and_bool_scalar(dev, vkb, libdir):
         lib["small"](*(tvm.runtime.tensor(x, dev) for x in (a, m, w)), to, flip)
         ref = a.astype("int32") * 3 + ((w >> 4) & 15).astype("int32") + np.where(m != flip, 100, 0)
         np.testing.assert_array_equal(to.numpy(), ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# a grid wider than maxComputeWorkGroupCount[0] (65535 on lavapipe and many phone GPUs)
+
+
+def _wide_grid(path):
+    from tvm import s_tir
+
+    n = te.var("n")
+    a = te.placeholder((n,), "float32", name="a")
+    b = te.compute((n,), lambda i: a[i] * 2.0 + 1.0, name="b")
+    sch = s_tir.Schedule(te.create_prim_func([a, b]))
+    (i,) = sch.get_loops(sch.get_sblock("b"))
+    bx, tx = sch.split(i, [None, 1])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    return build_and_load(tvm.IRModule({"main": sch.mod["main"]}), lavapipe(), path)
+
+
+def test_grid_wider_than_device_limit_is_folded(vkrt, dev, vkb, libdir):
+    """One workgroup per element: 70001 groups in x arrive as an x*y grid and the kernel skips
+    the groups past the end (FLAG_FOLDED_GRID), instead of failing at launch."""
+    from targets.backends.vulkan.module_format import FLAG_FOLDED_GRID
+
+    lib = _lib("wide_grid", _wide_grid, libdir)
+    limit = vkrt.device_info(0)["max_compute_work_group_count_x"]
+    assert f"flag={FLAG_FOLDED_GRID}" in lib.imports[0].inspect_source()
+    for n in (5, limit, limit + 1, 70001, 2 * limit + 3):
+        a = RNG.standard_normal(n).astype("float32")
+        tb = tvm.runtime.empty((n,), "float32", dev)
+        lib["main"](tvm.runtime.tensor(a, dev), tb)
+        np.testing.assert_array_equal(tb.numpy(), a * 2.0 + 1.0)

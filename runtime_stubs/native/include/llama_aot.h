@@ -88,6 +88,11 @@ LLAMA_AOT_API int32_t llama_aot_context_window(const llama_aot_model* m);
 LLAMA_AOT_API int32_t llama_aot_seq_len(const llama_aot_model* m); /* tokens in the KV cache */
 LLAMA_AOT_API int llama_aot_is_eos(const llama_aot_model* m, int32_t token); /* 1 / 0 */
 
+/* The device the model runs on, as one JSON object: {"device": "vulkan:0", ...} plus, for a Vulkan
+ * device, its name, driver and limits (the keys of the Vulkan target: subgroup_size,
+ * max_shared_memory_per_block, ...).  Owned by the handle; "" when m is NULL. */
+LLAMA_AOT_API const char* llama_aot_device_info(const llama_aot_model* m);
+
 /* Configure TVM's CPU thread pool before or between calls: num_threads <= 0 keeps the default
  * (TVM_NUM_THREADS or the number of cores); affinity 0 = default, 1 = big cores, -1 = little. */
 LLAMA_AOT_API int llama_aot_set_threads(int num_threads, int affinity);

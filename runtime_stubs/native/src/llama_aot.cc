@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
 #include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
@@ -54,6 +55,7 @@ struct llama_aot_model {
   std::vector<std::shared_ptr<MappedFile>> shards;  // kept alive by the tensors as well
   int64_t seq_len = 0;
   int64_t vocab_size = -1;
+  std::string device_info;  // llama_aot_device_info's JSON, built on first request
 };
 
 namespace {
@@ -154,6 +156,44 @@ void PromoteSelfToGlobal() {
     void* h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
     (void)h;  // keep the extra reference: the runtime must outlive every model library
   });
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) >= 0x20) out += ch;
+  }
+  return out + "\"";
+}
+
+/*! \brief {"device": "kind:id", ...}: the Vulkan runtime's device_info map when it has one. */
+std::string DeviceInfoJson(DLDevice dev) {
+  std::string kind = "cpu";
+  for (const auto& k : {std::pair<const char*, DLDeviceType>{"opencl", kDLOpenCL},
+                        {"vulkan", kDLVulkan}, {"metal", kDLMetal}, {"cuda", kDLCUDA}}) {
+    if (k.second == dev.device_type) kind = k.first;
+  }
+  std::string out = "{\"device\": " + JsonString(kind + ":" + std::to_string(dev.device_id));
+  auto info = dev.device_type == kDLVulkan ? ffi::Function::GetGlobal("llama_aot.vulkan.device_info")
+                                           : ffi::Optional<ffi::Function>();
+  if (info.has_value()) {
+    auto map = (*info)(static_cast<int64_t>(dev.device_id)).cast<ffi::Map<ffi::String, ffi::Any>>();
+    for (const auto& kv : map) {
+      out += ", " + JsonString(std::string(kv.first)) + ": ";
+      const ffi::Any& v = kv.second;
+      if (v.type_index() == kTVMFFIBool) {
+        out += v.cast<bool>() ? "true" : "false";
+      } else if (auto i = v.try_cast<int64_t>(); i.has_value()) {
+        out += std::to_string(*i);
+      } else if (auto s = v.try_cast<ffi::String>(); s.has_value()) {
+        out += JsonString(std::string(*s));
+      } else {
+        out += "null";
+      }
+    }
+  }
+  return out + "}";
 }
 
 ffi::Tensor ParamTensor(llama_aot_model* m, const llama_aot::ParamEntry& p,
@@ -499,6 +539,13 @@ int llama_aot_reset(llama_aot_model* m) {
 
 int32_t llama_aot_vocab_size(const llama_aot_model* m) {
   return m ? static_cast<int32_t>(m->vocab_size) : -1;
+}
+
+const char* llama_aot_device_info(const llama_aot_model* m) {
+  if (!m) return "";
+  auto* mm = const_cast<llama_aot_model*>(m);
+  if (mm->device_info.empty()) mm->device_info = DeviceInfoJson(m->device);
+  return mm->device_info.c_str();
 }
 
 int32_t llama_aot_context_window(const llama_aot_model* m) {

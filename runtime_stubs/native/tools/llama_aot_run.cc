@@ -3,11 +3,14 @@
  *
  *   llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N
  *                 [--device cpu|vulkan[:N]|auto] [--threads N] [--temperature T] [--top-p P] [--seed S]
- *                 [--no-stop-on-eos] [--logits-out FILE]
+ *                 [--no-stop-on-eos] [--logits-out FILE] [--force-ids 4,5,6] [--verbose]
  *
  * Prints one JSON object on stdout: the generated token ids and timings (same keys as the Python
  * engine's Generation.to_json, plus load_seconds).  --logits-out writes the float32 logits row each
  * generated token was sampled from, back to back (little-endian raw, vocab_size floats per row).
+ * --force-ids feeds the given tokens (teacher forcing) instead of the sampled ones for the first
+ * steps: the logits then score that continuation, which is how a build is compared with a
+ * reference on the same sequence.  --verbose adds "device_info" (llama_aot_device_info) to the JSON.
  * Exit status: 0 on success, 2 on bad usage, 1 when the runtime reports an error (on stderr).
  */
 #include <sys/resource.h>
@@ -46,7 +49,7 @@ double PeakRssMb() {
                "       [--device cpu|vulkan[:N]|auto] (default: the package's target device;\n"
                "        LLAMA_AOT_VULKAN_DEVICE = index or name picks the Vulkan GPU)\n"
                "       [--threads N] [--temperature T] [--top-p P] [--seed S] [--no-stop-on-eos]\n"
-               "       [--logits-out FILE]\n",
+               "       [--logits-out FILE] [--force-ids 4,5,6] [--verbose]\n",
                msg);
   std::exit(2);
 }
@@ -57,11 +60,11 @@ std::vector<int32_t> ParseIds(const char* s) {
   while (*p) {
     char* end = nullptr;
     long v = std::strtol(p, &end, 10);
-    if (end == p) Usage("--prompt-ids takes comma-separated integers");
+    if (end == p) Usage("token ids are comma-separated integers (--prompt-ids, --force-ids)");
     ids.push_back(static_cast<int32_t>(v));
     p = end;
     if (*p == ',') ++p;
-    else if (*p) Usage("--prompt-ids takes comma-separated integers");
+    else if (*p) Usage("token ids are comma-separated integers (--prompt-ids, --force-ids)");
   }
   return ids;
 }
@@ -90,6 +93,8 @@ int main(int argc, char** argv) {
   float temperature = 0.0f, top_p = 1.0f;
   unsigned long long seed = 0;
   bool stop_on_eos = true;
+  bool verbose = false;
+  std::vector<int32_t> forced;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -105,6 +110,8 @@ int main(int argc, char** argv) {
     else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
     else if (a == "--no-stop-on-eos") stop_on_eos = false;
     else if (a == "--logits-out") logits_path = next();
+    else if (a == "--force-ids") forced = ParseIds(next());
+    else if (a == "--verbose") verbose = true;
     else if (a == "-h" || a == "--help") Usage("help requested");
     else if (!a.empty() && a[0] == '-') Usage(("unknown option " + a).c_str());
     else if (!package) package = argv[i];
@@ -151,6 +158,7 @@ int main(int argc, char** argv) {
     if (flog) std::fwrite(logits.data(), sizeof(float), logits.size(), flog);
     int32_t tok = llama_aot_sample(m, logits.data(), temperature, top_p, seed + step);
     if (tok < 0) return Die("llama_aot_sample", tok);
+    if (static_cast<size_t>(step) < forced.size()) tok = forced[static_cast<size_t>(step)];
     out.push_back(tok);
     if (stop_on_eos && llama_aot_is_eos(m, tok)) {
       stopped_on_eos = true;
@@ -172,10 +180,12 @@ int main(int argc, char** argv) {
   std::printf(
       ", \"stopped_on_eos\": %s, \"load_seconds\": %.6f, \"prefill_tokens\": %zu, "
       "\"prefill_seconds\": %.6f, \"prefill_tokens_per_s\": %.3f, \"decode_steps\": %ld, "
-      "\"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"peak_rss_mb\": %.1f}\n",
+      "\"decode_seconds\": %.6f, \"decode_tokens_per_s\": %.3f, \"peak_rss_mb\": %.1f",
       stopped_on_eos ? "true" : "false", load_seconds, prompt.size(), prefill_seconds,
       prefill_seconds > 0 ? prompt.size() / prefill_seconds : 0.0, decode_steps, decode_seconds,
       decode_seconds > 0 ? decode_steps / decode_seconds : 0.0, PeakRssMb());
+  if (verbose) std::printf(", \"device_info\": %s", llama_aot_device_info(m));
+  std::printf("}\n");
   llama_aot_close(m);
   return 0;
 }

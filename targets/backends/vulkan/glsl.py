@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import VulkanCodegenError
-from .module_format import FLAG_USE_UBO, FunctionInfo
+from .module_format import FLAG_FOLDED_GRID, FLAG_USE_UBO, FunctionInfo
 from .target import (
     MAX_PUSH_CONSTANT_BYTES,
     SUBGROUP_BALLOT,
@@ -190,7 +190,7 @@ class GLSLKernel:
     target_env: str
     params: list[ParamInfo]  # in parameter order
     function_info: FunctionInfo
-    flag: int  # SPIRVShader flag (FLAG_USE_UBO)
+    flag: int  # SPIRVShader flag (FLAG_USE_UBO, FLAG_FOLDED_GRID)
     workgroup_size: tuple[int, int, int]
     launch_exprs: list[str]  # per launch param tag: Python expression over scalar param names
     shared_bytes: int
@@ -1055,7 +1055,14 @@ class GLSLPrinter:
             return
         name = self.bind_name(var, dt)
         builtin = "gl_LocalInvocationID" if m.group(1) == "threadIdx" else "gl_WorkGroupID"
-        self.prologue.append(f"const {self.glsl_type(dt)} {name} = {self.glsl_type(dt)}({builtin}.{m.group(2)});")
+        T = self.glsl_type(dt)
+        if tag == "blockIdx.x" and "blockIdx.y" not in self.launch_tags:
+            # FLAG_FOLDED_GRID: a grid too wide for one dimension may arrive folded into x*y
+            self.prologue.append(f"const {T} {name} = {T}(gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x);")
+            self.emit(f"if ({name} >= {self.E(value)}) return;  // past a folded grid's end")
+            self.folded_grid = True
+        else:
+            self.prologue.append(f"const {T} {name} = {T}({builtin}.{m.group(2)});")
         if m.group(1) == "threadIdx":
             if _type_key(value) != "ir.IntImm":
                 raise self.err(f"workgroup size must be a compile-time constant, got {tag} = {value}")
@@ -1219,6 +1226,8 @@ class GLSLPrinter:
         f = self.func
         attrs = f.attrs
         launch_tags = [str(t) for t in (attrs.get("tirx.kernel_launch_params") or [])]
+        self.launch_tags = launch_tags
+        self.folded_grid = False
         for name in ("main", "tvm_pc", "tvm_lane"):
             self.used_names.add(name)
         arg_types, pods = [], []
@@ -1363,7 +1372,7 @@ class GLSLPrinter:
             target_env=self.caps.target_env,
             params=self.params,
             function_info=info,
-            flag=FLAG_USE_UBO if self.use_ubo else 0,
+            flag=(FLAG_USE_UBO if self.use_ubo else 0) | (FLAG_FOLDED_GRID if self.folded_grid else 0),
             workgroup_size=wg,
             launch_exprs=launch_exprs,
             shared_bytes=self.shared_bytes,

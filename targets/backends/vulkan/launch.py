@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import VulkanRuntimeError
-from .module_format import FLAG_USE_UBO, FunctionInfo, spirv_local_size
+from .module_format import FLAG_FOLDED_GRID, FLAG_USE_UBO, FunctionInfo, fold_grid, spirv_local_size
 
 NO_DRIVER_REASON = "needs Vulkan driver (mesa-vulkan-drivers)"
 
@@ -239,6 +239,8 @@ class VulkanDevice:
         local = spirv_local_size(spirv)
         if local is not None and tuple(block) != tuple(local):
             raise VulkanRuntimeError(f"{info.name}: threadIdx extents {block} != shader workgroup size {local}")
+        if flag & FLAG_FOLDED_GRID and grid[1] == 1:
+            grid[0], grid[1] = fold_grid(grid[0], self.max_workgroup_count[0])
         for d in range(3):
             if grid[d] > self.max_workgroup_count[d]:
                 raise VulkanRuntimeError(

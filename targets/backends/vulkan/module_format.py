@@ -7,7 +7,7 @@ as documented in shared/facts/vulkan-module-format.md and read by TVM's VulkanMo
     fmt   : string                       "vulkan"
     fmap  : u64 n, n x (string name, FunctionInfo)
     smap  : u64 n, n x (string name, bytes shader)
-            shader = u32 flag (bit 0: scalars in a uniform buffer), u64 word count, u32 words
+            shader = u32 flag (bit 0: scalars in a uniform buffer; bit 1: FLAG_FOLDED_GRID), u64 word count, u32 words
 
     FunctionInfo: string name; vector<DLDataType> arg_types (u8 code, u8 bits, u16 lanes);
                   vector<string> launch_param_tags; vector<int32> arg_extra_tags
@@ -23,6 +23,19 @@ from typing import NamedTuple, Sequence
 #: SPIRVShader flag bit: scalar arguments are passed in a uniform buffer at binding n, not as
 #: push constants (ShaderMetaDataFlagMask::kUseUBO).
 FLAG_USE_UBO = 1 << 0
+#: Our extension (TVM's runtime ignores the bit): the kernel computes blockIdx.x as
+#: ``gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x`` and returns when it is past the
+#: grid, so a runtime may launch a blockIdx.x extent above maxComputeWorkGroupCount[0] (65535 on
+#: lavapipe and many phone GPUs: a 128-token prefill chunk exceeds it) as an x*y grid.
+FLAG_FOLDED_GRID = 1 << 1
+
+
+def fold_grid(gx: int, max_x: int) -> tuple[int, int]:
+    """(x, y) workgroup counts covering ``gx`` groups with x <= max_x (for FLAG_FOLDED_GRID kernels)."""
+    if gx <= max_x:
+        return gx, 1
+    y = -(-gx // max_x)
+    return -(-gx // y), y
 
 _DTYPE_CODES = {"int": 0, "uint": 1, "float": 2, "handle": 3, "bfloat": 4}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
