@@ -130,6 +130,10 @@ def bench(root: Path, spec: dict, results: dict) -> None:
     # the same with storage in the host-mapped ReBAR window (what the runtime did before it kept
     # discrete GPUs' storage unmapped): shows what uncached host reads cost
     mapped = driver(root, pkg, prompt, spec["decode_tokens"] + 1, timeout=180, env={"LLAMA_AOT_VULKAN_MAPPED": "1"})
+    # where a step's time goes: GPU busy (timestamps per batch) vs host time recording dispatches
+    timed = driver(root, pkg, prompt, spec["decode_tokens"] + 1, verbose=True, timeout=180,
+                   env={"LLAMA_AOT_VULKAN_TIMING": "1"})  # fmt: skip
+    tinfo = timed.get("device_info", {})
     per_token = cfg["weights"]["bytes_read_per_decoded_token"]
     bw = read_bandwidth_gbs()
     decode = max(r["decode_tokens_per_s"] for r in runs)
@@ -140,6 +144,9 @@ def bench(root: Path, spec: dict, results: dict) -> None:
         "decode_runs": [r["decode_tokens_per_s"] for r in runs], "bytes_per_token": per_token,
         "read_bandwidth_gbs": bw, "roofline_tok_s": roofline, "fraction_of_roofline": decode / roofline if roofline else None,
         "decode_tok_s_storage_mapped": mapped["decode_tokens_per_s"],
+        "timed_run": {"prefill_s": timed["prefill_seconds"], "decode_s": timed["decode_seconds"],
+                      "decode_steps": timed["decode_steps"],
+                      **{k: tinfo.get(k) for k in ("gpu_busy_us", "record_us", "fence_wait_us", "dispatches", "syncs")}},
         "runtime_counters_first_run": {k: info.get(k) for k in ("dispatches", "submits", "syncs", "fence_wait_us",
                                        "uploads_recorded", "uploads_synced", "downloads", "allocations", "allocations_reused")},
     }  # fmt: skip

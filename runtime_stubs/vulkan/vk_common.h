@@ -73,6 +73,7 @@ struct PhysicalInfo {
   uint32_t min_subgroup_size = 1;  // smallest size a compute shader may run with (Intel: 8..32)
   uint32_t subgroup_ops = 0;
   uint32_t queue_family = UINT32_MAX;
+  uint32_t timestamp_bits = 0;  // timestampValidBits of that family (0: no GPU timers)
   std::vector<std::string> extensions;
   // shader features the device offers (all are enabled on the logical device)
   bool shader_int64 = false, shader_int16 = false, shader_float64 = false;
@@ -132,6 +133,8 @@ struct Batch {
   VkDeviceSize upload_offset = 0;
   std::vector<std::function<void()>> on_complete;  // deferred destruction
   uint32_t commands = 0;
+  VkQueryPool timestamps = VK_NULL_HANDLE;  // begin/end of the batch (LLAMA_AOT_VULKAN_TIMING=1)
+  bool timed = false;
 };
 
 /*! \brief A compute pipeline for one kernel (see vk_module.cc). */
@@ -188,6 +191,8 @@ class Device {
   struct Stats {
     uint64_t syncs = 0, fence_wait_us = 0, uploads_recorded = 0, uploads_synced = 0,
              downloads = 0, allocations = 0, reused = 0;
+    // LLAMA_AOT_VULKAN_TIMING=1 only: host time recording dispatches, GPU time of the batches
+    uint64_t record_us = 0, gpu_busy_us = 0;
   };
   Stats stats() const { return stats_; }
 
@@ -223,7 +228,9 @@ class Device {
   std::deque<Batch*> in_flight_;
   std::vector<Batch*> free_batches_;
   Buffer* staging_ = nullptr;
-  bool only_uploads_since_sync_ = true;  // nothing but recorded uploads since the last Sync
+  bool only_uploads_since_sync_ = true;
+  bool timing_ = false;  // LLAMA_AOT_VULKAN_TIMING=1 and the queue has timestamps
+  double gpu_busy_ns_ = 0;  // nothing but recorded uploads since the last Sync
   std::vector<Buffer*> recycled_;  // freed storage buffers kept for reuse (<= kRecycleMax each)
   size_t recycled_bytes_ = 0;
   Stats stats_;

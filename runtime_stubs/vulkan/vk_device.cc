@@ -265,6 +265,7 @@ void Runtime::Init() {
     for (uint32_t i = 0; i < nq; ++i) {
       if (qfs[i].queueFlags & VK_QUEUE_COMPUTE_BIT) {
         info.queue_family = i;
+        info.timestamp_bits = qfs[i].timestampValidBits;
         break;
       }
     }
@@ -456,6 +457,8 @@ Device::Device(VkInstance instance, const PhysicalInfo& info, int device_id)
   LLAMA_VK_CALL(vkCreateCommandPool(device_, &pci, nullptr, &cmd_pool_));
   VkPipelineCacheCreateInfo pcci{VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
   LLAMA_VK_CALL(vkCreatePipelineCache(device_, &pcci, nullptr, &pipeline_cache_));
+  const char* env_timing = std::getenv("LLAMA_AOT_VULKAN_TIMING");
+  timing_ = env_timing != nullptr && std::strcmp(env_timing, "1") == 0 && info.timestamp_bits > 0;
 
   // Memory types that storage buffers may live in.
   VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
@@ -666,6 +669,17 @@ Batch& Device::Current() {
     VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
     bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
     LLAMA_VK_CALL(vkBeginCommandBuffer(b->cmd, &bi));
+    if (timing_) {
+      if (b->timestamps == VK_NULL_HANDLE) {
+        VkQueryPoolCreateInfo qi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+        qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+        qi.queryCount = 2;
+        LLAMA_VK_CALL(vkCreateQueryPool(device_, &qi, nullptr, &b->timestamps));
+      }
+      vkCmdResetQueryPool(b->cmd, b->timestamps, 0, 2);
+      vkCmdWriteTimestamp(b->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, b->timestamps, 0);
+      b->timed = true;
+    }
     current_ = b;
   }
   return *current_;
@@ -679,6 +693,7 @@ void Device::FlushLocked() {
   RecordBarrier(b->cmd, kComputeOrTransfer,
                 VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
                 VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
+  if (b->timed) vkCmdWriteTimestamp(b->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, b->timestamps, 1);
   LLAMA_VK_CALL(vkEndCommandBuffer(b->cmd));
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
@@ -708,6 +723,16 @@ void Device::WaitOldestLocked() {
 }
 
 void Device::Recycle(Batch* b) {
+  if (b->timed) {
+    uint64_t t[2] = {0, 0};
+    if (vkGetQueryPoolResults(device_, b->timestamps, 0, 2, sizeof(t), t, sizeof(uint64_t),
+                              VK_QUERY_RESULT_64_BIT) == VK_SUCCESS) {
+      uint64_t mask = info_.timestamp_bits >= 64 ? ~0ull : ((1ull << info_.timestamp_bits) - 1);
+      gpu_busy_ns_ += static_cast<double>((t[1] - t[0]) & mask) * info_.props.limits.timestampPeriod;
+      stats_.gpu_busy_us = static_cast<uint64_t>(gpu_busy_ns_ / 1000.0);
+    }
+    b->timed = false;
+  }
   vkResetFences(device_, 1, &b->fence);
   vkResetCommandBuffer(b->cmd, 0);
   for (VkDescriptorPool pool : b->pools) vkResetDescriptorPool(device_, pool, 0);
@@ -816,6 +841,7 @@ void Device::Dispatch(const Pipeline& p,
                       const std::vector<std::pair<Buffer*, VkDeviceSize>>& buffers,
                       const void* scalars, uint32_t gx, uint32_t gy, uint32_t gz) {
   std::lock_guard<std::mutex> lock(mu_);
+  auto t_record = timing_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
   Batch& b = Current();
   std::vector<VkDescriptorBufferInfo> infos(buffers.size() + (p.use_ubo ? 1 : 0));
   std::vector<VkWriteDescriptorSet> writes(infos.size());
@@ -869,6 +895,11 @@ void Device::Dispatch(const Pipeline& p,
   RecordBarrier(b.cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
                 kComputeOrTransfer, kAnyComputeOrTransfer);
   ++dispatches_;
+  if (timing_) {
+    stats_.record_us += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                  std::chrono::steady_clock::now() - t_record)
+                                                  .count());
+  }
   if (++b.commands >= kFlushEvery) FlushLocked();
 }
 

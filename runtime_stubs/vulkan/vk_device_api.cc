@@ -319,6 +319,8 @@ tvm::ffi::Map<String, Any> DeviceInfo(int device_id) {
   m.Set("downloads", static_cast<int64_t>(st.downloads));
   m.Set("allocations", static_cast<int64_t>(st.allocations));
   m.Set("allocations_reused", static_cast<int64_t>(st.reused));
+  m.Set("record_us", static_cast<int64_t>(st.record_us));
+  m.Set("gpu_busy_us", static_cast<int64_t>(st.gpu_busy_us));
   return m;
 }
 
