@@ -7,6 +7,8 @@ layer's shape (transformers' eager attention reshapes with -1 heads, so this is 
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -119,3 +121,34 @@ def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
             else:
                 out[f"{base}.{prefix.split('.', 2)[2]}.weight"] = w
     return out
+
+
+def _quantize_rows_int8(x, rows: int):
+    """What the int8 prefill kernel does to a projection's input (schedules/cpu/int8_gemm.py), for the
+    first `rows` positions (the prompt; decode positions stay f32): per row and group of 32, d = max|x| / 127,
+    x -> nearbyint(x / d) * d."""
+    import torch
+
+    head, tail = x[..., :rows, :], x[..., rows:, :]
+    g = head.reshape(*head.shape[:-1], -1, 32)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = torch.round(g * inv) * d  # torch.round: half to even, as nearbyint
+    return torch.cat([q.reshape(head.shape), tail], dim=-2)
+
+
+@contextlib.contextmanager
+def int8_prefill_rows(model, rows: int):
+    """While active, the reference's projections see their first `rows` positions (the prompt) rounded as
+    a package with ``"prefill_activations": "int8_group32"`` rounds them (decode positions stay f32)."""
+    hooks = [
+        mod.register_forward_pre_hook(lambda _m, args: (_quantize_rows_int8(args[0], rows),))
+        for layer in model.model.layers
+        for mod in (*[getattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")],
+                    *[getattr(layer.mlp, p) for p in ("gate_proj", "up_proj", "down_proj")])
+    ]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()

@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..frontend.spec import LayerSpec, ModelSpec
 from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
-from .kv_kernels import race_free_merge_state
+from .kv_kernels import fast_cpu_ragged_prefill, race_free_merge_state
 
 
 class Attention(nn.Module):
@@ -90,12 +90,19 @@ class LlamaForCausalLM(nn.Module):
         head_scheme: QuantScheme,
         dtype: str,
         target,
+        int8_prefill: bool = False,
     ):
         self.spec = spec
         self.dtype = dtype
         self.target = target
         self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
         self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
+        if int8_prefill:  # prefill projections quantize their activations to int8 (schedules/cpu/int8_gemm.py)
+            from schedules.cpu.int8_gemm import int8_gemm_func
+
+            for layer in self.layers:
+                for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+                    lin.rows_kernel = int8_gemm_func
         self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
         if not spec.tie_word_embeddings:
             self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
@@ -136,8 +143,9 @@ class LlamaForCausalLM(nn.Module):
 
     def _make_cache_factory(self, g: int):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
-            # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups (kv_kernels.py)
-            with _unique_kernel_symbols(), race_free_merge_state(self.target):
+            # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups;
+            # fast_cpu_ragged_prefill: TVM's CPU prefill attention is serial and scalar (kv_kernels.py)
+            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_ragged_prefill(self.target):
                 return self._new_cache(
                     g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
                 )

@@ -34,6 +34,10 @@ class QuantizedLinear(nn.Module):
         self.out_features = int(out_features)
         self.scheme = scheme
         self.compute_dtype = check_compute_dtype(compute_dtype)
+        #: PrimFunc factory ``(scheme, N, K) -> PrimFunc | None`` used for inputs with several (or a
+        #: symbolic number of) rows, i.e. prefill; set by the model (int8-activation GEMM, see
+        #: schedules/cpu/int8_gemm.py). None: always the fused-dequant TE matmul.
+        self.rows_kernel = None
         for suffix, (shape, dtype) in scheme.param_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
 
@@ -44,6 +48,13 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         static_last_dim(x.shape, self.in_features, f"QuantizedLinear({self.scheme.name})")
+        rows = x.shape[:-1]
+        single_row = all(isinstance(d, int) and d == 1 for d in rows)
+        if self.rows_kernel is not None and not single_row and len(rows) == 2 and x.dtype == "float32" == self.compute_dtype:
+            func = self.rows_kernel(self.scheme, self.out_features, self.in_features)
+            if func is not None:
+                out = nn.Tensor.placeholder((*rows, self.out_features), "float32")
+                return nn.op.tensor_ir_op(func, "int8_matmul", [x, *self.packed_params()], out)
         fn = dequant_matmul_te(self.scheme, self.out_features, self.in_features, self.compute_dtype)
         return nn.op.tensor_expr_op(fn, MATMUL_BLOCK, [x, *self.packed_params()])
 

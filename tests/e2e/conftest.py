@@ -35,12 +35,14 @@ def compiled(tmp_path_factory, checkpoint_dir):
     root = tmp_path_factory.mktemp("packages")
     made: dict[tuple, Path] = {}
 
-    def get(name: str, quant: str, model_dir: Path | None = None) -> Path:
-        key = (name, quant)
+    def get(name: str, quant: str, model_dir: Path | None = None, int8_prefill: bool | None = None) -> Path:
+        key = (name, quant, int8_prefill)
         if key not in made:
             src = model_dir or checkpoint_dir(name)
-            opts = CompileOptions(quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256)
-            made[key] = compile_model(src, root / f"{name}-{quant}", opts)
+            opts = CompileOptions(
+                quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256, int8_prefill=int8_prefill
+            )
+            made[key] = compile_model(src, root / f"{name}-{quant}-{int8_prefill}", opts)
         return made[key]
 
     return get

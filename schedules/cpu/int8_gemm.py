@@ -1,0 +1,198 @@
+"""Prefill GEMM with int8 activations and AVX-512 VNNI dot products (llama.cpp's Q4_0 x Q8_0, ExecuTorch 8da4w).
+
+Why: the f32 GEMM (gemm.py) already runs near the FMA peak (about 200 GFLOP/s per Zen 5 core on the 1B shapes),
+so prefill can only get faster with fewer instructions per multiply-add: one ``vpdpbusd`` does 64 u8 x s8
+products, a ``vfmadd`` 16.
+
+Numerics (``numpy_reference`` is the executable definition): per activation row and group of 32 k
+(the weight's quantization group),
+
+    d  = float32(max |x|) / 127;  q = nearbyint(x * (1 / d)) in [-127, 127]  (0 when d == 0; half to even)
+    y[s, n] = sum_g float32(sum_{k in g} q[s, k] * (nibble[n, k] - 8)) * (wscale[n, g] * d[s, g])
+
+i.e. the weights are the same packed q4 integers, only x is rounded to 8 bits per group (relative error of
+x per element <= 1/254 of its group's max). Accumulation is float32 across groups, exact int32 within one.
+
+Kernel (one PrimFunc, hand-scheduled, marked ``tirx.is_scheduled``):
+
+1. rows in parallel: per (row, group) d, q packed 4 per int32, and sum(q) (for the -8 offset);
+2. parallel over N tiles of ``nt`` columns: the tile's weight nibbles as u8 in ``[K/4, nt]`` int32 lanes (4 k
+   per lane, the order of k in a lane is irrelevant to a dot product) and its scales as f32 ``[G, nt]``;
+   then for MR rows x NRV*16 columns: per group, an int32 accumulator tile starting at ``-8 * sum(q)``,
+   8 ``vpdpbusd`` (weights = the u8 operand, the row's 4 activation bytes broadcast = the s8 operand),
+   converted to f32 and accumulated with the two scales.
+
+The nibble of logical (n, k) comes from the scheme's own ``dequant_expr`` (peeled down to its integer), so
+any q4 packing order (sequential or planar) is correct; the sequential one is the fast case (one gathered
+word gives a lane).
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+GROUP = 32
+
+
+def has_vnni(target) -> bool:
+    """AVX-512 VNNI on an x86 llvm target (the only ISA this kernel is written for)."""
+    from .params import _features, _target_arch  # pylint: disable=import-outside-toplevel
+
+    if target is None or target.kind.name != "llvm" or _target_arch(target) != "x86_64":
+        return False
+    feats = _features(target)
+    return "avx512vnni" in feats and "avx512bw" in feats
+
+
+def nibble_expr(scheme, tensors: dict, row, col):
+    """uint32 ``q + 8`` (0..15) of logical element (row, col) of a q4 scheme, peeled from its dequant_expr:
+    ``(float32(nibble) - 8.0) * float32(scale)``. None when the expression has another form."""
+    expr = scheme.dequant_expr(tensors, row, col)
+    try:
+        sub = expr.a
+        kinds = (type(expr).__name__, type(sub).__name__, type(sub.a).__name__)
+        if kinds != ("Mul", "Sub", "Cast") or float(sub.b.value) != 8.0:
+            return None
+        nib = sub.a.value
+        return nib if str(nib.ty.dtype) == "uint32" else None
+    except AttributeError:
+        return None
+
+
+def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int = 2, nt: int = 64):
+    """PrimFunc ``(x[b, s, K] f32, qweight, scale, y[b, s, N])`` or None when the scheme/shape does not fit."""
+    if scheme.name != "q4f16" or k_in % GROUP or n_out % (16 * nrv):
+        return None
+    while n_out % nt or nt % (16 * nrv):
+        nt //= 2
+    if nt < 16 * nrv:
+        return None
+    K, N, G, K4 = k_in, n_out, k_in // GROUP, k_in // 4
+    specs = scheme.param_specs(N, K)
+    (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
+    probe = {"qweight": tirx.decl_buffer(qw_shape, qw_dtype, "qweight"), "scale": tirx.decl_buffer(sc_shape, sc_dtype, "scale")}
+    if nibble_expr(scheme, probe, tirx.Var("n", "int64"), tirx.Var("k", "int64")) is None:
+        return None
+    nw = nt // 16
+    ncb = nt // (16 * nrv)
+
+    def lane(qweight, scale, n, k4):
+        """4 nibbles (k = 4*k4 .. +3) of row n as the bytes of one int32."""
+        t = {"qweight": qweight, "scale": scale}
+        out = None
+        for j in range(4):
+            nib = nibble_expr(scheme, t, n, k4 * 4 + j)
+            term = nib << tirx.const(8 * j, "uint32") if j else nib
+            out = term if out is None else out | term
+        return tirx.reinterpret("int32", out)
+
+    def vnni(acc, w, xb):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            acc,
+            T.reinterpret("int8x64", w),
+            T.reinterpret("int8x64", T.broadcast(xb, 16)),
+            dtype="int32x16",
+        )
+
+    # pylint: disable=invalid-name,too-many-locals
+    @T.prim_func(s_tir=True)
+    def int8_gemm(var_x: T.handle, qweight: T.Buffer(qw_shape, qw_dtype), scale: T.Buffer(sc_shape, sc_dtype), var_y: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        b = T.int64()
+        s = T.int64()
+        x = T.match_buffer(var_x, (b, s, K), "float32")
+        y = T.match_buffer(var_y, (b, s, N), out_dtype)
+        xq = T.alloc_buffer((b * s, K4), "int32")
+        xd = T.alloc_buffer((b * s, G), "float32")
+        xsum = T.alloc_buffer((b * s, G), "int32")
+        # 1. activations -> int8 per (row, group)
+        for r in T.parallel(b * s):
+            with T.sblock("quantize"):
+                T.reads()
+                T.writes()
+                amax = T.sblock_alloc_buffer((16,), "float32")
+                qv = T.sblock_alloc_buffer((GROUP,), "int32")
+                inv = T.sblock_alloc_buffer((1,), "float32")
+                for g in T.serial(G):
+                    for l in T.vectorized(16):
+                        amax[l] = T.max(T.abs(x[r // s, r % s, g * GROUP + l]), T.abs(x[r // s, r % s, g * GROUP + 16 + l]))
+                    for l in T.serial(15):
+                        amax[0] = T.max(amax[0], amax[l + 1])
+                    xd[r, g] = amax[0] / T.float32(127)
+                    inv[0] = T.if_then_else(amax[0] > T.float32(0), T.float32(1) / xd[r, g], T.float32(0))
+                    for l in T.vectorized(GROUP):
+                        qv[l] = T.Cast("int32", T.nearbyint(x[r // s, r % s, g * GROUP + l] * inv[0]))
+                    xsum[r, g] = 0
+                    for l in T.serial(GROUP):
+                        xsum[r, g] = xsum[r, g] + qv[l]
+                    for l in T.vectorized(8):
+                        xq[r, g * 8 + l] = (
+                            (qv[l * 4] & 255)
+                            | ((qv[l * 4 + 1] & 255) << 8)
+                            | ((qv[l * 4 + 2] & 255) << 16)
+                            | (qv[l * 4 + 3] << 24)
+                        )
+        # 2. per N tile: weight panel, then MR x (NRV*16) register tiles
+        for nt_o in T.parallel(N // nt):
+            with T.sblock("gemm"):
+                T.reads()
+                T.writes()
+                wp = T.sblock_alloc_buffer((K4, nt), "int32")
+                ws = T.sblock_alloc_buffer((G, nt), "float32")
+                iacc = T.sblock_alloc_buffer((mr, nrv * 16), "int32")
+                facc = T.sblock_alloc_buffer((mr, nrv * 16), "float32")
+                for c in T.serial(nw):
+                    for k4 in T.serial(K4):
+                        for l in T.vectorized(16):
+                            wp[k4, c * 16 + l] = lane(qweight, scale, nt_o * nt + c * 16 + l, k4)
+                    for g in T.serial(G):
+                        for l in T.vectorized(16):
+                            ws[g, c * 16 + l] = T.Cast("float32", scale[nt_o * nt + c * 16 + l, g])
+                for ro in T.serial((b * s + (mr - 1)) // mr):
+                    for cb in T.serial(ncb):
+                        for i in T.unroll(mr):
+                            for l in T.vectorized(nrv * 16):
+                                facc[i, l] = T.float32(0)
+                        for g in T.serial(G):
+                            for i in T.unroll(mr):
+                                for l in T.vectorized(nrv * 16):
+                                    iacc[i, l] = xsum[T.min(ro * mr + i, b * s - 1), g] * -8
+                            for k in T.unroll(8):
+                                for i in T.unroll(mr):
+                                    for v in T.unroll(nrv):
+                                        iacc[i, T.ramp(v * 16, 1, 16)] = vnni(
+                                            iacc[i, T.ramp(v * 16, 1, 16)],
+                                            wp[g * 8 + k, T.ramp(cb * nrv * 16 + v * 16, 1, 16)],
+                                            xq[T.min(ro * mr + i, b * s - 1), g * 8 + k],
+                                        )
+                            for i in T.unroll(mr):
+                                for l in T.vectorized(nrv * 16):
+                                    facc[i, l] = facc[i, l] + T.Cast("float32", iacc[i, l]) * (
+                                        ws[g, cb * nrv * 16 + l] * xd[T.min(ro * mr + i, b * s - 1), g]
+                                    )
+                        for i in T.unroll(mr):
+                            if ro * mr + i < b * s:
+                                for l in T.vectorized(nrv * 16):
+                                    y[(ro * mr + i) // s, (ro * mr + i) % s, nt_o * nt + cb * nrv * 16 + l] = T.Cast(
+                                        out_dtype, facc[i, l]
+                                    )
+
+    return int8_gemm.without_attr("global_symbol")  # symbols come from the module the caller adds it to
+
+
+def numpy_reference(x, nibbles, wscale):
+    """The kernel's numerics in numpy. x: f32 [rows, K]; nibbles: uint [N, K] (q + 8); wscale: f16 [N, K/32]."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    rows, k = x.shape
+    xg = x.astype(np.float32).reshape(rows, k // GROUP, GROUP)
+    d = np.abs(xg).max(-1) / np.float32(127)
+    inv = np.zeros_like(d)
+    np.divide(np.float32(1), d, out=inv, where=d > 0)
+    q = np.rint(xg * inv[..., None]).astype(np.int64)
+    w = nibbles.astype(np.int64).reshape(nibbles.shape[0], k // GROUP, GROUP) - 8
+    dots = np.einsum("rgk,ngk->rng", q, w).astype(np.float32)  # exact int sums, < 2**24
+    scl = wscale.astype(np.float32)[None, :, :] * d[:, None, :]
+    return (dots * scl).sum(-1, dtype=np.float32)
