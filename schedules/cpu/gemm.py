@@ -174,7 +174,9 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
         sch.reorder(pk_w, pn_c, pk_j, pn_v)
     else:  # planar: the word is invariant over (k % (pack*plane)) // plane
         pk_w, pk_j, pk_i = sch.split(p_k, [None, pack, plane])
-        sch.reorder(pk_w, pk_i, pn_c, pk_j, pn_v)
+        # pk_i inside pn_c: the group scales of a word's nibbles depend on pk_j only, so their row gathers are
+        # invariant over pk_i and LLVM hoists them (measured: +10% on the 1B down_proj panel vs pk_i outside)
+        sch.reorder(pk_w, pn_c, pk_i, pk_j, pn_v)
     sch.unroll(pk_j)
     sch.vectorize(pn_v)
 
