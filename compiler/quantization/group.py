@@ -25,8 +25,8 @@ Storage:
     both:  scale float16[N, K // G]
 
 The planar order makes 16 consecutive k one contiguous 64-byte load + one shift + one mask in the
-CPU GEMV (no word-replicating permute): ~20% faster decode (schedules/README.md). Widths that are
-not a multiple of 128 (pruned FFNs, e.g. 192) keep the sequential order.
+CPU GEMV (no word-replicating permute): ~20% more weight bytes per core (schedules/README.md).
+Widths that are not a multiple of 128 (pruned FFNs, e.g. 192) keep the sequential order.
 """
 
 from __future__ import annotations
