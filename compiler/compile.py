@@ -189,9 +189,9 @@ def _symbol_prefix(name: str) -> str:
 
 def _checked(stream, shapes: dict[str, tuple[int, ...]]):
     """Refuse non-finite weights and any conversion that disagrees with the model's parameter shape."""
-    for name, arr in stream:
+    for name, arr, extra in stream:
         if tuple(arr.shape) != shapes[name]:
             raise LlamaAotError(f"internal: {name} converted to shape {arr.shape}, model expects {shapes[name]}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise LlamaAotError(f"weight {name} contains NaN/Inf: the checkpoint is corrupted")
-        yield name, arr
+        yield name, arr, extra

@@ -5,7 +5,8 @@ Layout:
                                 target, context window, prefill chunk, runtime calling convention
   OUT/lib/model.so              the compiled library (host build)
   OUT/params/manifest.json      every parameter in call order: name, dtype, shape, file, offset,
-                                nbytes, sha256
+                                nbytes, sha256 (+ the scheme's per-tensor layout fields, e.g.
+                                nibble_order of a q4f16 qweight)
   OUT/params/shard-NNNNN.bin    raw little-endian tensor bytes, each tensor 64-byte aligned
   OUT/tokenizer.json ...        copied from the checkpoint when present
 
@@ -62,14 +63,14 @@ def atomic_output_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
 
 
 def write_params(
-    out_dir: Path, params: Iterable[tuple[str, np.ndarray]], shard_bytes: int = 512 << 20
+    out_dir: Path, params: Iterable[tuple[str, np.ndarray, dict]], shard_bytes: int = 512 << 20
 ) -> list[dict]:
-    """Stream parameters into shard files; return the manifest entries."""
+    """Stream (name, array, extra manifest fields) into shard files; return the manifest entries."""
     (out_dir / "params").mkdir(parents=True, exist_ok=True)
     entries: list[dict] = []
     shard_idx, f, offset = -1, None, 0
     try:
-        for name, arr in params:
+        for name, arr, extra in params:
             data = memoryview(np.ascontiguousarray(arr)).cast("B")
             if f is None or (offset > 0 and offset + data.nbytes > shard_bytes):
                 if f is not None:
@@ -90,6 +91,7 @@ def write_params(
                     "offset": offset,
                     "nbytes": data.nbytes,
                     "sha256": hashlib.sha256(data).hexdigest(),
+                    **extra,
                 }
             )
             offset += data.nbytes

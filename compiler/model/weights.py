@@ -7,7 +7,7 @@ quantization scheme packs rows independently, so concatenating first is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -47,13 +47,15 @@ def weight_plan(spec: ModelSpec, scheme: QuantScheme, head_scheme: QuantScheme) 
 
 def converted_params(
     checkpoint, plan: dict[str, WeightSource], param_names: list[str], param_dtypes: dict[str, str]
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (param name, array) in ``param_names`` order, converting one module at a time.
+) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Yield (param name, array, extra manifest fields) in ``param_names`` order, converting one
+    module at a time. The extra fields are the scheme's ``manifest_fields`` (e.g. q4f16's nibble
+    order, which depends on the tensor's K).
 
     Only one module's source tensors and packed arrays are alive at once, so peak memory
     stays near the largest (fused) tensor.
     """
-    current_prefix, packed = None, {}
+    current_prefix, packed, fields = None, {}, {}
     for name in param_names:
         prefix, suffix = name.rsplit(".", 1)
         if prefix != current_prefix:
@@ -62,6 +64,7 @@ def converted_params(
             w = tensors[0] if len(tensors) == 1 else np.concatenate(tensors, axis=0)
             del tensors
             packed = {"weight": w} if source.scheme is None else source.scheme.pack(w)
+            fields = {} if source.scheme is None else source.scheme.manifest_fields(*w.shape)
             current_prefix = prefix
         arr = packed.pop(suffix)
-        yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False))
+        yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False)), fields.get(suffix, {})

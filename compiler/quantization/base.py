@@ -11,7 +11,8 @@ table layout):
   packed arrays (:meth:`QuantScheme.dequant_expr`), which ``QuantizedLinear`` and
   ``QuantizedEmbedding`` inline into their matmul / gather so that no dequantized copy of a
   weight ever exists at run time,
-* its exact bit layout (:meth:`QuantScheme.layout`, JSON, recorded in ``llama-aot.json``).
+* its exact bit layout (:meth:`QuantScheme.layout`, JSON, recorded in ``llama-aot.json``;
+  shape-dependent facts per tensor in the params manifest, :meth:`QuantScheme.manifest_fields`).
 
 Packing and dequantization never import TVM; only :meth:`dequant_expr` does.
 """
@@ -66,6 +67,14 @@ class QuantScheme(abc.ABC):
         ``in_features`` only matters for per-channel schemes (one scale per row); without it
         their scale overhead is left out.
         """
+
+    def manifest_fields(self, out_features: int, in_features: int) -> dict[str, dict[str, Any]]:
+        """Per stored array, extra fields for its params-manifest entry (``suffix -> fields``).
+
+        Used for layout facts that depend on the tensor's shape (q4f16's nibble order), so a
+        reader of the package never has to re-derive them.
+        """
+        return {}
 
     # ------------------------------------------------------------------ TE side
     @abc.abstractmethod

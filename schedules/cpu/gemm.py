@@ -174,7 +174,12 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
         sch.reorder(pk_w, pn_c, pk_j, pn_v)
     else:  # planar: the word is invariant over (k % (pack*plane)) // plane
         pk_w, pk_j, pk_i = sch.split(p_k, [None, pack, plane])
-        sch.reorder(pk_w, pk_i, pn_c, pk_j, pn_v)
+        # pk_i inside pn_c: the group scales of a word's nibbles depend on pk_j only, so their row gathers are
+        # invariant over pk_i and LLVM hoists them. One pn_c step then stores into all Kc panel rows: pad the
+        # row stride by one vector so a power-of-two Tn (4 KiB rows) does not put them in one L1 set.
+        # Measured, 1B shapes, S = 128: +7..10% over the sequential layout (without the padding gate_up -17%).
+        sch.reorder(pk_w, pn_c, pk_i, pk_j, pn_v)
+        sch.storage_align(panel_block, 0, axis=0, factor=tn, offset=lanes)
     sch.unroll(pk_j)
     sch.vectorize(pn_v)
 

@@ -47,17 +47,21 @@ def has_vnni(target) -> bool:
 
 def nibble_expr(scheme, tensors: dict, row, col):
     """uint32 ``q + 8`` (0..15) of logical element (row, col) of a q4 scheme, peeled from its dequant_expr:
-    ``(float32(nibble) - 8.0) * float32(scale)``. None when the expression has another form."""
+    ``(float32(nibble) - 8.0) * float32(scale)`` in either operand order (the planar layout puts the
+    scale first). None when the expression has another form."""
     expr = scheme.dequant_expr(tensors, row, col)
-    try:
-        sub = expr.a
-        kinds = (type(expr).__name__, type(sub).__name__, type(sub.a).__name__)
-        if kinds != ("Mul", "Sub", "Cast") or float(sub.b.value) != 8.0:
-            return None
-        nib = sub.a.value
-        return nib if str(nib.ty.dtype) == "uint32" else None
-    except AttributeError:
+    if type(expr).__name__ != "Mul":
         return None
+    for sub in (expr.a, expr.b):
+        try:
+            if type(sub).__name__ != "Sub" or type(sub.a).__name__ != "Cast" or float(sub.b.value) != 8.0:
+                continue
+            nib = sub.a.value
+        except AttributeError:
+            continue
+        if str(nib.ty.dtype) == "uint32":
+            return nib
+    return None
 
 
 def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int = 2, nt: int = 64):

@@ -12,6 +12,7 @@ import pytest
 
 from reference import dequantized_hf_weights, int8_prefill_rows, reference_logits, reference_model
 from runtime_stubs.engine import Engine
+from runtime_stubs.package_format import read_manifest
 
 PROMPT = [1] + [(7 * i + 11) % 500 + 4 for i in range(44)]  # 45 tokens: 3 prefill chunks, 3 KV pages
 STEPS = 10
@@ -56,6 +57,8 @@ def test_quantized_matches_dequantized_reference(name, quant, fp32_bound, checkp
     # and the quantization error itself stays bounded against the original fp32 weights
     fp32 = _ref(reference_model(checkpoint_dir(name)), PROMPT, gen.token_ids)
     assert _rel_err(ours, fp32) <= fp32_bound
+    if quant == "q4f16":
+        _check_nibble_orders(package, expect_both=name == "heterogeneous")
 
 
 @pytest.mark.parametrize("name", ["tied_llama3rope", "heterogeneous"])
@@ -76,3 +79,17 @@ def test_int8_prefill_matches_activation_quantized_reference(name, checkpoint_di
     assert _rel_err(ours, modelled) <= 2.5e-3
     # the activation rounding's own effect: same weights and tokens, f32 activations everywhere
     assert _rel_err(ours, _ref(model, PROMPT, gen.token_ids)) <= 0.05
+
+
+def _check_nibble_orders(package, expect_both):
+    """Every q4 qweight records its nibble order in the manifest: planar iff K % 128 == 0 (hidden 128;
+    the heterogeneous model's o_proj K = 64 and down_proj K = 192 stay sequential)."""
+    orders = set()
+    for e in read_manifest(package):
+        if e["name"].endswith(".qweight"):
+            k = e["shape"][1] * 8
+            assert e["nibble_order"] == ("planar" if k % 128 == 0 else "sequential"), e
+            orders.add(e["nibble_order"])
+        else:
+            assert "nibble_order" not in e, e
+    assert orders == ({"planar", "sequential"} if expect_both else {"planar"})

@@ -17,6 +17,13 @@ from compiler.quantization import base as qbase
 # ----------------------------------------------------------------------------- independent refs
 
 
+def ref_slot(k_total, kk):
+    """(word, nibble position) of logical element kk, straight from docs/quantization.md."""
+    if k_total % 128 == 0:  # planar: value 128b + 16j + i is nibble j of word 16b + i
+        return (kk // 128) * 16 + kk % 16, (kk % 128) // 16
+    return kk // 8, kk % 8  # sequential
+
+
 def ref_pack_q4(w):
     """Per-element Python reimplementation of the q4f16 contract -> (words, scales)."""
     n_rows, k = w.shape
@@ -33,7 +40,8 @@ def ref_pack_q4(w):
                 kk = g * 32 + j
                 q = 0 if s == 0 else round(float(np.float32(v) / np.float32(s)))
                 q = min(7, max(-7, q))
-                words[n][kk // 8] |= (q + 8) << (4 * (kk % 8))
+                word, pos = ref_slot(k, kk)
+                words[n][word] |= (q + 8) << (4 * pos)
     return np.array(words, dtype=np.uint32), scales
 
 
@@ -42,7 +50,12 @@ def ref_unpack_q4(qweight, scale):
     n_rows, words = qweight.shape
     raw = qweight.astype("<u4").tobytes()
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
-    nibbles = bits.reshape(n_rows, words * 8, 4) @ np.array([1, 2, 4, 8])
+    stored = bits.reshape(n_rows, words * 8, 4) @ np.array([1, 2, 4, 8])  # byte stream order
+    k = words * 8
+    nibbles = np.zeros((n_rows, k), np.int64)
+    for kk in range(k):
+        word, pos = ref_slot(k, kk)
+        nibbles[:, kk] = stored[:, 8 * word + pos]
     s = np.repeat(scale.astype(np.float64), 32, axis=1)
     return (nibbles - 8) * s
 
@@ -180,6 +193,31 @@ def test_q4_layout_by_hand():
     assert (deq[2] == 0).all()
 
 
+def test_q4_planar_layout_by_hand():
+    """K = 256: two planar blocks; value 128b + 16j + i is nibble j of word 16b + i."""
+    w = np.zeros((1, 256), np.float32)
+    w[0, 17] = 7  # b=0, j=1, i=1 -> word 1, bits 4..7 (group 0: scale 1)
+    w[0, 100] = -7  # b=0, j=6, i=4 -> word 4, bits 24..27 (group 3: scale 1)
+    w[0, 255] = 3.5  # b=1, j=7, i=15 -> word 31, bits 28..31 (group 7: scale 0.5, q = 7)
+    s = get_scheme("q4f16")
+    assert s.nibble_order(256) == "planar" and s.manifest_fields(1, 256) == {"qweight": {"nibble_order": "planar"}}
+    packed = s.pack(w)
+    expect = [0x88888888] * 32
+    expect[1], expect[4], expect[31] = 0x888888F8, 0x81888888, 0xF8888888
+    assert [int(v) for v in packed["qweight"][0]] == expect
+    assert packed["scale"].tolist() == [[1, 0, 0, 1, 0, 0, 0, 0.5]]
+    np.testing.assert_array_equal(s.dequantize(packed), w)
+
+
+@pytest.mark.parametrize("k,order", [(32, "sequential"), (96, "sequential"), (192, "sequential"),
+                                     (128, "planar"), (2048, "planar"), (8192, "planar")])
+def test_q4_nibble_order_rule(k, order):
+    s = get_scheme("q4f16")
+    assert s.nibble_order(k) == order
+    assert s.manifest_fields(4, k) == {"qweight": {"nibble_order": order}}
+    assert get_scheme("q8f16").manifest_fields(4, k) == get_scheme("q0f16").manifest_fields(4, k) == {}
+
+
 def test_q4_decoder_accepts_nibble_zero():
     s = get_scheme("q4f16")
     packed = {"qweight": np.zeros((1, 4), np.uint32), "scale": np.ones((1, 1), np.float16)}
@@ -197,8 +235,9 @@ def test_q8_layout_by_hand():
 # ----------------------------------------------------------------------------- round trips
 
 
-def test_q4_round_trip_against_independent_impl():
-    w = _weights(6, 96)
+@pytest.mark.parametrize("k", [96, 192, 128, 384])  # sequential (K % 128 != 0) and planar
+def test_q4_round_trip_against_independent_impl(k):
+    w = _weights(6, k)
     s = get_scheme("q4f16")
     packed = s.pack(w)
     words, scales = ref_pack_q4(w)
@@ -247,7 +286,7 @@ def test_q0_round_trips():
 
 
 def test_chunked_packing_is_identical(monkeypatch):
-    w = _weights(10, 64, seed=3)
+    w = _weights(10, 128, seed=3)  # K = 128: planar q4 across chunks
     full = {n: get_scheme(n).pack(w) for n in SCHEMES}
     monkeypatch.setattr(qbase, "PACK_ROW_CHUNK", 3)
     from compiler.quantization import group, q0

@@ -8,22 +8,23 @@ import numpy as np
 import pytest
 import tvm
 from sched_helpers import host_target, rel_err, rules_used
-from tvm import relax, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.frontend import nn
 
 import compiler.pipeline as pipeline
 import compiler.quantization as quant
+from schedules.cpu.analysis import analyze_matmul, block_pack_layout
 from compiler.quantization.embedding import QuantizedEmbedding
 from compiler.quantization.linear import QuantizedLinear
 
-N, K, V = 192, 256, 300
+N, V = 192, 300
 TARGET = host_target()
 
 
 class Tiny(nn.Module):
-    def __init__(self, scheme):
-        self.lin = QuantizedLinear(K, N, scheme, "float32")
-        self.emb = QuantizedEmbedding(V, K, scheme, "float32")
+    def __init__(self, scheme, k):
+        self.lin = QuantizedLinear(k, N, scheme, "float32")
+        self.emb = QuantizedEmbedding(V, k, scheme, "float32")
 
     def prefill(self, x, r):
         return self.lin(x) + r
@@ -38,8 +39,9 @@ class Tiny(nn.Module):
         return self.emb.lm_head_forward(x)
 
 
-@pytest.mark.parametrize("name", ["q4f16", "q8f16", "q0f16", "q0f32"])
-def test_quantized_ops_through_pipeline(name):
+# K = 256: q4f16 packs planar; K = 192: sequential (docs/quantization.md)
+@pytest.mark.parametrize("name,K", [("q4f16", 256), ("q4f16", 192), ("q8f16", 256), ("q0f16", 256), ("q0f32", 256)])
+def test_quantized_ops_through_pipeline(name, K):
     scheme = quant.get_scheme(name)
     spec = {
         "prefill": {"x": nn.spec.Tensor([1, "seq", K], "float32"), "r": nn.spec.Tensor([1, "seq", N], "float32")},
@@ -47,7 +49,7 @@ def test_quantized_ops_through_pipeline(name):
         "embed": {"ids": nn.spec.Tensor(["seq"], "int32")},
         "lm_head": {"x": nn.spec.Tensor([1, 1, K], "float32")},
     }
-    mod, params = Tiny(scheme).export_tvm(spec=spec)
+    mod, params = Tiny(scheme, K).export_tvm(spec=spec)
     passes = pipeline.pass_list(TARGET)
     upto = [i for i, (n, _) in enumerate(passes) if n == "ApplySchedules"][0] + 1
     with TARGET:
@@ -58,6 +60,16 @@ def test_quantized_ops_through_pipeline(name):
             used |= rules_used(f)
     assert {"cpu.DequantGEMV", "cpu.Elementwise"} <= used, used
     assert any(u.startswith("cpu.DequantGEMM") for u in used), used
+    if name == "q4f16":  # the rules see the nibble order the scheme packed (the planar fast path)
+        with TARGET:
+            fused = tvm.transform.Sequential([p for _, p in passes[: upto - 1]])(mod)
+        layouts = set()
+        for _, f in fused.functions_items():
+            sch = s_tir.Schedule(f) if isinstance(f, tirx.PrimFunc) else None
+            pat = sch and analyze_matmul(sch)
+            if pat is not None:
+                layouts.add(block_pack_layout(sch, pat.block))
+        assert layouts == {(8, 16 if K % 128 == 0 else 1)}, layouts
 
     ex = tvm.compile(mod, TARGET, relax_pipeline=pipeline.build_pipeline(TARGET))
     dev = tvm.cpu()
