@@ -7,6 +7,8 @@ forward pass of the reference over prompt + generated tokens.
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -71,7 +73,10 @@ def test_int8_prefill_matches_activation_quantized_reference(name, checkpoint_di
 
     if not has_vnni(resolve("host", None, None, None).tvm_target()):
         pytest.skip("no AVX-512 VNNI on this host")
-    gen, ours = _run(compiled(name, "q4f16", int8_prefill=True))
+    package = compiled(name, "q4f16", int8_prefill=True)
+    symbols = subprocess.run(["nm", "-D", str(package / "lib" / "model.so")], capture_output=True, text=True).stdout
+    assert "int8_matmul" in symbols, "the int8 GEMM was not used (a silent fallback to f32 activations)"
+    gen, ours = _run(package)
     model = reference_model(checkpoint_dir(name), dequantized_hf_weights(compiled(name, "q4f16", int8_prefill=False)))
     with int8_prefill_rows(model, len(PROMPT)):
         modelled = _ref(model, PROMPT, gen.token_ids)
