@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..frontend.spec import LayerSpec, ModelSpec
 from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
-from .kv_kernels import fast_cpu_ragged_prefill, race_free_merge_state
+from .kv_kernels import fast_cpu_attention, race_free_merge_state
 
 
 class Attention(nn.Module):
@@ -144,8 +144,8 @@ class LlamaForCausalLM(nn.Module):
     def _make_cache_factory(self, g: int):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
             # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups;
-            # fast_cpu_ragged_prefill: TVM's CPU prefill attention is serial and scalar (kv_kernels.py)
-            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_ragged_prefill(self.target):
+            # fast_cpu_attention: TVM's CPU attention kernels are scalar (kv_kernels.py)
+            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_attention(self.target):
                 return self._new_cache(
                     g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
                 )

@@ -111,3 +111,36 @@ def test_applied_by_rules_and_pass(strip_symbol):
 @pytest.mark.parametrize("maker", [lambda: kvc._attention_prefill_ragged_cpu(HKV, HQ, D, D, "float32", {}), lambda: kvc._merge_state_inplace_cpu("float32")])
 def test_unknown_kernels_untouched(maker):
     assert parallelize_attention(maker()) is None
+
+
+def test_vectorized_decode_kernel_matches_tvm_and_numpy():
+    """compiler/model/kv_kernels.paged_decode_cpu (what our CPU builds use): TVM's kernel's outputs and lse
+    for two sequences of different lengths (a partial last page, GQA), RoPE outside (0) and inside (1)."""
+    from compiler.model.kv_kernels import paged_decode_cpu
+
+    ours = _build(paged_decode_cpu(HKV, HQ, D, "float32", {}, PAGE))
+    tvms = _build(parallelize_attention(kvc._attention_decode_cpu(HKV, HQ, D, "float32", False, {})))
+    rng = np.random.default_rng(1)
+    dev = tvm.cpu()
+    pages = _pages(rng, num_pages=6)
+    seqs = [([2, 0, 1], 5), ([4, 3], 16)]  # (page ids, slots used in the last page)
+    q = rng.standard_normal((2, HQ, D)).astype(np.float32)
+    sm = 1.0 / np.sqrt(D)
+    indptr = np.array([0, 3, 5], np.int32)
+    values = np.array(seqs[0][0] + seqs[1][0], np.int32)
+    last = np.array([seqs[0][1], seqs[1][1]], np.int32)
+    lens = [(len(p) - 1) * PAGE + l for p, l in seqs]
+    for rotary_mode in (0, 1):
+        outs = []
+        for fn in (ours, tvms):
+            o = tvm.runtime.tensor(np.zeros((2, HQ, D), np.float32), dev)
+            lse = tvm.runtime.tensor(np.zeros((2, HQ), np.float32), dev)
+            args = [q, pages, indptr, values, last, np.array([0, 7], np.int32), np.array(lens, np.int32)]
+            fn(*[tvm.runtime.tensor(a, dev) for a in args], o, lse, rotary_mode, 1.0, 1e4, float(sm))
+            outs.append((o.numpy(), lse.numpy()))
+        np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
+        if rotary_mode == 0:
+            for b, (page_ids, _) in enumerate(seqs):
+                ref = _reference(q[b : b + 1], pages, page_ids, lens[b], sm)[0]
+                np.testing.assert_allclose(outs[0][0][b], ref, atol=1e-5)
