@@ -3,8 +3,8 @@
 For each model (the embedded tiny model; a random-weight model of Llama-3.2-1B shape) and each
 quantization, it compiles (timed), then measures prefill tok/s over a 128-token prompt, decode
 tok/s over the 64 tokens after it and peak RSS, each engine in its own subprocess. Peers:
-PyTorch eager fp32 (transformers) and llama.cpp Q4_0 / f32 when its binaries are built
-(bench/README.md). Decode is also printed as a fraction of the memory roofline:
+PyTorch eager fp32 (transformers), llama.cpp Q4_0 / f32 when its binaries are built, and
+ExecuTorch + XNNPACK 8da4w when executorch is installed (bench/README.md). Decode is also printed as a fraction of the memory roofline:
 weight bytes read per token x tokens/s / measured read bandwidth.
 """
 
@@ -126,7 +126,44 @@ def _peer_rows(model_name: str, model_dir: Path, args, workdir: Path) -> list[di
             if m:
                 rows.append({"model": model_name, "engine": "llama.cpp", "weights": qtype, **m})
                 print(rows[-1], file=sys.stderr)
+    if "executorch" in args.peers:
+        reason = peers.executorch_unavailable_reason()
+        if reason:
+            print(f"executorch: skipped ({reason})", file=sys.stderr)
+        else:
+            max_context = executorch_context(args.prompt, args.gen)
+            pte = workdir / f"{model_name}-executorch-{peers.EXECUTORCH_QMODE}-g{peers.EXECUTORCH_GROUP_SIZE}-c{max_context}.pte"
+            try:
+                if not pte.is_file():
+                    print(f"exporting {pte.name} with ExecuTorch (minutes) ...", file=sys.stderr)
+                    peers.export_executorch(model_dir, pte, max_context)
+                m = peers.measure_executorch(pte, args.prompt, args.gen, args.threads)
+            except Exception as e:  # a missing peer must not hide our numbers
+                print(f"executorch: not measured ({e})", file=sys.stderr)
+            else:
+                rows.append({"model": model_name, "engine": "executorch-xnnpack",
+                             "weights": f"{peers.EXECUTORCH_QMODE} g{peers.EXECUTORCH_GROUP_SIZE}", **m})
+                print(rows[-1], file=sys.stderr)
     return rows
+
+
+PEERS = ("torch", "llamacpp", "executorch")
+
+
+def parse_peers(text: str) -> list[str]:
+    """``--peers`` as a list ("" -> none); unknown names are an error, not silently ignored."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(bad)}; choose from {', '.join(PEERS)}")
+    return names
+
+
+def executorch_context(prompt: int, gen: int) -> int:
+    """KV-cache length of the exported .pte: prompt + gen rounded up to a multiple of 128
+    (256 for the default 128 + 64), so one export serves nearby settings."""
+    need = prompt + gen + 1
+    return max(256, -(-need // 128) * 128)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -149,7 +186,9 @@ def format_table(rows: list[dict]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="tiny,1b", help="comma list of: tiny, 1b")
     p.add_argument("--quants", default="q4f16,q0f32")
-    p.add_argument("--peers", default="torch,llamacpp", help="comma list of: torch, llamacpp (empty: none)")
+    p.add_argument("--peers", default="torch,llamacpp", type=parse_peers,
+                   help="comma list of: torch, llamacpp, executorch (empty: none); executorch is skipped, "
+                        "with the reason printed, when it is not installed")
     p.add_argument("--llamacpp-types", default="Q4_0,f32")
     p.add_argument("--vocab", type=int, default=128256, help="vocab of the 1B-shape model")
     p.add_argument("--prompt", type=int, default=128)

@@ -8,6 +8,10 @@
 * **PyTorch eager** — :func:`measure_torch` runs transformers' ``LlamaForCausalLM`` in float32
   (eager attention, KV cache) in a subprocess (``python -m bench.peers torch ...``) so its
   peak RSS is its own.
+* **ExecuTorch + XNNPACK** (optional) — :func:`export_executorch` converts the checkpoint to
+  Meta's format (:func:`write_meta_checkpoint`) and runs ExecuTorch's ``export_llm`` (8da4w,
+  group 32, KV cache, sdpa-with-kv-cache op); :func:`measure_executorch` runs the ``.pte`` with
+  ``executorch.runtime`` in a subprocess. :func:`executorch_unavailable_reason` says why not.
 
 Measurement definitions (the same for every engine in the benchmark):
 
@@ -24,6 +28,8 @@ CLI (used by bench/e2e.py)::
     python -m bench.peers gguf MODEL_DIR OUT.gguf [--outtype f32|f16]
     python -m bench.peers quantize SRC.gguf DST.gguf Q4_0|Q8_0
     python -m bench.peers llama-cpp MODEL.gguf [--prompt 128] [--gen 64] [--threads 2]
+    python -m bench.peers executorch-export MODEL_DIR OUT.pte [--max-context 256]
+    python -m bench.peers executorch MODEL.pte [--prompt 128] [--gen 64] [--threads 2]
 
 each printing one JSON object as the last line of stdout.
 """
@@ -704,6 +710,252 @@ def measure_torch(hf_dir: str | Path, prompt_tokens: int = 128, gen_tokens: int 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# =========================================================================== ExecuTorch (XNNPACK)
+
+EXECUTORCH_QMODE = "8da4w"  # int4 weights (symmetric, per group), dynamic per-token int8 activations
+EXECUTORCH_GROUP_SIZE = 32
+EXECUTORCH_EMBEDDING_QUANT = "4,32"  # export_llm's stock XNNPACK recipe (examples/models/llama/config/llama_xnnpack.yaml)
+
+
+def executorch_unavailable_reason() -> str | None:
+    """None when ``executorch`` (with its pybindings runtime and the llama export code) imports,
+    else a one-line reason. Only ``importlib.util.find_spec``: importing executorch costs seconds."""
+    import importlib.util
+
+    for mod in ("executorch", "executorch.extension.llm.export", "executorch.runtime"):
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return (f"ExecuTorch not available: cannot import {mod} "
+                    "(pip install executorch==1.5.1 next to torch 2.13.0; see bench/README.md)")
+    return None
+
+
+def meta_params(spec) -> dict:
+    """``params.json`` of Meta's llama checkpoint format for a uniform :class:`ModelSpec`
+    (what ExecuTorch's ``examples/models/llama`` ``ModelArgs`` reads). ``hidden_dim`` is given
+    directly instead of Meta's ``multiple_of`` / ``ffn_dim_multiplier`` rounding."""
+    if not spec.is_uniform:
+        raise ValueError("per-layer shapes (layer_shapes) differ; ExecuTorch's Llama needs identical layers")
+    layer = spec.layers[0]
+    params = {
+        "dim": spec.hidden_size,
+        "n_layers": spec.num_layers,
+        "n_heads": layer.num_attention_heads,
+        "n_kv_heads": layer.num_key_value_heads,
+        "head_dim": spec.head_dim,
+        "hidden_dim": layer.intermediate_size,
+        "vocab_size": spec.vocab_size,
+        "norm_eps": spec.rms_norm_eps,
+        "rope_theta": spec.rope_theta,
+        "use_scaled_rope": False,
+    }
+    rs = spec.rope_scaling
+    if rs is not None:
+        # ExecuTorch's rope.apply_scaling hard-codes low_freq_factor 1 and original context 8192.
+        if rs.low_freq_factor != 1 or rs.original_max_position_embeddings != 8192:
+            raise ValueError(f"llama3 rope scaling {rs} is not expressible in ExecuTorch's ModelArgs "
+                             "(it fixes low_freq_factor=1, original_max_position_embeddings=8192)")
+        params.update(use_scaled_rope=True, rope_scale_factor=rs.factor, high_freq_factor=rs.high_freq_factor)
+    return params
+
+
+_HF_TO_META = {
+    "input_layernorm": "attention_norm",
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+}
+
+
+def _hf_to_meta_name(name: str) -> str | None:
+    if name == "model.embed_tokens.weight":
+        return "tok_embeddings.weight"
+    if name == "model.norm.weight":
+        return "norm.weight"
+    if name == "lm_head.weight":
+        return "output.weight"
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    part = _HF_TO_META.get(m.group(2)) if m else None
+    return f"layers.{m.group(1)}.{part}.weight" if part else None
+
+
+def write_meta_checkpoint(hf_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``consolidated.00.pth`` (tensors in their stored dtype) + ``params.json`` in Meta's llama format — the
+    inputs of ExecuTorch's ``export_llm base.model_class=llama3`` — from a Hugging Face Llama 3
+    directory. Q/K rows go back from HF's rotate-half order to Meta's interleaved pairs (the same
+    permutation as :func:`permute_qk`, since GGML's layout is Meta's); tied embeddings are written
+    out as ``output.weight`` (ExecuTorch's Llama has an untied output projection)."""
+    import torch
+
+    from compiler.frontend.checkpoint import Checkpoint
+    from compiler.frontend.config import load_spec
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    spec = load_spec(hf_dir)
+    params = meta_params(spec)
+    layer = spec.layers[0]
+    ckpt = Checkpoint(hf_dir)
+    ckpt.validate(spec)
+    sd: dict[str, torch.Tensor] = {}
+    for hf_name in ckpt.names():
+        name = _hf_to_meta_name(hf_name)
+        if name is None:
+            continue
+        data = ckpt.read(hf_name)
+        if hf_name.endswith("self_attn.q_proj.weight"):
+            data = permute_qk(data, layer.num_attention_heads)
+        elif hf_name.endswith("self_attn.k_proj.weight"):
+            data = permute_qk(data, layer.num_key_value_heads)
+        dtype = getattr(torch, ckpt.info(hf_name)[1], torch.float32)  # keep the stored dtype: lossless
+        sd[name] = torch.from_numpy(np.ascontiguousarray(data)).to(dtype)
+        del data
+    if "output.weight" not in sd:
+        if not spec.tie_word_embeddings:
+            raise ValueError(f"{hf_dir}: no lm_head.weight and tie_word_embeddings is false")
+        sd["output.weight"] = sd["tok_embeddings.weight"].clone()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pth, pj = out_dir / "consolidated.00.pth", out_dir / "params.json"
+    tmp = out_dir / "consolidated.00.pth.partial"
+    torch.save(sd, tmp)
+    os.replace(tmp, pth)
+    pj.write_text(json.dumps(params, indent=1))
+    return pth, pj
+
+
+def executorch_export_args(checkpoint: Path, params: Path, out_dir: Path, name: str, max_context: int,
+                           bos_id: int | None = None, eos_ids: list[int] | None = None) -> list[str]:
+    """Hydra overrides for ``python -m executorch.extension.llm.export.export_llm``: the stock
+    XNNPACK recipe (KV cache, custom sdpa-with-kv-cache op, fp32 activations, 8da4w linears,
+    4-bit group-32 embedding) with group size :data:`EXECUTORCH_GROUP_SIZE`."""
+    meta = {"get_bos_id": bos_id if bos_id is not None else 128000, "get_eos_ids": eos_ids or [128009, 128001]}
+    return [
+        "base.model_class=llama3",
+        f"base.checkpoint={checkpoint}",
+        f"base.params={params}",
+        f"base.metadata='{json.dumps(meta)}'",
+        "model.use_kv_cache=True",
+        "model.use_sdpa_with_kv_cache=True",
+        "model.dtype_override=fp32",
+        f"export.max_seq_length={max_context}",
+        f"export.max_context_length={max_context}",
+        f"export.output_dir={out_dir}",
+        f"export.output_name={name}",
+        f"quantization.qmode={EXECUTORCH_QMODE}",
+        f"quantization.group_size={EXECUTORCH_GROUP_SIZE}",
+        f"quantization.embedding_quantize='{EXECUTORCH_EMBEDDING_QUANT}'",
+        "quantization.use_hqq=False",
+        "backend.xnnpack.enabled=True",
+        "backend.xnnpack.extended_ops=True",
+    ]
+
+
+def export_executorch(hf_dir: str | Path, out_pte: str | Path, max_context: int = 256,
+                      timeout: float | None = None) -> Path:
+    """Export ``hf_dir`` to an ExecuTorch ``.pte`` (XNNPACK, 8da4w group 32, KV cache of
+    ``max_context`` positions) via :func:`write_meta_checkpoint` and ``export_llm`` in a
+    subprocess. The Meta checkpoint is written next to ``out_pte`` and deleted afterwards."""
+    from compiler.frontend.config import load_spec
+
+    reason = executorch_unavailable_reason()
+    if reason:
+        raise FileNotFoundError(reason)
+    hf_dir, out_pte = Path(hf_dir), Path(out_pte)
+    spec = load_spec(hf_dir)
+    # Not named after out_pte: ExecuTorch's llama model.py treats a checkpoint whose *path*
+    # contains "8da4w" or "int8" as already quantized (and then fails on our bf16 weights).
+    work = out_pte.parent / "executorch-export.tmp"
+    if any(tag in str(work) for tag in ("8da4w", "int8")):
+        raise ValueError(f"{work}: ExecuTorch's export misreads checkpoint paths containing '8da4w' or 'int8'; "
+                         "use another workdir")
+    pth, pj = write_meta_checkpoint(hf_dir, work)
+    name = out_pte.stem + ".partial.pte"
+    cmd = [sys.executable, "-m", "executorch.extension.llm.export.export_llm",
+           *executorch_export_args(pth, pj, work, name, max_context, spec.bos_token_id, list(spec.eos_token_ids))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=timeout)
+    produced = work / name
+    if proc.returncode != 0 or not produced.is_file():
+        raise RuntimeError(f"ExecuTorch export_llm failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    os.replace(produced, out_pte)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_pte
+
+
+def measure_executorch_inprocess(pte: str | Path, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 2,
+                                 reps: int = 2) -> dict:
+    """Run an exported llama ``.pte`` with ``executorch.runtime`` in this process: forward(tokens
+    [1, n], input_pos [1]) returns the last position's logits. Prefill = one forward over the
+    prompt; decode = ``gen_tokens`` greedy one-token steps after it. One warm-up (8-token prompt,
+    2 steps), then ``reps`` runs, best of each rate (as :func:`measure_torch_inprocess`).
+    Call it through :func:`measure_executorch` (a subprocess) for a meaningful peak RSS."""
+    import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    # Register the kernels the .pte needs besides XNNPACK (as examples/models/llama/runner/native.py
+    # does, after portable_lib): custom_ops (sdpa_with_kv_cache, update_cache) and quantized
+    # (embedding_4bit).
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from executorch.kernels import quantized  # noqa: F401
+
+    _unsafe_reset_threadpool(threads)
+    torch.set_num_threads(threads)
+    program = Runtime.get().load_program(Path(pte))
+    method = program.load_method("forward")
+    vocab = int(program.load_method("get_vocab_size").execute(())[0])  # export_llm's metadata method
+
+    def run(ids: list[int], steps: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        logits = method.execute((torch.tensor([ids], dtype=torch.long), torch.tensor([0], dtype=torch.long)))[0]
+        tok = int(logits.reshape(-1, logits.shape[-1])[-1].argmax())
+        t1 = time.perf_counter()
+        pos = len(ids)
+        for _ in range(steps):
+            logits = method.execute((torch.tensor([[tok]], dtype=torch.long), torch.tensor([pos], dtype=torch.long)))[0]
+            tok = int(logits.reshape(-1, logits.shape[-1])[-1].argmax())
+            pos += 1
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    ids = prompt_ids(prompt_tokens, vocab)
+    run(ids[:8], 2)
+    prefill = decode = 0.0
+    for _ in range(reps):
+        tp, td = run(ids, gen_tokens)
+        prefill = max(prefill, prompt_tokens / tp)
+        decode = max(decode, gen_tokens / td)
+    import executorch.version as etv
+
+    return {
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "peak_rss_mb": peak_rss_mb_self(),
+        "executorch": getattr(etv, "__version__", "?"),
+        "threads": threads,
+    }
+
+
+def measure_executorch(pte: str | Path, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 2,
+                       reps: int = 2, timeout: float | None = None) -> dict:
+    """:func:`measure_executorch_inprocess` in ``python -m bench.peers executorch`` (its own
+    process, so the peak RSS is ExecuTorch's alone)."""
+    cmd = [sys.executable, "-m", "bench.peers", "executorch", str(pte), "--prompt", str(prompt_tokens),
+           "--gen", str(gen_tokens), "--threads", str(threads), "--reps", str(reps)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"executorch peer failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # =========================================================================== CLI
 
 
@@ -733,12 +985,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("gguf")
     timing(b)
     b.add_argument("--reps", type=int, default=3)
+    x = sub.add_parser("executorch-export", help="export a Hugging Face directory to an ExecuTorch .pte (8da4w g32)")
+    x.add_argument("model_dir")
+    x.add_argument("out")
+    x.add_argument("--max-context", type=int, default=256)
+    e = sub.add_parser("executorch", help="measure an ExecuTorch llama .pte in this process")
+    e.add_argument("pte")
+    timing(e)
+    e.add_argument("--reps", type=int, default=2)
     a = p.parse_args(argv)
 
     if a.cmd == "torch":
         res = measure_torch_inprocess(a.model_dir, a.prompt, a.gen, a.threads, a.reps)
     elif a.cmd == "gguf":
         res = {"gguf": str(write_gguf(a.model_dir, a.out, a.outtype))}
+    elif a.cmd == "executorch-export":
+        res = {"pte": str(export_executorch(a.model_dir, a.out, a.max_context))}
+    elif a.cmd == "executorch":
+        res = measure_executorch_inprocess(a.pte, a.prompt, a.gen, a.threads, a.reps)
     elif a.cmd == "quantize":
         res = {"gguf": str(quantize_gguf(a.src, a.dst, a.qtype, pure=a.pure))}
     else:

@@ -197,6 +197,92 @@ def test_unavailable_reason(monkeypatch, tmp_path):
     assert "llama.cpp not available" in peers.llama_cpp_unavailable_reason()
 
 
+# --------------------------------------------------------------------------- ExecuTorch (no executorch needed)
+
+
+def test_peers_argument():
+    import argparse
+
+    from bench import e2e
+
+    p = argparse.ArgumentParser()
+    e2e.add_arguments(p)
+    assert p.parse_args([]).peers == ["torch", "llamacpp"]
+    assert p.parse_args(["--peers", "torch,llamacpp,executorch"]).peers == ["torch", "llamacpp", "executorch"]
+    assert p.parse_args(["--peers", ""]).peers == []
+    with pytest.raises(SystemExit):
+        p.parse_args(["--peers", "llamacpp,onnx"])
+    assert e2e.executorch_context(128, 64) == 256
+    assert e2e.executorch_context(256, 64) == 384
+
+
+def test_executorch_skipped_with_reason(monkeypatch, tmp_path, capsys):
+    import argparse
+    import importlib.util
+
+    from bench import e2e
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("executorch") else real(name, *a))
+    reason = peers.executorch_unavailable_reason()
+    assert reason.startswith("ExecuTorch not available: cannot import executorch")
+    args = argparse.Namespace(peers=["executorch"], prompt=128, gen=64, threads=2)
+    assert e2e._peer_rows("1b", tmp_path, args, tmp_path) == []
+    assert f"executorch: skipped ({reason})" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="ExecuTorch not available"):
+        peers.export_executorch(tmp_path, tmp_path / "m.pte")
+
+
+def test_meta_checkpoint_for_executorch(models_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    from compiler.frontend.checkpoint import Checkpoint
+
+    d = models_dir("untied_bf16_sharded", tokenizer=False)
+    pth, pj = peers.write_meta_checkpoint(d, tmp_path / "meta")
+    params = json.loads(pj.read_text())
+    assert params == {"dim": 128, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "head_dim": 32, "hidden_dim": 256,
+                      "vocab_size": 512, "norm_eps": 1e-5, "rope_theta": 500000.0, "use_scaled_rope": False}
+    sd = torch.load(pth)
+    expected = {"tok_embeddings.weight", "norm.weight", "output.weight"} | {
+        f"layers.{i}.{n}.weight" for i in range(3) for n in peers._HF_TO_META.values()}
+    assert set(sd) == expected and all(t.dtype == torch.bfloat16 for t in sd.values())  # as stored
+    ck = Checkpoint(d)
+    wk = sd["layers.1.attention.wk.weight"].float().numpy()
+    np.testing.assert_array_equal(wk, peers.permute_qk(ck.read("model.layers.1.self_attn.k_proj.weight"), 2))
+    np.testing.assert_array_equal(sd["layers.1.feed_forward.w1.weight"].float().numpy(),
+                                  ck.read("model.layers.1.mlp.gate_proj.weight"))
+    # Meta's interleaved rope on permuted Q equals HF's rotate-half rope on the original rows.
+    hd, pos = 32, 5
+    q_hf = ck.read("model.layers.0.self_attn.q_proj.weight")[:hd]
+    q_meta = peers.permute_qk(q_hf, 1)
+    x = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    ang = pos * 500000.0 ** (-np.arange(0, hd, 2) / hd)
+    a = q_hf @ x
+    hf_rot = a * np.concatenate([np.cos(ang)] * 2) + np.concatenate([-a[hd // 2:], a[:hd // 2]]) * np.concatenate([np.sin(ang)] * 2)
+    b = (q_meta @ x).reshape(-1, 2)
+    meta_rot = np.stack([b[:, 0] * np.cos(ang) - b[:, 1] * np.sin(ang), b[:, 0] * np.sin(ang) + b[:, 1] * np.cos(ang)], 1)
+    np.testing.assert_allclose(meta_rot.reshape(-1, 2).T.reshape(-1), hf_rot, rtol=1e-5, atol=1e-5)
+
+
+def test_meta_params_rope_scaling(models_dir):
+    from compiler.frontend.config import load_spec
+
+    spec = load_spec(models_dir("tied_llama3rope", tokenizer=False))
+    with pytest.raises(ValueError, match="not expressible"):  # original_max_position_embeddings 64
+        peers.meta_params(spec)
+    with pytest.raises(ValueError, match="identical layers"):
+        peers.meta_params(load_spec(models_dir("heterogeneous", tokenizer=False)))
+
+
+def test_executorch_export_args():
+    args = peers.executorch_export_args(Path("/w/c.pth"), Path("/w/p.json"), Path("/w"), "m.pte", 256, 1, [2, 3])
+    assert "quantization.qmode=8da4w" in args and "quantization.group_size=32" in args
+    assert "export.max_context_length=256" in args and "model.use_sdpa_with_kv_cache=True" in args
+    assert "model.use_kv_cache=True" in args and "backend.xnnpack.enabled=True" in args
+    assert """base.metadata='{"get_bos_id": 1, "get_eos_ids": [2, 3]}'""" in args
+
+
 # --------------------------------------------------------------------------- with llama.cpp
 
 
