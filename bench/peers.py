@@ -102,28 +102,35 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
-def _hf_to_gguf_name(name: str) -> str | None:
-    if name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if name == "model.norm.weight":
-        return "output_norm.weight"
-    if name == "lm_head.weight":
-        return "output.weight"
+def _rename_hf(name: str, top: dict[str, str], parts: dict[str, str], layer_fmt: str) -> str | None:
+    """A Hugging Face Llama tensor name in another format: ``top`` maps whole names, ``parts`` the
+    per-layer module path, ``layer_fmt`` builds the layer name from (index, part)."""
+    if name in top:
+        return top[name]
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
-    if not m:
-        return None
-    part = {
-        "input_layernorm": "attn_norm",
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "post_attention_layernorm": "ffn_norm",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-    }.get(m.group(2))
-    return f"blk.{m.group(1)}.{part}.weight" if part else None
+    part = parts.get(m.group(2)) if m else None
+    return layer_fmt.format(m.group(1), part) if part else None
+
+
+_HF_TOP = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+_GGUF_TOP = dict(zip(_HF_TOP, ("token_embd.weight", "output_norm.weight", "output.weight")))
+#: HF per-layer module -> (GGUF name, Meta/ExecuTorch name)
+_LAYER_PARTS = {
+    "input_layernorm": ("attn_norm", "attention_norm"),
+    "self_attn.q_proj": ("attn_q", "attention.wq"),
+    "self_attn.k_proj": ("attn_k", "attention.wk"),
+    "self_attn.v_proj": ("attn_v", "attention.wv"),
+    "self_attn.o_proj": ("attn_output", "attention.wo"),
+    "post_attention_layernorm": ("ffn_norm", "ffn_norm"),
+    "mlp.gate_proj": ("ffn_gate", "feed_forward.w1"),
+    "mlp.up_proj": ("ffn_up", "feed_forward.w3"),
+    "mlp.down_proj": ("ffn_down", "feed_forward.w2"),
+}
+_GGUF_PARTS = {k: v[0] for k, v in _LAYER_PARTS.items()}
+
+
+def _hf_to_gguf_name(name: str) -> str | None:
+    return _rename_hf(name, _GGUF_TOP, _GGUF_PARTS, "blk.{}.{}.weight")
 
 
 def write_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f32") -> Path:
@@ -649,6 +656,18 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
     return [(7919 * i + 17) % (vocab - 10) + 5 for i in range(n)]
 
 
+def _best_of(generate, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
+    """``generate(n_prompt, n_gen) -> (prefill_s, decode_s)``: one warm-up, then the best of ``reps``
+    runs, as tok/s, plus this process's peak RSS."""
+    generate(8, 2)
+    prefill = decode = 0.0
+    for _ in range(reps):
+        tp, td = generate(prompt_tokens, gen_tokens)
+        prefill = max(prefill, prompt_tokens / tp)
+        decode = max(decode, gen_tokens / td)
+    return {"prefill_tok_s": prefill, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb_self()}
+
+
 def _torch_generate(model, ids: list[int], gen_tokens: int) -> tuple[float, float]:
     """(prefill seconds, decode seconds): one forward over ``ids`` (last-position logits only,
     as generate() does), then ``gen_tokens`` greedy one-token steps with the KV cache."""
@@ -680,17 +699,10 @@ def measure_torch_inprocess(hf_dir: str | Path, prompt_tokens: int = 128, gen_to
     model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, attn_implementation="eager")
     model.eval()
     ids = prompt_ids(prompt_tokens, model.config.vocab_size)
-    prefill = decode = 0.0
     with torch.inference_mode():
-        _torch_generate(model, ids[:8], 2)
-        for _ in range(reps):
-            tp, td = _torch_generate(model, ids, gen_tokens)
-            prefill = max(prefill, prompt_tokens / tp)
-            decode = max(decode, gen_tokens / td)
+        best = _best_of(lambda n, g: _torch_generate(model, ids[:n], g), prompt_tokens, gen_tokens, reps)
     return {
-        "prefill_tok_s": prefill,
-        "decode_tok_s": decode,
-        "peak_rss_mb": peak_rss_mb_self(),
+        **best,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -762,29 +774,12 @@ def meta_params(spec) -> dict:
     return params
 
 
-_HF_TO_META = {
-    "input_layernorm": "attention_norm",
-    "self_attn.q_proj": "attention.wq",
-    "self_attn.k_proj": "attention.wk",
-    "self_attn.v_proj": "attention.wv",
-    "self_attn.o_proj": "attention.wo",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "feed_forward.w1",
-    "mlp.down_proj": "feed_forward.w2",
-    "mlp.up_proj": "feed_forward.w3",
-}
+_META_TOP = dict(zip(_HF_TOP, ("tok_embeddings.weight", "norm.weight", "output.weight")))
+_META_PARTS = {k: v[1] for k, v in _LAYER_PARTS.items()}
 
 
 def _hf_to_meta_name(name: str) -> str | None:
-    if name == "model.embed_tokens.weight":
-        return "tok_embeddings.weight"
-    if name == "model.norm.weight":
-        return "norm.weight"
-    if name == "lm_head.weight":
-        return "output.weight"
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
-    part = _HF_TO_META.get(m.group(2)) if m else None
-    return f"layers.{m.group(1)}.{part}.weight" if part else None
+    return _rename_hf(name, _META_TOP, _META_PARTS, "layers.{}.{}.weight")
 
 
 def write_meta_checkpoint(hf_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
@@ -925,18 +920,11 @@ def measure_executorch_inprocess(pte: str | Path, prompt_tokens: int = 128, gen_
         return t1 - t0, t2 - t1
 
     ids = prompt_ids(prompt_tokens, vocab)
-    run(ids[:8], 2)
-    prefill = decode = 0.0
-    for _ in range(reps):
-        tp, td = run(ids, gen_tokens)
-        prefill = max(prefill, prompt_tokens / tp)
-        decode = max(decode, gen_tokens / td)
+    best = _best_of(lambda n, g: run(ids[:n], g), prompt_tokens, gen_tokens, reps)
     import executorch.version as etv
 
     return {
-        "prefill_tok_s": prefill,
-        "decode_tok_s": decode,
-        "peak_rss_mb": peak_rss_mb_self(),
+        **best,
         "executorch": getattr(etv, "__version__", "?"),
         "threads": threads,
     }

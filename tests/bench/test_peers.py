@@ -245,7 +245,7 @@ def test_meta_checkpoint_for_executorch(models_dir, tmp_path):
                       "vocab_size": 512, "norm_eps": 1e-5, "rope_theta": 500000.0, "use_scaled_rope": False}
     sd = torch.load(pth)
     expected = {"tok_embeddings.weight", "norm.weight", "output.weight"} | {
-        f"layers.{i}.{n}.weight" for i in range(3) for n in peers._HF_TO_META.values()}
+        f"layers.{i}.{n}.weight" for i in range(3) for n in peers._META_PARTS.values()}
     assert set(sd) == expected and all(t.dtype == torch.bfloat16 for t in sd.values())  # as stored
     ck = Checkpoint(d)
     wk = sd["layers.1.attention.wk.weight"].float().numpy()
