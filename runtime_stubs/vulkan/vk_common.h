@@ -119,18 +119,22 @@ class Runtime {
   std::vector<std::unique_ptr<Device>> devices_;
 };
 
+/*! \brief Host-visible chunks that a batch hands out in pieces and reuses once it completes. */
+struct HostArena {
+  std::vector<Buffer*> chunks;
+  size_t chunk = 0;          // the chunk being filled
+  VkDeviceSize offset = 0;   // first free byte in it
+  void Rewind() { chunk = 0, offset = 0; }
+};
+
 /*! \brief One command buffer being recorded or in flight, with what it needs to stay alive. */
 struct Batch {
   VkCommandBuffer cmd = VK_NULL_HANDLE;
   VkFence fence = VK_NULL_HANDLE;
   std::vector<VkDescriptorPool> pools;
   size_t pool_cursor = 0;
-  std::vector<Buffer*> ubo_chunks;  // host-visible uniform buffers for scalar arguments
-  size_t ubo_chunk = 0;
-  VkDeviceSize ubo_offset = 0;
-  std::vector<Buffer*> upload_chunks;  // host-visible sources of small recorded uploads
-  size_t upload_chunk = 0;
-  VkDeviceSize upload_offset = 0;
+  HostArena ubo;      // uniform buffers for scalar arguments
+  HostArena uploads;  // sources of small recorded uploads
   std::vector<std::function<void()>> on_complete;  // deferred destruction
   uint32_t commands = 0;
   VkQueryPool timestamps = VK_NULL_HANDLE;  // begin/end of the batch (LLAMA_AOT_VULKAN_TIMING=1)
@@ -204,8 +208,10 @@ class Device {
   void Recycle(Batch* b);
   void WaitOldestLocked();
   VkDescriptorSet AllocSetLocked(Batch& b, VkDescriptorSetLayout layout);
-  std::pair<Buffer*, VkDeviceSize> AllocUniformLocked(Batch& b, VkDeviceSize nbytes);
-  std::pair<Buffer*, VkDeviceSize> AllocUploadLocked(Batch& b, VkDeviceSize nbytes);
+  /*! \brief nbytes at an `align`ed offset of a chunk of `arena` (new chunks: `usage`, >= `chunk_bytes`). */
+  std::pair<Buffer*, VkDeviceSize> AllocArenaLocked(HostArena& arena, VkDeviceSize nbytes,
+                                                    VkDeviceSize align, VkBufferUsageFlags usage,
+                                                    VkDeviceSize chunk_bytes);
   Buffer* TakeRecycledLocked(size_t nbytes);
   Buffer* CreateBuffer(size_t nbytes, VkBufferUsageFlags usage, uint32_t mem_type, bool map);
   void DestroyBuffer(Buffer* buf);

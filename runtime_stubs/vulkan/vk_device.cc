@@ -737,10 +737,8 @@ void Device::Recycle(Batch* b) {
   vkResetCommandBuffer(b->cmd, 0);
   for (VkDescriptorPool pool : b->pools) vkResetDescriptorPool(device_, pool, 0);
   b->pool_cursor = 0;
-  b->ubo_chunk = 0;
-  b->ubo_offset = 0;
-  b->upload_chunk = 0;
-  b->upload_offset = 0;
+  b->ubo.Rewind();
+  b->uploads.Rewind();
   b->commands = 0;
   std::vector<std::function<void()>> fns;
   fns.swap(b->on_complete);
@@ -796,44 +794,25 @@ VkDescriptorSet Device::AllocSetLocked(Batch& b, VkDescriptorSetLayout layout) {
   }
 }
 
-std::pair<Buffer*, VkDeviceSize> Device::AllocUniformLocked(Batch& b, VkDeviceSize nbytes) {
-  VkDeviceSize align = std::max<VkDeviceSize>(16, info_.props.limits.minUniformBufferOffsetAlignment);
+std::pair<Buffer*, VkDeviceSize> Device::AllocArenaLocked(HostArena& arena, VkDeviceSize nbytes,
+                                                          VkDeviceSize align,
+                                                          VkBufferUsageFlags usage,
+                                                          VkDeviceSize chunk_bytes) {
   for (;;) {
-    if (b.ubo_chunk == b.ubo_chunks.size()) {
-      Buffer* c = CreateBuffer(std::max(kUboChunk, nbytes), VK_BUFFER_USAGE_UNIFORM_BUFFER_BIT,
-                               host_type_, true);
-      if (c == nullptr) TVM_FFI_THROW(RuntimeError) << "Vulkan: out of memory for a uniform buffer";
-      b.ubo_chunks.push_back(c);
-      b.ubo_offset = 0;
+    if (arena.chunk == arena.chunks.size()) {
+      Buffer* c = CreateBuffer(std::max(chunk_bytes, nbytes), usage, host_type_, true);
+      if (c == nullptr) TVM_FFI_THROW(RuntimeError) << "Vulkan: out of host-visible memory";
+      arena.chunks.push_back(c);
+      arena.offset = 0;
     }
-    Buffer* c = b.ubo_chunks[b.ubo_chunk];
-    VkDeviceSize off = (b.ubo_offset + align - 1) / align * align;
+    Buffer* c = arena.chunks[arena.chunk];
+    VkDeviceSize off = (arena.offset + align - 1) / align * align;
     if (off + nbytes <= c->size) {
-      b.ubo_offset = off + nbytes;
+      arena.offset = off + nbytes;
       return {c, off};
     }
-    ++b.ubo_chunk;
-    b.ubo_offset = 0;
-  }
-}
-
-std::pair<Buffer*, VkDeviceSize> Device::AllocUploadLocked(Batch& b, VkDeviceSize nbytes) {
-  for (;;) {
-    if (b.upload_chunk == b.upload_chunks.size()) {
-      Buffer* c = CreateBuffer(std::max(kUploadChunk, nbytes), VK_BUFFER_USAGE_TRANSFER_SRC_BIT,
-                               host_type_, true);
-      if (c == nullptr) TVM_FFI_THROW(RuntimeError) << "Vulkan: out of memory for an upload";
-      b.upload_chunks.push_back(c);
-      b.upload_offset = 0;
-    }
-    Buffer* c = b.upload_chunks[b.upload_chunk];
-    VkDeviceSize off = (b.upload_offset + 15) / 16 * 16;
-    if (off + nbytes <= c->size) {
-      b.upload_offset = off + nbytes;
-      return {c, off};
-    }
-    ++b.upload_chunk;
-    b.upload_offset = 0;
+    ++arena.chunk;
+    arena.offset = 0;
   }
 }
 
@@ -862,7 +841,9 @@ void Device::Dispatch(const Pipeline& p,
     }
   }
   if (p.use_ubo) {
-    auto [ubo, off] = AllocUniformLocked(b, std::max<uint32_t>(p.push_bytes, 16));
+    VkDeviceSize align = std::max<VkDeviceSize>(16, info_.props.limits.minUniformBufferOffsetAlignment);
+    auto [ubo, off] = AllocArenaLocked(b.ubo, std::max<uint32_t>(p.push_bytes, 16), align,
+                                       VK_BUFFER_USAGE_UNIFORM_BUFFER_BIT, kUboChunk);
     std::memcpy(ubo->mapped + off, scalars, p.push_bytes);
     auto& bi = infos[buffers.size()];
     bi.buffer = ubo->buffer;
@@ -920,7 +901,8 @@ void Device::CopyHostToDevice(const void* src, Buffer* dst, size_t dst_offset, s
   std::lock_guard<std::mutex> lock(mu_);
   if (nbytes <= kRecordedUploadMax) {  // in stream order, no wait: what every step uploads
     Batch& b = Current();
-    auto [chunk, off] = AllocUploadLocked(b, nbytes);
+    auto [chunk, off] = AllocArenaLocked(b.uploads, nbytes, 16, VK_BUFFER_USAGE_TRANSFER_SRC_BIT,
+                                         kUploadChunk);
     std::memcpy(chunk->mapped + off, src, nbytes);
     VkBufferCopy region{off, dst_offset, nbytes};
     vkCmdCopyBuffer(b.cmd, chunk->buffer, dst->buffer, 1, &region);

@@ -185,18 +185,7 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
 
     if x_pad is not None:
         schedule_injective_block(sch, x_pad, params)
-    if len(consumers) > 1:
-        try:
-            sch.compute_inline(consumers[0])
-            consumers = consumers[1:]
-        except Exception:  # pylint: disable=broad-except
-            pass
-    for epi in consumers:
-        try:
-            sch.reverse_compute_at(epi, n_o)
-            _vectorize_innermost(sch, epi, lanes)
-        except Exception:  # pylint: disable=broad-except
-            schedule_injective_block(sch, epi, params)
+    _fuse_epilogues(sch, consumers, n_o, params, inline_first=len(consumers) > 1, lanes=lanes)
     mark(sch, block, "cpu.DequantGEMM.bcast")
     return sch
 
@@ -244,17 +233,7 @@ def schedule_gemm(sch: s_tir.Schedule, pat, params: CPUParams, panel_block=None,
         _vectorize_innermost(sch, panel_block, params.gemv_vector_lanes())
 
     # copy-back of the padded result and the fused epilogue: per (S tile, N sub-tile), predicated on s < S
-    if x_pad is not None and len(consumers) > 1:
-        try:
-            sch.compute_inline(consumers[0])
-            consumers = consumers[1:]
-        except Exception:  # pylint: disable=broad-except
-            pass
-    for epi in consumers:
-        try:
-            sch.reverse_compute_at(epi, r_nm)
-        except Exception:  # pylint: disable=broad-except
-            schedule_injective_block(sch, epi, params)
+    _fuse_epilogues(sch, consumers, r_nm, params, inline_first=x_pad is not None and len(consumers) > 1)
     mark(sch, rf, "cpu.DequantGEMM.dot" + ("_pad" if exact else ""))
     return sch
 
@@ -337,3 +316,23 @@ def _is_row(iv, stmt, old) -> bool:
             if iv.var in used:
                 return True
     return False
+
+
+def _fuse_epilogues(sch, consumers: list, loop, params, inline_first: bool, lanes: int | None = None) -> None:
+    """Move the matmul's consumers (copy-back of a padded result, residual add, cast) under ``loop``.
+
+    ``inline_first``: the first consumer is the padded result's copy-back, inlined into the next one.
+    A consumer that cannot move gets a standalone injective schedule instead."""
+    if inline_first:
+        try:
+            sch.compute_inline(consumers[0])
+            consumers = consumers[1:]
+        except Exception:  # pylint: disable=broad-except
+            pass
+    for epi in consumers:
+        try:
+            sch.reverse_compute_at(epi, loop)
+            if lanes:
+                _vectorize_innermost(sch, epi, lanes)
+        except Exception:  # pylint: disable=broad-except
+            schedule_injective_block(sch, epi, params)
