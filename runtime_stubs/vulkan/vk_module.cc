@@ -63,20 +63,8 @@ class Reader {
       TVM_FFI_THROW(ValueError) << "truncated Vulkan module payload (need " << n << " more bytes)";
     }
   }
-  uint32_t U32() {
-    Need(4);
-    uint32_t v;
-    std::memcpy(&v, p_, 4);
-    p_ += 4;
-    return v;
-  }
-  uint64_t U64() {
-    Need(8);
-    uint64_t v;
-    std::memcpy(&v, p_, 8);
-    p_ += 8;
-    return v;
-  }
+  uint32_t U32() { return Scalar<uint32_t>(); }
+  uint64_t U64() { return Scalar<uint64_t>(); }
   uint64_t Count(size_t elem_size) {
     uint64_t n = U64();
     if (elem_size != 0 && n > static_cast<uint64_t>(end_ - p_) / elem_size) {
@@ -95,6 +83,16 @@ class Reader {
   size_t left() const { return static_cast<size_t>(end_ - p_); }
 
  private:
+  /*! \brief A little-endian scalar (the payload's byte order; every host we build for is LE). */
+  template <typename T>
+  T Scalar() {
+    Need(sizeof(T));
+    T v;
+    std::memcpy(&v, p_, sizeof(T));
+    p_ += sizeof(T);
+    return v;
+  }
+
   const char* p_;
   const char* end_;
 };
