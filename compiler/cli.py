@@ -31,7 +31,7 @@ def _cmd_compile(args) -> int:
         prefill_chunk=args.prefill_chunk,
         keep_embedding_precision=args.keep_embedding_precision,
         num_threads=args.threads,
-        int8_prefill=False if args.f32_prefill else None,
+        int8_activations=False if args.f32_activations else None,
     )
     out = compile_model(args.model_dir, args.output, options)
     print(f"wrote {out}", file=sys.stderr)
@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
     c.add_argument(
-        "--f32-prefill", action="store_true",
-        help="keep prefill activations in f32 (default on AVX-512 VNNI CPUs with q4f16: int8 per group of 32)",
+        "--f32-activations", action="store_true",
+        help="keep projection inputs in f32 (default on AVX-512 VNNI CPUs with q4f16: int8 per group of 32)",
     )
     c.set_defaults(func=_cmd_compile)
 

@@ -39,18 +39,18 @@ class CompileOptions:
     system_lib_prefix: str | None = None  # phones: symbol prefix so several models link into one app
     force_memory: bool = False  # build even when the memory plan exceeds the SoC's usable memory
     force: bool = True  # replace an existing OUT
-    # prefill projections with int8 activations (q4f16 on AVX-512 VNNI CPUs; schedules/cpu/int8_gemm.py);
-    # None = wherever supported, False = always the f32-activation GEMM
-    int8_prefill: bool | None = None
+    # projections (prefill GEMM, decode GEMV, lm_head) with int8 activations (q4f16 on AVX-512 VNNI CPUs;
+    # schedules/cpu/int8_gemm.py, int8_gemv.py); None = wherever supported, False = always f32 activations
+    int8_activations: bool | None = None
 
 
-def _int8_prefill(options: CompileOptions, quant: str, target, dtype: str) -> bool:
+def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
     from schedules.cpu.int8_gemm import has_vnni
 
     supported = quant == "q4f16" and dtype == "float32" and has_vnni(target)
-    if options.int8_prefill and not supported:
-        raise LlamaAotError("int8 prefill needs --quant q4f16 on an AVX-512 VNNI CPU target")
-    return supported if options.int8_prefill is None else bool(options.int8_prefill)
+    if options.int8_activations and not supported:
+        raise LlamaAotError("int8 activations need --quant q4f16 on an AVX-512 VNNI CPU target")
+    return supported if options.int8_activations is None else bool(options.int8_activations)
 
 
 def compile_model(model_dir: str | Path, out: str | Path, options: CompileOptions = CompileOptions()) -> Path:
@@ -77,8 +77,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
 
     with Checkpoint(model_dir) as checkpoint:
         checkpoint.validate(spec)
-        int8_prefill = _int8_prefill(options, scheme.name, target, dtype)
-        model = LlamaForCausalLM(spec, scheme, head_scheme, dtype, target, int8_prefill=int8_prefill)
+        int8_activations = _int8_activations(options, scheme.name, target, dtype)
+        model = LlamaForCausalLM(spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations)
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
@@ -127,8 +127,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
                 },
                 "activation_dtype": dtype,
-                # prefill projections: x rounded to int8 per row and group of 32 (schedules/cpu/int8_gemm.py)
-                "prefill_activations": "int8_group32" if int8_prefill else dtype,
+                # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
+                # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
+                "projection_activations": "int8_group32" if int8_activations else dtype,
                 "target": bt.describe(),
                 "context_window": context_window,
                 "prefill_chunk": options.prefill_chunk,

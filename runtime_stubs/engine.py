@@ -72,6 +72,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, one per physical core (SMT siblings counted once).
+
+    Why: without TVM_NUM_THREADS, TVM's thread pool takes half of the logical CPUs on x86 (it assumes
+    hyper-threading), which on a VM with one thread per core leaves half the cores idle.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    siblings = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                siblings.add(f.read().strip())
+        except OSError:
+            siblings.add(str(cpu))
+    return max(1, len(siblings))
+
+
 class Engine:
     """A loaded package: ``Engine(OUT).generate(prompt_ids, max_tokens=...)``."""
 
@@ -82,9 +99,12 @@ class Engine:
         verify: bool = False,
         vulkan_device: str | None = None,
     ):
-        """``vulkan_device``: index or name substring of the Vulkan device (default: the first)."""
+        """``num_threads``: CPU threads (default: TVM_NUM_THREADS, else one per physical core);
+        ``vulkan_device``: index or name substring of the Vulkan device (default: the first)."""
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)
+        elif "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+            os.environ["TVM_NUM_THREADS"] = str(physical_cores())
         import tvm.runtime  # after TVM_NUM_THREADS: the thread pool reads it once
         import tvm.runtime.vm
 

@@ -74,6 +74,22 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
+def int8_reference(model, ids: list[int], trials: int = 3) -> tuple[np.ndarray, float]:
+    """Logits of the int8-activation reference (``int8_activations``) and its own noise floor: the largest
+    change of any logit when every rounded input is perturbed by 1e-6 relative (``trials`` draws).
+
+    Why: rounding to 8 bits is discontinuous, so a float-order difference of one ulp upstream can move
+    an input across a rounding boundary, and the change propagates to every later layer and position.
+    Any two correct implementations differ by about this much; a wrong kernel differs by far more."""
+    with int8_activations(model):
+        ref = reference_logits(model, ids)
+    spread = 0.0
+    for seed in range(trials):
+        with int8_activations(model, perturb=1e-6, seed=seed):
+            spread = max(spread, float(np.abs(reference_logits(model, ids) - ref).max()))
+    return ref, spread
+
+
 def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
     """Read a package's packed weights back, dequantize with numpy and split fused projections to HF names."""
     from compiler.quantization import get_scheme
@@ -123,30 +139,47 @@ def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _quantize_rows_int8(x, rows: int):
-    """What the int8 prefill kernel does to a projection's input (schedules/cpu/int8_gemm.py), for the
-    first `rows` positions (the prompt; decode positions stay f32): per row and group of 32, d = max|x| / 127,
+def _round_int8(x):
+    """What the int8-activation kernels do to a projection's input (schedules/cpu/int8_gemm.py, the
+    normative numpy definition is ``numpy_reference`` there): per row and group of 32, d = max|x| / 127,
     x -> nearbyint(x / d) * d."""
     import torch
 
-    head, tail = x[..., :rows, :], x[..., rows:, :]
-    g = head.reshape(*head.shape[:-1], -1, 32)
+    g = x.reshape(*x.shape[:-1], -1, 32)
     d = g.abs().amax(-1, keepdim=True) / 127
     inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-    q = torch.round(g * inv) * d  # torch.round: half to even, as nearbyint
-    return torch.cat([q.reshape(head.shape), tail], dim=-2)
+    return (torch.round(g * inv) * d).reshape(x.shape)  # torch.round: half to even, as nearbyint
 
 
 @contextlib.contextmanager
-def int8_prefill_rows(model, rows: int):
-    """While active, the reference's projections see their first `rows` positions (the prompt) rounded as
-    a package with ``"prefill_activations": "int8_group32"`` rounds them (decode positions stay f32)."""
-    hooks = [
-        mod.register_forward_pre_hook(lambda _m, args: (_quantize_rows_int8(args[0], rows),))
+def int8_activations(model, enabled: bool = True, perturb: float = 0.0, seed: int = 0):
+    """While active (and ``enabled``), the reference rounds what a package with
+    ``"projection_activations": "int8_group32"`` rounds: the input of every q4 projection with a
+    multiple of 16 outputs and of the lm_head, at every position (prompt and decoded).
+    ``perturb``: scale each input by (1 + perturb * N(0, 1)) before rounding (see ``int8_reference``)."""
+    mods = [
+        mod
         for layer in model.model.layers
         for mod in (*[getattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")],
                     *[getattr(layer.mlp, p) for p in ("gate_proj", "up_proj", "down_proj")])
     ]
+    # the package's fused qkv / gate_up weights have the summed widths
+    fused = {id(m): m.out_features for m in mods}
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        for group in ((a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj)):
+            for mod in group:
+                fused[id(mod)] = sum(x.out_features for x in group)
+    mods = [m for m in mods if fused[id(m)] % 16 == 0] + [model.lm_head]
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(_m, args):
+        x = args[0]
+        if perturb:
+            x = x * (1 + perturb * torch.randn(x.shape, generator=gen))
+        return (_round_int8(x),)
+
+    hooks = [m.register_forward_pre_hook(hook) for m in mods] if enabled else []
     try:
         yield
     finally:

@@ -90,22 +90,24 @@ class LlamaForCausalLM(nn.Module):
         head_scheme: QuantScheme,
         dtype: str,
         target,
-        int8_prefill: bool = False,
+        int8_activations: bool = False,
     ):
         self.spec = spec
         self.dtype = dtype
         self.target = target
         self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
         self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
-        if int8_prefill:  # prefill projections quantize their activations to int8 (schedules/cpu/int8_gemm.py)
-            from schedules.cpu.int8_gemm import int8_gemm_func
+        if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
+            from schedules.cpu.int8_gemm import int8_matmul_func
 
             for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-                    lin.rows_kernel = int8_gemm_func
+                    lin.int8_kernel = int8_matmul_func
         self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
         if not spec.tie_word_embeddings:
             self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
+        if int8_activations:
+            (self.embed_tokens if spec.tie_word_embeddings else self.lm_head).int8_kernel = int8_matmul_func
         self.groups = spec.attention_groups()
         # layer index -> (cache index, layer index inside that cache)
         self.cache_slot = {}

@@ -6,14 +6,7 @@ from tvm.relax.frontend import nn
 
 from ..errors import LlamaAotError
 from .base import QuantScheme
-from .kernels import (
-    MATMUL_BLOCK,
-    TAKE_BLOCK,
-    check_compute_dtype,
-    dequant_matmul_te,
-    dequant_take_te,
-    static_last_dim,
-)
+from .kernels import TAKE_BLOCK, check_compute_dtype, dequant_take_te, matmul_op, static_last_dim
 
 
 class QuantizedEmbedding(nn.Module):
@@ -41,6 +34,8 @@ class QuantizedEmbedding(nn.Module):
         self.hidden_size = int(hidden_size)
         self.scheme = scheme
         self.compute_dtype = check_compute_dtype(compute_dtype)
+        #: the tied lm_head's int8-activation kernel factory (see ``QuantizedLinear.int8_kernel``)
+        self.int8_kernel = None
         for suffix, (shape, dtype) in scheme.param_specs(vocab_size, hidden_size).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
 
@@ -60,8 +55,7 @@ class QuantizedEmbedding(nn.Module):
     def lm_head_forward(self, x: nn.Tensor) -> nn.Tensor:
         what = f"QuantizedEmbedding({self.scheme.name}).lm_head_forward"
         static_last_dim(x.shape, self.hidden_size, what)
-        fn = dequant_matmul_te(self.scheme, self.vocab_size, self.hidden_size, "float32")
-        return nn.op.tensor_expr_op(fn, MATMUL_BLOCK, [x, *self.packed_params()])
+        return matmul_op(self.scheme, self.vocab_size, self.hidden_size, "float32", x, self.packed_params(), self.int8_kernel)
 
     def to(self, dtype: str | None = None) -> None:  # pylint: disable=invalid-name
         if dtype is not None:

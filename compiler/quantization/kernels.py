@@ -61,6 +61,23 @@ def dequant_matmul_te(scheme: QuantScheme, out_features: int, in_features: int, 
     return compute
 
 
+def matmul_op(scheme: QuantScheme, out_features: int, in_features: int, out_dtype: str, x, packed, int8_kernel=None):
+    """``x @ deq(W)^T`` as an nn op: the int8-activation kernel from ``int8_kernel`` (a factory
+    ``(scheme, N, K, leading shape) -> PrimFunc | None``) where it applies to a float32 ``x`` and output,
+    else the fused-dequant TE matmul (float32 activations)."""
+    from tvm.relax.frontend import nn  # pylint: disable=import-outside-toplevel
+
+    rows = tuple(x.shape[:-1])
+    if int8_kernel is not None and x.dtype == "float32" == out_dtype:
+        func = int8_kernel(scheme, out_features, in_features, rows)
+        if func is not None:
+            out = nn.Tensor.placeholder((*rows, out_features), "float32")
+            single_row = all(isinstance(d, int) and d == 1 for d in rows)
+            return nn.op.tensor_ir_op(func, "int8_gemv" if single_row else "int8_gemm", [x, *packed], out)
+    fn = dequant_matmul_te(scheme, out_features, in_features, out_dtype)
+    return nn.op.tensor_expr_op(fn, MATMUL_BLOCK, [x, *packed])
+
+
 def dequant_take_te(scheme: QuantScheme, vocab_size: int, hidden_size: int, out_dtype: str):
     """TE function ``(ids, *packed) -> out`` for ``out[..., h] = deq(W)[ids[...], h]``.
 

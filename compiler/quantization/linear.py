@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm.relax.frontend import nn
 
 from .base import QuantScheme
-from .kernels import MATMUL_BLOCK, check_compute_dtype, dequant_matmul_te, static_last_dim
+from .kernels import check_compute_dtype, matmul_op, static_last_dim
 
 
 class QuantizedLinear(nn.Module):
@@ -34,10 +34,10 @@ class QuantizedLinear(nn.Module):
         self.out_features = int(out_features)
         self.scheme = scheme
         self.compute_dtype = check_compute_dtype(compute_dtype)
-        #: PrimFunc factory ``(scheme, N, K) -> PrimFunc | None`` used for inputs with several (or a
-        #: symbolic number of) rows, i.e. prefill; set by the model (int8-activation GEMM, see
-        #: schedules/cpu/int8_gemm.py). None: always the fused-dequant TE matmul.
-        self.rows_kernel = None
+        #: PrimFunc factory ``(scheme, N, K, leading shape of x) -> PrimFunc | None`` for float32 inputs, set
+        #: by the model when activations are rounded to int8 (schedules/cpu/int8_gemm.py:int8_matmul_func).
+        #: None (or a None result): the fused-dequant TE matmul.
+        self.int8_kernel = None
         for suffix, (shape, dtype) in scheme.param_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
 
@@ -48,15 +48,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         static_last_dim(x.shape, self.in_features, f"QuantizedLinear({self.scheme.name})")
-        rows = x.shape[:-1]
-        single_row = all(isinstance(d, int) and d == 1 for d in rows)
-        if self.rows_kernel is not None and not single_row and len(rows) == 2 and x.dtype == "float32" == self.compute_dtype:
-            func = self.rows_kernel(self.scheme, self.out_features, self.in_features)
-            if func is not None:
-                out = nn.Tensor.placeholder((*rows, self.out_features), "float32")
-                return nn.op.tensor_ir_op(func, "int8_matmul", [x, *self.packed_params()], out)
-        fn = dequant_matmul_te(self.scheme, self.out_features, self.in_features, self.compute_dtype)
-        return nn.op.tensor_expr_op(fn, MATMUL_BLOCK, [x, *self.packed_params()])
+        return matmul_op(self.scheme, self.out_features, self.in_features, self.compute_dtype, x, self.packed_params(), self.int8_kernel)
 
     def to(self, dtype: str | None = None) -> None:  # pylint: disable=invalid-name
         if dtype is not None:

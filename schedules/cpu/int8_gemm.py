@@ -36,13 +36,13 @@ GROUP = 32
 
 
 def has_vnni(target) -> bool:
-    """AVX-512 VNNI on an x86 llvm target (the only ISA this kernel is written for)."""
+    """AVX-512 VNNI (with BW and VL) on an x86 llvm target (the only ISA these kernels are written for)."""
     from .params import _features, _target_arch  # pylint: disable=import-outside-toplevel
 
     if target is None or target.kind.name != "llvm" or _target_arch(target) != "x86_64":
         return False
     feats = _features(target)
-    return "avx512vnni" in feats and "avx512bw" in feats
+    return {"avx512vnni", "avx512bw", "avx512vl"} <= set(feats)
 
 
 def nibble_expr(scheme, tensors: dict, row, col):
@@ -66,7 +66,9 @@ def nibble_expr(scheme, tensors: dict, row, col):
 
 def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int = 2, nt: int = 64):
     """PrimFunc ``(x[b, s, K] f32, qweight, scale, y[b, s, N])`` or None when the scheme/shape does not fit."""
-    if scheme.name != "q4f16" or k_in % GROUP or n_out % (16 * nrv):
+    if n_out % (16 * nrv):
+        nrv = 1
+    if scheme.name != "q4f16" or k_in % GROUP or n_out % 16:
         return None
     while n_out % nt or nt % (16 * nrv):
         nt //= 2
@@ -200,3 +202,19 @@ def numpy_reference(x, nibbles, wscale):
     dots = np.einsum("rgk,ngk->rng", q, w).astype(np.float32)  # exact int sums, < 2**24
     scl = wscale.astype(np.float32)[None, :, :] * d[:, None, :]
     return (dots * scl).sum(-1, dtype=np.float32)
+
+
+def int8_matmul_func(scheme, n_out: int, k_in: int, rows: tuple):
+    """The int8-activation kernel for an input of leading shape ``rows`` (the model's hook, set on each
+    projection): the GEMV of int8_gemv.py for one row (decode, the lm_head), this GEMM for ``[b, s]``
+    rows (prefill). Both fit every q4f16 weight with N % 16 == 0 (K % 32 == 0 holds for q4f16); None
+    otherwise, and the caller keeps the f32 fused-dequant matmul for that projection."""
+    from .int8_gemv import int8_gemv_func  # pylint: disable=import-outside-toplevel
+
+    if n_out % 16:  # the GEMM's column tiles; the same rule for the GEMV keeps prefill and decode alike
+        return None
+    if all(isinstance(d, int) and d == 1 for d in rows):
+        return int8_gemv_func(scheme, n_out, k_in, tuple(rows))
+    if len(rows) == 2:
+        return int8_gemm_func(scheme, n_out, k_in)
+    return None

@@ -35,14 +35,14 @@ def compiled(tmp_path_factory, checkpoint_dir):
     root = tmp_path_factory.mktemp("packages")
     made: dict[tuple, Path] = {}
 
-    def get(name: str, quant: str, model_dir: Path | None = None, int8_prefill: bool | None = None) -> Path:
-        key = (name, quant, int8_prefill)
+    def get(name: str, quant: str, model_dir: Path | None = None, int8_activations: bool | None = None) -> Path:
+        key = (name, quant, int8_activations)
         if key not in made:
             src = model_dir or checkpoint_dir(name)
             opts = CompileOptions(
-                quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256, int8_prefill=int8_prefill
+                quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256, int8_activations=int8_activations
             )
-            made[key] = compile_model(src, root / f"{name}-{quant}-{int8_prefill}", opts)
+            made[key] = compile_model(src, root / f"{name}-{quant}-{int8_activations}", opts)
         return made[key]
 
     return get

@@ -29,8 +29,8 @@ from native_helpers import (  # noqa: E402
 )
 
 # q4f16 (packed 4-bit weights, f32 activations on CPUs), prefill chunk 16, KV pages of 16 tokens
-# int8_prefill off: the host package is the float reference of the phone builds (which have no VNNI kernel)
-PACKAGE_OPTIONS = dict(quant="q4f16", prefill_chunk=16, context_window=96, int8_prefill=False)
+# int8_activations off: the host package is the float reference of the phone builds (which have no VNNI kernel)
+PACKAGE_OPTIONS = dict(quant="q4f16", prefill_chunk=16, context_window=96, int8_activations=False)
 
 
 @pytest.fixture(scope="session")

@@ -57,8 +57,8 @@ def soc_package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def host_package(tmp_path_factory):
-    # f32 prefill: the float reference of the phone build (which has no int8 VNNI kernel)
-    return _compile(tmp_path_factory.mktemp("host") / "pkg", int8_prefill=False)
+    # f32 activations: the float reference of the phone build (which has no int8 VNNI kernel)
+    return _compile(tmp_path_factory.mktemp("host") / "pkg", int8_activations=False)
 
 
 @pytest.fixture(scope="module")

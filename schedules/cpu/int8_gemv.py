@@ -1,0 +1,194 @@
+"""Decode GEMV with int8 activations and AVX-512 VNNI dot products on planar q4 weights.
+
+Why: the f32 GEMV (gemv.py) spends about ten vector instructions per 16 weights on unpacking, converting and
+scaling, and is compute-bound near 20 GB/s per core, below the memory bandwidth. With the activation row
+rounded to int8 (the numerics of int8_gemm.py: per group of 32, ``numpy_reference`` there), 128 weights cost
+one 64-byte load, two masks, two byte shuffles and two ``vpdpbusd``, plus one convert-scale-FMA.
+
+Layout used (planar q4, docs/quantization.md): block b of 128 k-values is the 16 words 16b..16b+15, and
+logical ``k = 128b + 16j + i`` is nibble j of word i. So with the 64 bytes as one vector,
+
+    lo = words & 0x0F0F0F0F   byte m of word i = nibble 2m   -> k = i + 32m        (group m of the block)
+    hi = (words >> 4) & same  byte m of word i = nibble 2m+1 -> k = i + 16 + 32m   (group m)
+
+A 4x4 byte transpose inside every 16-byte lane (one ``vpshufb``) turns int32 lane ``L = 4c + t`` into the
+four bytes ``i = 4c..4c+3`` of group ``t``: every dot-product lane stays inside one scale group. The
+activation row is laid out once per call in the same order (``xlo``/``xhi``), with the ``-8`` offset of the
+nibbles folded into the accumulator start (``xc``) and its scale per lane (``xs``). Per row and block:
+
+    acc_i32[L] = xc[b, L] + dot4(lo_T[L], xlo[b, L]) + dot4(hi_T[L], xhi[b, L])
+    facc[L]   += float32(acc_i32[L]) * (wscale[n, 4b + L % 4] * xs[b, L])
+
+and ``y[n] = sum_L facc[L]``. Rows run in tiles of ``R`` (independent chains), tiles in parallel, with a
+software prefetch of the next tile's block (the hardware prefetchers do not see the jump between tiles).
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .int8_gemm import GROUP
+
+BLOCK = 128  # k-values per planar block: 16 words = one 64-byte vector
+_NIBBLES = 0x0F0F0F0F
+# vpshufb control: in each 16-byte lane, output byte 4t + u <- input byte 4u + t (4x4 transpose)
+_TRANSPOSE = [16 * c + 4 * u + t for c in range(4) for t in range(4) for u in range(4)]
+
+
+class _Planar:
+    """Unit = one 128-k block (16 words, 4 groups); lane 4c + t holds group t of the block."""
+
+    lanes, k_per_unit = 16, BLOCK
+
+    @staticmethod
+    def slot(g, c):  # activation lane of group g's c-th 4-byte piece
+        return (g // 4) * 16 + c * 4 + g % 4
+
+    @staticmethod
+    def lo(c, m):  # offset in the group of byte m of that lane, low nibbles (high: hi)
+        return c * 4 + m
+
+    @staticmethod
+    def hi(c, m):
+        return 16 + c * 4 + m
+
+    @staticmethod
+    def arrange(v):
+        return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in _TRANSPOSE])
+
+    @staticmethod
+    def scales(scale, n, u):  # wscale[n, 4u + L % 4]
+        s4 = T.Cast("float32x4", scale[n, T.ramp(u * 4, 1, 4)])
+        return tirx.Shuffle([s4] * 4, [tirx.IntImm("int32", L) for L in range(16)])
+
+
+class _Sequential:
+    """Unit = one group (4 words): lane c is word c, whose bytes already stay in the group."""
+
+    lanes, k_per_unit = 4, GROUP
+
+    @staticmethod
+    def slot(g, c):
+        return g * 4 + c
+
+    @staticmethod
+    def lo(c, m):  # nibble 2m of word c: k = 8c + 2m
+        return c * 8 + 2 * m
+
+    @staticmethod
+    def hi(c, m):
+        return c * 8 + 2 * m + 1
+
+    @staticmethod
+    def arrange(v):
+        return v
+
+    @staticmethod
+    def scales(scale, n, u):
+        return T.broadcast(T.Cast("float32", scale[n, u]), 4)
+
+
+def int8_gemv_func(scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows: int = 4, ahead: int = 1):
+    """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
+    when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``rows``: rows per
+    register tile; ``ahead``: how many tiles ahead the weight prefetch reaches."""
+    if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
+        return None
+    lay = _Planar if scheme.nibble_order(k_in) == "planar" else _Sequential
+    while n_out % rows:
+        rows //= 2
+    K, N, G, R, V = k_in, n_out, k_in // GROUP, rows, lay.lanes
+    KU = K // lay.k_per_unit
+    specs = scheme.param_specs(N, K)
+    (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
+    lead = tuple(x_shape)
+    zeros = (0,) * len(lead)
+    ivec, bvec, fvec = f"int32x{V}", f"int8x{4 * V}", f"float32x{V}"
+    intrin = {16: "llvm.x86.avx512.vpdpbusd.512", 4: "llvm.x86.avx512.vpdpbusd.128"}[V]
+
+    def vnni(acc, w, a):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(intrin), acc, w, T.reinterpret(bvec, a), dtype=ivec
+        )
+
+    def nibble_bytes(words, shift):
+        """Nibbles (words >> shift) & 0xF of every byte, in the activation's lane order."""
+        v = words >> T.broadcast(T.uint32(shift), V) if shift else words
+        return lay.arrange(T.reinterpret(bvec, v & T.broadcast(T.uint32(_NIBBLES), V)))
+
+    def pack4(qv, off, c):
+        """int32 whose bytes are qv[off(c, 0)] .. qv[off(c, 3)] (two's complement int8)."""
+        b = [qv[off(c, m)] for m in range(4)]
+        return (b[0] & 255) | ((b[1] & 255) << 8) | ((b[2] & 255) << 16) | (b[3] << 24)
+
+    # pylint: disable=invalid-name,too-many-locals
+    @T.prim_func(s_tir=True)
+    def int8_gemv(
+        x: T.Buffer(lead + (K,), "float32"),
+        qweight: T.Buffer(qw_shape, qw_dtype),
+        scale: T.Buffer(sc_shape, sc_dtype),
+        y: T.Buffer(lead + (N,), "float32"),
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        xlo = T.alloc_buffer((KU * V,), "int32")
+        xhi = T.alloc_buffer((KU * V,), "int32")
+        xc = T.alloc_buffer((KU * V,), "int32")
+        xs = T.alloc_buffer((KU * V,), "float32")
+        # 1. the activation row -> int8 per group, in the lane order of the weight vectors
+        with T.sblock("quantize"):
+            T.reads()
+            T.writes()
+            amax = T.sblock_alloc_buffer((16,), "float32")
+            qv = T.sblock_alloc_buffer((GROUP,), "int32")
+            inv = T.sblock_alloc_buffer((2,), "float32")
+            for g in T.serial(G):
+                for l in T.vectorized(16):
+                    amax[l] = T.max(T.abs(x[zeros + (g * GROUP + l,)]), T.abs(x[zeros + (g * GROUP + 16 + l,)]))
+                for l in T.serial(15):
+                    amax[0] = T.max(amax[0], amax[l + 1])
+                inv[1] = amax[0] / T.float32(127)
+                inv[0] = T.if_then_else(amax[0] > T.float32(0), T.float32(1) / inv[1], T.float32(0))
+                for l in T.vectorized(GROUP):
+                    qv[l] = T.Cast("int32", T.nearbyint(x[zeros + (g * GROUP + l,)] * inv[0]))
+                for c in T.serial(4):  # the group's 4 lanes, 4 + 4 bytes each
+                    xlo[lay.slot(g, c)] = pack4(qv, lay.lo, c)
+                    xhi[lay.slot(g, c)] = pack4(qv, lay.hi, c)
+                    xc[lay.slot(g, c)] = -8 * (
+                        qv[lay.lo(c, 0)] + qv[lay.lo(c, 1)] + qv[lay.lo(c, 2)] + qv[lay.lo(c, 3)]
+                        + qv[lay.hi(c, 0)] + qv[lay.hi(c, 1)] + qv[lay.hi(c, 2)] + qv[lay.hi(c, 3)]
+                    )
+                    xs[lay.slot(g, c)] = inv[1]
+        # 2. row tiles in parallel
+        for no in T.parallel(N // R):
+            with T.sblock("gemv"):
+                T.reads()
+                T.writes()
+                facc = T.sblock_alloc_buffer((R, V), "float32")
+                for r in T.unroll(R):
+                    for l in T.vectorized(V):
+                        facc[r, l] = T.float32(0)
+                for u in T.serial(KU):
+                    for r in T.unroll(R):
+                        T.evaluate(
+                            T.call_intrin("void", "tirx.prefetch", T.address_of(qweight[no * R + R * ahead + r, u * V]), 0, 3, 1)
+                        )
+                    for r in T.unroll(R):
+                        facc[r, T.ramp(0, 1, V)] = facc[r, T.ramp(0, 1, V)] + T.Cast(
+                            fvec,
+                            vnni(
+                                vnni(
+                                    xc[T.ramp(u * V, 1, V)],
+                                    nibble_bytes(qweight[no * R + r, T.ramp(u * V, 1, V)], 0),
+                                    xlo[T.ramp(u * V, 1, V)],
+                                ),
+                                nibble_bytes(qweight[no * R + r, T.ramp(u * V, 1, V)], 4),
+                                xhi[T.ramp(u * V, 1, V)],
+                            ),
+                        ) * (lay.scales(scale, no * R + r, u) * xs[T.ramp(u * V, 1, V)])
+                for r in T.unroll(R):
+                    for l in T.serial(V - 1):
+                        facc[r, 0] = facc[r, 0] + facc[r, l + 1]
+                    y[zeros + (no * R + r,)] = facc[r, 0]
+
+    return int8_gemv.without_attr("global_symbol")  # symbols come from the module the caller adds it to
