@@ -256,14 +256,37 @@ def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
     return _inline_lets(batch_prefill_ragged_kv)
 
 
+def _exp2_poly(x):
+    """2^x for float32 x <= 0 (lanes of a vector), without a libm call: round-to-nearest range reduction
+    ``x = n + f`` (|f| <= 1/2), a degree-7 Taylor polynomial of ``2^f = e^(f ln 2)`` (relative error
+    below 1e-8, under float32 rounding) and ``2^n`` built in the exponent bits. Inputs below -126 give
+    2^-126 (a normal number, 1e-38): the callers only add such weights to sums that are at least 1."""
+    import math  # pylint: disable=import-outside-toplevel
+
+    x = T.max(x, T.float32(-126.0))
+    n = T.floor(x + T.float32(0.5))
+    f = x - n
+    ln2 = math.log(2.0)
+    p = T.float32(ln2**7 / math.factorial(7))
+    for i in range(6, -1, -1):
+        p = p * f + T.float32(ln2**i / math.factorial(i))
+    return p * T.reinterpret("float32", (T.Cast("int32", n) + 127) << 23)
+
+
 def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
-    TVM's kernel walks every key with scalar loops (its dot product is one 64-long dependent add
-    chain); `schedules/cpu/attention.py` makes its heads parallel, but each head stayed scalar (~0.3 ms
-    per layer at 150 tokens on the 1B shape, about a tenth of a decode step). This one keeps the same
-    online softmax (base 2, running max and sum) and the same parallel heads, with the Q.K dot product
-    in ``lanes`` vector accumulators and the O update vectorized along the head dim. RoPE in the
+    TVM's kernel walks every key with scalar loops, once per query head, and calls exp2 twice per key
+    (its online softmax rescales after every key). This one runs the KV heads in parallel and, for the
+    ``h_q / h_kv`` query heads of a group together, takes the keys a page (``page_size`` keys) at a time:
+
+    * each K row is read once for the whole group: ``h_q / h_kv`` dot products in ``lanes``-wide
+      accumulators, each summed by a halving tree;
+    * one softmax update per page: the page's max, one rescale ``2^(m_old - m_new)`` of the running sum
+      and output, the page's weights as one vector through a polynomial exp2 (``_exp2_poly``; no libm);
+    * each V row is read once for the group and added into every head's output with its weight.
+
+    Same numerics as TVM's kernel up to float rounding (base-2 online softmax, lse in log2). RoPE in the
     kernel (rotary_mode 1; our cache applies RoPE before attention, mode 0) stays on a scalar path.
     """
     import math  # pylint: disable=import-outside-toplevel
@@ -271,7 +294,9 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
     group_size = h_q // h_kv
+    GS = group_size
     lanes = 16
+    P = page_size
     log2e = math.log2(math.exp(1))
     # pylint: disable=invalid-name,too-many-locals
 
@@ -312,57 +337,86 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
         last_page_len = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
 
         for b in T.serial(B):
-            for h in T.parallel(h_q):
+            for hk in T.parallel(h_kv):
                 with T.sblock("attn"):
                     T.reads()  # opaque: the regions would name the Lets below
                     T.writes()
-                    qv = T.sblock_alloc_buffer((d,), "float32")
-                    acc = T.sblock_alloc_buffer((lanes,), "float32")
-                    o = T.sblock_alloc_buffer((d,), "float32")
+                    qv = T.sblock_alloc_buffer((GS, d), "float32")
+                    acc = T.sblock_alloc_buffer((GS, lanes), "float32")
+                    sc = T.sblock_alloc_buffer((GS, P), "float32")
+                    o = T.sblock_alloc_buffer((GS, d), "float32")
+                    m = T.sblock_alloc_buffer((GS,), "float32")
+                    den = T.sblock_alloc_buffer((GS,), "float32")
+                    mb = T.sblock_alloc_buffer((GS,), "float32")
                     sv = T.sblock_alloc_buffer((1,), "float32")
-                    m = T.sblock_alloc_buffer((1,), "float32")
-                    den = T.sblock_alloc_buffer((1,), "float32")
                     first: T.let[T.int32] = page_table_indptr[b]
                     n_pages: T.let[T.int32] = page_table_indptr[b + 1] - first
-                    n_keys: T.let[T.int32] = T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + last_page_len[b], 0)
-                    hk: T.let[T.int32] = h // group_size
-                    m[0] = T.float32(-5e4)
-                    den[0] = T.float32(1.0)
-                    for dd in T.vectorized(d):
-                        o[dd] = T.float32(0)
+                    for g in T.serial(GS):
+                        m[g] = T.float32(-5e4)
+                        den[g] = T.float32(1.0)
+                        for dd in T.vectorized(d):
+                            o[g, dd] = T.float32(0)
                     if rotary_mode == 1:
-                        for dd in T.serial(d):
-                            qv[dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, h, dd), dtype, rope_scaling)) * (sm_scale * log2e)
-                    else:
-                        for dd in T.vectorized(d):
-                            qv[dd] = T.Cast("float32", Q[b, h, dd]) * (sm_scale * log2e)
-                    for j in T.serial(n_keys):
-                        page: T.let[T.int32] = page_table_values[first + j // page_size]
-                        slot: T.let[T.int32] = j % page_size
-                        if rotary_mode == 1:
-                            sv[0] = T.float32(0)
+                        # scalar path, one query head at a time (TVM's order of operations)
+                        for g in T.serial(GS):
                             for dd in T.serial(d):
-                                sv[0] = sv[0] + qv[dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page, 0, hk, slot, dd), dtype, rope_scaling))
-                        else:
-                            for l in T.vectorized(lanes):
-                                acc[l] = T.float32(0)
-                            for c in T.serial(d // lanes):
-                                for l in T.vectorized(lanes):
-                                    acc[l] = acc[l] + qv[c * lanes + l] * T.Cast("float32", pages[page, 0, hk, slot, c * lanes + l])
-                            sv[0] = T.float32(0)
-                            for l in T.serial(lanes):
-                                sv[0] = sv[0] + acc[l]
-                        # online softmax, as TVM's kernel: rescale what was summed when the max grows
-                        new_m: T.let[T.float32] = T.max(m[0], sv[0])
-                        shrink: T.let[T.float32] = T.exp2(m[0] - new_m)
-                        w: T.let[T.float32] = T.exp2(sv[0] - new_m)
-                        den[0] = den[0] * shrink + w
-                        m[0] = new_m
+                                qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * log2e)
+                            for j in T.serial(T.if_then_else(n_pages > 0, (n_pages - 1) * P + last_page_len[b], 0)):
+                                sv[0] = T.float32(0)
+                                for dd in T.serial(d):
+                                    sv[0] = sv[0] + qv[g, dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page_table_values[first + j // P], 0, hk, j % P, dd), dtype, rope_scaling))
+                                mb[g] = T.max(m[g], sv[0])
+                                den[g] = den[g] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g])
+                                for dd in T.vectorized(d):
+                                    o[g, dd] = o[g, dd] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g]) * T.Cast("float32", pages[page_table_values[first + j // P], 1, hk, j % P, dd])
+                                m[g] = mb[g]
+                    else:
+                        for g in T.serial(GS):
+                            for dd in T.vectorized(d):
+                                qv[g, dd] = T.Cast("float32", Q[b, hk * GS + g, dd]) * (sm_scale * log2e)
+                        for pg in T.serial(n_pages):
+                            page: T.let[T.int32] = page_table_values[first + pg]
+                            n_valid: T.let[T.int32] = T.if_then_else(pg == n_pages - 1, last_page_len[b], P)
+                            # scores of the page's keys for every head of the group (K row read once)
+                            for j in T.serial(n_valid):
+                                for g in T.unroll(GS):
+                                    for l in T.vectorized(lanes):
+                                        acc[g, l] = T.float32(0)
+                                for c in T.serial(d // lanes):
+                                    for g in T.unroll(GS):
+                                        for l in T.vectorized(lanes):
+                                            acc[g, l] = acc[g, l] + qv[g, c * lanes + l] * T.Cast("float32", pages[page, 0, hk, j, c * lanes + l])
+                                for g in T.unroll(GS):
+                                    for l in T.vectorized(8):
+                                        acc[g, l] = acc[g, l] + acc[g, l + 8]
+                                    for l in T.vectorized(4):
+                                        acc[g, l] = acc[g, l] + acc[g, l + 4]
+                                    for l in T.vectorized(2):
+                                        acc[g, l] = acc[g, l] + acc[g, l + 2]
+                                    sc[g, j] = acc[g, 0] + acc[g, 1]
+                            # one online-softmax step per page: weights sc <- 2^(s - m_new), 0 past n_valid
+                            for g in T.serial(GS):
+                                mb[g] = m[g]
+                                for j in T.serial(n_valid):
+                                    mb[g] = T.max(mb[g], sc[g, j])
+                                for j in T.vectorized(P):
+                                    sc[g, j] = T.if_then_else(j < n_valid, _exp2_poly(sc[g, j] - mb[g]), T.float32(0))
+                                sv[0] = _exp2_poly(m[g] - mb[g])
+                                den[g] = den[g] * sv[0]
+                                for j in T.serial(n_valid):
+                                    den[g] = den[g] + sc[g, j]
+                                for dd in T.vectorized(d):
+                                    o[g, dd] = o[g, dd] * sv[0]
+                                m[g] = mb[g]
+                            # weighted V rows (each read once for the group)
+                            for j in T.serial(n_valid):
+                                for g in T.unroll(GS):
+                                    for dd in T.vectorized(d):
+                                        o[g, dd] = o[g, dd] + sc[g, j] * T.Cast("float32", pages[page, 1, hk, j, dd])
+                    for g in T.serial(GS):
                         for dd in T.vectorized(d):
-                            o[dd] = o[dd] * shrink + w * T.Cast("float32", pages[page, 1, hk, slot, dd])
-                    for dd in T.vectorized(d):
-                        output[b, h, dd] = T.Cast(dtype, o[dd] / den[0])
-                    lse[b, h] = m[0] + T.log2(den[0])
+                            output[b, hk * GS + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
+                        lse[b, hk * GS + g] = m[g] + T.log2(den[g])
 
     from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
 
