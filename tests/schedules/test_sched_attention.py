@@ -144,3 +144,32 @@ def test_vectorized_decode_kernel_matches_tvm_and_numpy():
             for b, (page_ids, _) in enumerate(seqs):
                 ref = _reference(q[b : b + 1], pages, page_ids, lens[b], sm)[0]
                 np.testing.assert_allclose(outs[0][0][b], ref, atol=1e-5)
+
+
+def test_decode_kernel_long_sequence_wide_group():
+    """paged_decode_cpu with 4 query heads per KV head, head_dim 64 and 37 pages (589 keys, a partial last
+    page, pages in scrambled order): the per-page softmax steps against numpy."""
+    from compiler.model.kv_kernels import paged_decode_cpu
+
+    hq, hkv, d, page = 8, 2, 64, 16
+    f = _build(paged_decode_cpu(hkv, hq, d, "float32", {}, page))
+    rng = np.random.default_rng(7)
+    pages = rng.standard_normal((40, 2, hkv, page, d)).astype(np.float32) * 2
+    page_ids = [int(p) for p in rng.permutation(40)[:37]]
+    kv_len = 36 * page + 13
+    q = rng.standard_normal((1, hq, d)).astype(np.float32)
+    sm = 1.0 / np.sqrt(d)
+    dev = tvm.cpu()
+    o = tvm.runtime.tensor(np.zeros((1, hq, d), np.float32), dev)
+    lse = tvm.runtime.tensor(np.zeros((1, hq), np.float32), dev)
+    args = [q, pages, np.array([0, 37], np.int32), np.array(page_ids, np.int32), np.array([13], np.int32),
+            np.array([0], np.int32), np.array([kv_len], np.int32)]
+    f(*[tvm.runtime.tensor(a, dev) for a in args], o, lse, 0, 1.0, 1e4, float(sm))
+    k = np.concatenate([pages[p, 0] for p in page_ids], axis=1)[:, :kv_len]
+    v = np.concatenate([pages[p, 1] for p in page_ids], axis=1)[:, :kv_len]
+    for h in range(hq):
+        s = k[h // 4] @ q[0, h] * sm
+        p = np.exp(s - s.max())
+        np.testing.assert_allclose(o.numpy()[0, h], (p / p.sum()) @ v[h // 4], atol=2e-5)
+        # lse is log2-sum-exp of the scores in base 2 (TVM's convention)
+        np.testing.assert_allclose(lse.numpy()[0, h], np.log2(np.exp(s - s.max()).sum()) + s.max() * np.log2(np.e), rtol=1e-5)
