@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 
+from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
@@ -423,10 +424,82 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     return _inline_lets(batch_decode_paged_kv)
 
 
+def fused_rope_cpu(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling, rotary_dim=None):
+    """Drop-in for TVM's ``llama_rope_with_position_map`` (split fused qkv into q, k, v and rotate q and k),
+    or None where its rope type is not the Llama (rotate-half) form handled here.
+
+    TVM's kernel evaluates the frequency (a ``pow``, plus the llama3 smoothing) and its ``cos`` and ``sin``
+    for every element, i.e. once per head: three libm calls per element, 40 heads x 64 dims per token and
+    layer on the 1B shape. This one evaluates the same expressions (TVM's own frequency functions) once
+    per position and dim into a small table and rotates every head from it, vectorized along the dim."""
+    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func  # pylint: disable=import-outside-toplevel
+
+    if rope_scaling.get("rope_type") in ("gptj", "longrope"):
+        return None
+    rd = rotary_dim or head_dim
+    half = rd // 2
+    nq, nkv = num_q_heads, num_kv_heads
+    fused_heads = nq + 2 * nkv
+
+    def freq(pos, d, which):
+        cos_f, sin_f, var_map = switch_rope_freq_func(rope_scaling)(pos * tirx.const(scale, "float32"), d, rd, theta, "float32")
+        expr = (cos_f if which == 0 else sin_f).astype("float32")
+        for var, value in var_map.items():
+            expr = tirx.Let(var, value, expr)
+        return expr
+
+    def rot_lo(x, cs, sn, s, h, d):  # dims d < rotary_dim / 2: x cos - x[d + half] sin (as TVM's _rope)
+        return cs[d] * x[s, h, d].astype("float32") + sn[d] * (-x[s, h, d + half]).astype("float32")
+
+    def rot_hi(x, cs, sn, s, h, d):  # dim d + half: x cos + x[d] sin
+        return cs[d + half] * x[s, h, d + half].astype("float32") + sn[d + half] * x[s, h, d].astype("float32")
+
+    # pylint: disable=invalid-name
+    @T.prim_func(s_tir=True)
+    def fused_rope(var_qkv: T.handle, var_position_map: T.handle, var_q: T.handle, var_k: T.handle, var_v: T.handle, apply_rope: T.int64):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+        seq_len = T.int32()
+        position_map_elem_offset = T.int32()
+        qkv = T.match_buffer(var_qkv, (seq_len, fused_heads, head_dim), dtype)
+        q = T.match_buffer(var_q, (seq_len, nq, head_dim), dtype)
+        k = T.match_buffer(var_k, (seq_len, nkv, head_dim), dtype)
+        v = T.match_buffer(var_v, (seq_len, nkv, head_dim), dtype)
+        position_map = T.match_buffer(var_position_map, (seq_len,), "int32", elem_offset=position_map_elem_offset)
+        for s in T.serial(seq_len):
+            with T.sblock("rope"):
+                T.reads()
+                T.writes()
+                cs = T.sblock_alloc_buffer((rd,), "float32")
+                sn = T.sblock_alloc_buffer((rd,), "float32")
+                for d in T.serial(rd):
+                    cs[d] = T.if_then_else(apply_rope > 0, freq(position_map[s], d, 0), T.float32(1))
+                    sn[d] = T.if_then_else(apply_rope > 0, freq(position_map[s], d, 1), T.float32(0))
+                for h in T.serial(nq):
+                    for d in T.vectorized(half):
+                        q[s, h, d] = T.Cast(dtype, rot_lo(qkv, cs, sn, s, h, d))
+                        q[s, h, d + half] = T.Cast(dtype, rot_hi(qkv, cs, sn, s, h, d))
+                    for d in T.serial(head_dim - rd):
+                        q[s, h, rd + d] = qkv[s, h, rd + d]
+                for h in T.serial(nkv):
+                    for d in T.vectorized(half):
+                        k[s, h, d] = T.Cast(dtype, rot_lo(qkv, cs, sn, s, nq + h, d))
+                        k[s, h, d + half] = T.Cast(dtype, rot_hi(qkv, cs, sn, s, nq + h, d))
+                    for d in T.serial(head_dim - rd):
+                        k[s, h, rd + d] = qkv[s, nq + h, rd + d]
+                for h in T.serial(nkv):
+                    for d in T.vectorized(head_dim):
+                        v[s, h, d] = qkv[s, nq + nkv + h, d]
+
+    from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
+
+    return _inline_lets(fused_rope)
+
+
 @contextlib.contextmanager
 def fast_cpu_attention(target: Target):
     """While active, TIRPagedKVCache built for a CPU ``target`` uses :func:`ragged_prefill_cpu` and
-    :func:`paged_decode_cpu` (head dims that are multiples of 16, no sliding window; TVM's otherwise)."""
+    :func:`paged_decode_cpu` (head dims that are multiples of 16, no sliding window; TVM's otherwise) and
+    :func:`fused_rope_cpu` (Llama-form RoPE)."""
     from tvm.relax.frontend.nn.llm import kv_cache  # pylint: disable=import-outside-toplevel
 
     if Target(target).kind.name != "llvm":
@@ -445,10 +518,17 @@ def fast_cpu_attention(target: Target):
             return original_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size)
         return paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size)
 
+    original_rope = kv_cache.llama_rope_with_position_map
+
+    def make_rope(*args, **kwargs):
+        return fused_rope_cpu(*args, **kwargs) or original_rope(*args, **kwargs)
+
     kv_cache._attention_prefill_ragged_cpu = make_prefill
     kv_cache._attention_decode_cpu = make_decode
+    kv_cache.llama_rope_with_position_map = make_rope
     try:
         yield
     finally:
         kv_cache._attention_prefill_ragged_cpu = original_prefill
         kv_cache._attention_decode_cpu = original_decode
+        kv_cache.llama_rope_with_position_map = original_rope

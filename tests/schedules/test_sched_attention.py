@@ -173,3 +173,35 @@ def test_decode_kernel_long_sequence_wide_group():
         np.testing.assert_allclose(o.numpy()[0, h], (p / p.sum()) @ v[h // 4], atol=2e-5)
         # lse is log2-sum-exp of the scores in base 2 (TVM's convention)
         np.testing.assert_allclose(lse.numpy()[0, h], np.log2(np.exp(s - s.max()).sum()) + s.max() * np.log2(np.e), rtol=1e-5)
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 256}
+
+
+@pytest.mark.parametrize("scaling,rotary_dim,head_dim", [({}, None, 64), (LLAMA3, None, 32), ({}, 32, 64)])
+def test_fused_rope_equals_tvms(scaling, rotary_dim, head_dim):
+    """compiler/model/kv_kernels.fused_rope_cpu (frequencies once per position, not per head): bit-identical
+    q, k, v to TVM's llama_rope_with_position_map, rope applied or not, with llama3 scaling and a partial
+    rotary dim; TVM's other rope forms are left to TVM."""
+    from tvm.relax.frontend.nn.llm.position_embedding import llama_rope_with_position_map
+
+    from compiler.model.kv_kernels import fused_rope_cpu
+
+    nq, nkv, s = 6, 2, 7
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((s, nq + 2 * nkv, head_dim)).astype(np.float32)
+    pos = np.array([0, 1, 5, 100, 1000, 3000, 4095], np.int32)
+    dev = tvm.cpu()
+    outs = []
+    for make in (llama_rope_with_position_map, fused_rope_cpu):
+        f = make(500000.0, 1.0, head_dim, nq, nkv, "float32", scaling, rotary_dim).with_attr("global_symbol", "rope")
+        f = tvm.compile(tvm.IRModule({"rope": f}), target=TARGET)["rope"]
+        for apply in (1, 0):
+            out = [tvm.runtime.tensor(np.zeros((s, n, head_dim), np.float32), dev) for n in (nq, nkv, nkv)]
+            f(tvm.runtime.tensor(qkv, dev), tvm.runtime.tensor(pos, dev), *out, apply)
+            outs.append([o.numpy() for o in out])
+    for ours, theirs in zip(outs[2:], outs[:2]):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
+    assert fused_rope_cpu(1e4, 1.0, 64, 4, 2, "float32", {"rope_type": "gptj"}) is None
