@@ -35,6 +35,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from .fast_math import exp2_poly
+
 
 def _launch(num_heads: int, head_dim: int, target: Target) -> tuple[int, int, int, int]:
     """TVM's launch configuration for the merge kernel: (VEC_SIZE, bdx, bdy, gdy)."""
@@ -257,23 +259,6 @@ def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
     return _inline_lets(batch_prefill_ragged_kv)
 
 
-def _exp2_poly(x):
-    """2^x for float32 x <= 0 (lanes of a vector), without a libm call: round-to-nearest range reduction
-    ``x = n + f`` (|f| <= 1/2), a degree-7 Taylor polynomial of ``2^f = e^(f ln 2)`` (relative error
-    below 1e-8, under float32 rounding) and ``2^n`` built in the exponent bits. Inputs below -126 give
-    2^-126 (a normal number, 1e-38): the callers only add such weights to sums that are at least 1."""
-    import math  # pylint: disable=import-outside-toplevel
-
-    x = T.max(x, T.float32(-126.0))
-    n = T.floor(x + T.float32(0.5))
-    f = x - n
-    ln2 = math.log(2.0)
-    p = T.float32(ln2**7 / math.factorial(7))
-    for i in range(6, -1, -1):
-        p = p * f + T.float32(ln2**i / math.factorial(i))
-    return p * T.reinterpret("float32", (T.Cast("int32", n) + 127) << 23)
-
-
 def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
@@ -284,7 +269,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     * each K row is read once for the whole group: ``h_q / h_kv`` dot products in ``lanes``-wide
       accumulators, each summed by a halving tree;
     * one softmax update per page: the page's max, one rescale ``2^(m_old - m_new)`` of the running sum
-      and output, the page's weights as one vector through a polynomial exp2 (``_exp2_poly``; no libm);
+      and output, the page's weights as one vector through a polynomial exp2 (``fast_math.exp2_poly``; no libm);
     * each V row is read once for the group and added into every head's output with its weight.
 
     Same numerics as TVM's kernel up to float rounding (base-2 online softmax, lse in log2). RoPE in the
@@ -401,8 +386,8 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
                                 for j in T.serial(n_valid):
                                     mb[g] = T.max(mb[g], sc[g, j])
                                 for j in T.vectorized(P):
-                                    sc[g, j] = T.if_then_else(j < n_valid, _exp2_poly(sc[g, j] - mb[g]), T.float32(0))
-                                sv[0] = _exp2_poly(m[g] - mb[g])
+                                    sc[g, j] = T.if_then_else(j < n_valid, exp2_poly(sc[g, j] - mb[g]), T.float32(0))
+                                sv[0] = exp2_poly(m[g] - mb[g])
                                 den[g] = den[g] * sv[0]
                                 for j in T.serial(n_valid):
                                     den[g] = den[g] + sc[g, j]

@@ -22,6 +22,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..frontend.spec import LayerSpec, ModelSpec
 from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
+from .fast_math import silu_mul_te
 from .kv_kernels import fast_cpu_attention, race_free_merge_state
 
 
@@ -52,9 +53,14 @@ class MLP(nn.Module):
         self.ffn = ffn
         self.gate_up_proj = QuantizedLinear(hidden, 2 * ffn, scheme, dtype)
         self.down_proj = QuantizedLinear(ffn, hidden, scheme, dtype)
+        #: CPU targets: SiLU through fast_math.exp2_poly (LLVM would call libm's expf once per lane)
+        self.fast_silu = False
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.fast_silu and gate_up.dtype == "float32":
+            return self.down_proj(op.tensor_expr_op(silu_mul_te(self.ffn), "silu_multiply", [gate_up]))
+        gate, up = op.split(gate_up, 2, axis=-1)
         return self.down_proj(op.silu(gate) * up)
 
 
@@ -103,6 +109,9 @@ class LlamaForCausalLM(nn.Module):
             for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
                     lin.int8_kernel = int8_matmul_func
+        if target is not None and target.kind.name == "llvm":
+            for layer in self.layers:
+                layer.mlp.fast_silu = True
         self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
         if not spec.tie_word_embeddings:
             self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
