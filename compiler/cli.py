@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
     c.add_argument(
         "--f32-activations", action="store_true",
-        help="keep projection inputs in f32 (default on AVX-512 VNNI CPUs with q4f16: int8 per group of 32)",
+        help="keep projection inputs in f32 (default with q4f16 on CPUs with an int8 dot product, AVX-512 VNNI or AArch64 dotprod: int8 per group of 32)",
     )
     c.set_defaults(func=_cmd_compile)
 

@@ -39,17 +39,21 @@ class CompileOptions:
     system_lib_prefix: str | None = None  # phones: symbol prefix so several models link into one app
     force_memory: bool = False  # build even when the memory plan exceeds the SoC's usable memory
     force: bool = True  # replace an existing OUT
-    # projections (prefill GEMM, decode GEMV, lm_head) with int8 activations (q4f16 on AVX-512 VNNI CPUs;
-    # schedules/cpu/int8_gemm.py, int8_gemv.py); None = wherever supported, False = always f32 activations
+    # projections (prefill GEMM, decode GEMV, lm_head) with int8 activations (q4f16 on CPUs with an int8 dot
+    # product: AVX-512 VNNI, AArch64 dotprod; schedules/cpu/int8_gemm.py, int8_gemv.py); None = wherever
+    # supported, False = always f32 activations
     int8_activations: bool | None = None
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
-    from schedules.cpu.int8_gemm import has_vnni
+    from schedules.cpu.int8_gemm import int8_dot_isa
 
-    supported = quant == "q4f16" and dtype == "float32" and has_vnni(target)
+    supported = quant == "q4f16" and dtype == "float32" and int8_dot_isa(target) is not None
     if options.int8_activations and not supported:
-        raise LlamaAotError("int8 activations need --quant q4f16 on an AVX-512 VNNI CPU target")
+        raise LlamaAotError(
+            "int8 activations need --quant q4f16 on a CPU target with an int8 dot product "
+            "(x86 AVX-512 VNNI or AArch64 dotprod)"
+        )
     return supported if options.int8_activations is None else bool(options.int8_activations)
 
 

@@ -104,8 +104,13 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
         self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
-            from schedules.cpu.int8_gemm import int8_matmul_func
+            import functools
 
+            from schedules.cpu.int8_gemm import int8_dot_isa, int8_matmul_func
+
+            # cross (phone) builds: no software prefetch (TVM 0.27 rejects it in system-lib builds; compiler/pipeline.py)
+            cross = "mtriple" in target.attrs
+            int8_matmul_func = functools.partial(int8_matmul_func, isa=int8_dot_isa(target), prefetch=not cross)
             for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
                     lin.int8_kernel = int8_matmul_func

@@ -35,14 +35,39 @@ from tvm.script import tirx as T
 GROUP = 32
 
 
-def has_vnni(target) -> bool:
-    """AVX-512 VNNI (with BW and VL) on an x86 llvm target (the only ISA these kernels are written for)."""
+def int8_dot_isa(target) -> str | None:
+    """The 4-byte integer dot product these kernels use on ``target``: ``"avx512vnni"`` (x86 AVX-512 VNNI
+    with BW and VL: ``vpdpbusd``, 16 int32 lanes), ``"dotprod"`` (AArch64 dot product extension: ``sdot``,
+    4 lanes), or None (no int8 kernels; the f32 ones stay)."""
     from .params import _features, _target_arch  # pylint: disable=import-outside-toplevel
 
-    if target is None or target.kind.name != "llvm" or _target_arch(target) != "x86_64":
-        return False
-    feats = _features(target)
-    return {"avx512vnni", "avx512bw", "avx512vl"} <= set(feats)
+    if target is None or target.kind.name != "llvm":
+        return None
+    arch, feats = _target_arch(target), set(_features(target))
+    if arch == "x86_64" and {"avx512vnni", "avx512bw", "avx512vl"} <= feats:
+        return "avx512vnni"
+    if arch == "aarch64" and "dotprod" in feats:
+        return "dotprod"
+    return None
+
+
+def dot4(isa: str, acc, w, a, lanes: int):
+    """``acc[l] + sum_j w[4l + j] * a[4l + j]`` per int32 lane l (``lanes`` of them): w and a are int32
+    vectors read as bytes, w's bytes the weight nibbles 0..15 (valid as u8 for ``vpdpbusd`` and as s8 for
+    ``sdot``), a's bytes the signed int8 activations."""
+    if isa == "avx512vnni":
+        name = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256", 4: "llvm.x86.avx512.vpdpbusd.128"}[lanes]
+    elif isa == "dotprod" and lanes == 4:
+        name = "llvm.aarch64.neon.sdot.v4i32.v16i8"
+    else:
+        raise ValueError(f"no {lanes}-lane int8 dot product for {isa}")
+    bytes_ = f"int8x{4 * lanes}"
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(name), acc, T.reinterpret(bytes_, w), T.reinterpret(bytes_, a), dtype=f"int32x{lanes}"
+    )
+
+
+ISA_LANES = {"avx512vnni": 16, "dotprod": 4}  # int32 lanes of one dot-product instruction
 
 
 def nibble_expr(scheme, tensors: dict, row, col):
@@ -64,15 +89,22 @@ def nibble_expr(scheme, tensors: dict, row, col):
     return None
 
 
-def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int = 2, nt: int = 64):
-    """PrimFunc ``(x[b, s, K] f32, qweight, scale, y[b, s, N])`` or None when the scheme/shape does not fit."""
-    if n_out % (16 * nrv):
-        nrv = 1
+def int8_gemm_func(
+    scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int | None = None, nt: int = 64,
+    isa: str = "avx512vnni",
+):
+    """PrimFunc ``(x[b, s, K] f32, qweight, scale, y[b, s, N])`` or None when the scheme/shape does not fit.
+    ``isa``: see ``int8_dot_isa``; register tiles are ``mr`` rows x ``nrv`` dot-product vectors."""
+    L = ISA_LANES[isa]
+    if nrv is None:
+        nrv = 2 if L == 16 else 4  # 8 (AVX-512) or 16 (NEON) int32 accumulator registers
+    while n_out % (L * nrv) and nrv > 1:
+        nrv //= 2
     if scheme.name != "q4f16" or k_in % GROUP or n_out % 16:
         return None
-    while n_out % nt or nt % (16 * nrv):
+    while n_out % nt or nt % (L * nrv):
         nt //= 2
-    if nt < 16 * nrv:
+    if nt < L * nrv or nt % 16:
         return None
     K, N, G, K4 = k_in, n_out, k_in // GROUP, k_in // 4
     specs = scheme.param_specs(N, K)
@@ -81,7 +113,7 @@ def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr
     if nibble_expr(scheme, probe, tirx.Var("n", "int64"), tirx.Var("k", "int64")) is None:
         return None
     nw = nt // 16
-    ncb = nt // (16 * nrv)
+    ncb = nt // (L * nrv)
 
     def lane(qweight, scale, n, k4):
         """4 nibbles (k = 4*k4 .. +3) of row n as the bytes of one int32."""
@@ -94,13 +126,7 @@ def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr
         return tirx.reinterpret("int32", out)
 
     def vnni(acc, w, xb):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            acc,
-            T.reinterpret("int8x64", w),
-            T.reinterpret("int8x64", T.broadcast(xb, 16)),
-            dtype="int32x16",
-        )
+        return dot4(isa, acc, w, T.broadcast(xb, L), L)
 
     # pylint: disable=invalid-name,too-many-locals
     @T.prim_func(s_tir=True)
@@ -140,15 +166,15 @@ def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr
                             | ((qv[l * 4 + 2] & 255) << 16)
                             | (qv[l * 4 + 3] << 24)
                         )
-        # 2. per N tile: weight panel, then MR x (NRV*16) register tiles
+        # 2. per N tile: weight panel, then MR x (NRV*L) register tiles
         for nt_o in T.parallel(N // nt):
             with T.sblock("gemm"):
                 T.reads()
                 T.writes()
                 wp = T.sblock_alloc_buffer((K4, nt), "int32")
                 ws = T.sblock_alloc_buffer((G, nt), "float32")
-                iacc = T.sblock_alloc_buffer((mr, nrv * 16), "int32")
-                facc = T.sblock_alloc_buffer((mr, nrv * 16), "float32")
+                iacc = T.sblock_alloc_buffer((mr, nrv * L), "int32")
+                facc = T.sblock_alloc_buffer((mr, nrv * L), "float32")
                 for c in T.serial(nw):
                     for k4 in T.serial(K4):
                         for l in T.vectorized(16):
@@ -159,29 +185,29 @@ def int8_gemm_func(scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr
                 for ro in T.serial((b * s + (mr - 1)) // mr):
                     for cb in T.serial(ncb):
                         for i in T.unroll(mr):
-                            for l in T.vectorized(nrv * 16):
+                            for l in T.vectorized(nrv * L):
                                 facc[i, l] = T.float32(0)
                         for g in T.serial(G):
                             for i in T.unroll(mr):
-                                for l in T.vectorized(nrv * 16):
+                                for l in T.vectorized(nrv * L):
                                     iacc[i, l] = xsum[T.min(ro * mr + i, b * s - 1), g] * -8
                             for k in T.unroll(8):
                                 for i in T.unroll(mr):
                                     for v in T.unroll(nrv):
-                                        iacc[i, T.ramp(v * 16, 1, 16)] = vnni(
-                                            iacc[i, T.ramp(v * 16, 1, 16)],
-                                            wp[g * 8 + k, T.ramp(cb * nrv * 16 + v * 16, 1, 16)],
+                                        iacc[i, T.ramp(v * L, 1, L)] = vnni(
+                                            iacc[i, T.ramp(v * L, 1, L)],
+                                            wp[g * 8 + k, T.ramp(cb * nrv * L + v * L, 1, L)],
                                             xq[T.min(ro * mr + i, b * s - 1), g * 8 + k],
                                         )
                             for i in T.unroll(mr):
-                                for l in T.vectorized(nrv * 16):
+                                for l in T.vectorized(nrv * L):
                                     facc[i, l] = facc[i, l] + T.Cast("float32", iacc[i, l]) * (
-                                        ws[g, cb * nrv * 16 + l] * xd[T.min(ro * mr + i, b * s - 1), g]
+                                        ws[g, cb * nrv * L + l] * xd[T.min(ro * mr + i, b * s - 1), g]
                                     )
                         for i in T.unroll(mr):
                             if ro * mr + i < b * s:
-                                for l in T.vectorized(nrv * 16):
-                                    y[(ro * mr + i) // s, (ro * mr + i) % s, nt_o * nt + cb * nrv * 16 + l] = T.Cast(
+                                for l in T.vectorized(nrv * L):
+                                    y[(ro * mr + i) // s, (ro * mr + i) % s, nt_o * nt + cb * nrv * L + l] = T.Cast(
                                         out_dtype, facc[i, l]
                                     )
 
@@ -204,17 +230,18 @@ def numpy_reference(x, nibbles, wscale):
     return (dots * scl).sum(-1, dtype=np.float32)
 
 
-def int8_matmul_func(scheme, n_out: int, k_in: int, rows: tuple):
+def int8_matmul_func(scheme, n_out: int, k_in: int, rows: tuple, isa: str = "avx512vnni", prefetch: bool = True):
     """The int8-activation kernel for an input of leading shape ``rows`` (the model's hook, set on each
-    projection): the GEMV of int8_gemv.py for one row (decode, the lm_head), this GEMM for ``[b, s]``
-    rows (prefill). Both fit every q4f16 weight with N % 16 == 0 (K % 32 == 0 holds for q4f16); None
-    otherwise, and the caller keeps the f32 fused-dequant matmul for that projection."""
+    projection with the target's ``isa``): the GEMV of int8_gemv.py for one row (decode, the lm_head), this
+    GEMM for ``[b, s]`` rows (prefill). Both fit every q4f16 weight with N % 16 == 0 (K % 32 == 0 holds for
+    q4f16); None otherwise, and the caller keeps the f32 fused-dequant matmul for that projection.
+    ``prefetch``: the GEMV's software prefetch (off for system-lib builds, see int8_gemv_func)."""
     from .int8_gemv import int8_gemv_func  # pylint: disable=import-outside-toplevel
 
     if n_out % 16:  # the GEMM's column tiles; the same rule for the GEMV keeps prefill and decode alike
         return None
     if all(isinstance(d, int) and d == 1 for d in rows):
-        return int8_gemv_func(scheme, n_out, k_in, tuple(rows))
+        return int8_gemv_func(scheme, n_out, k_in, tuple(rows), isa=isa, prefetch=prefetch)
     if len(rows) == 2:
-        return int8_gemm_func(scheme, n_out, k_in)
+        return int8_gemm_func(scheme, n_out, k_in, isa=isa)
     return None

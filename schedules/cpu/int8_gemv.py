@@ -29,7 +29,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .int8_gemm import GROUP
+from .int8_gemm import GROUP, ISA_LANES, dot4
 
 BLOCK = 128  # k-values per planar block: 16 words = one 64-byte vector
 _NIBBLES = 0x0F0F0F0F
@@ -68,6 +68,24 @@ class _Planar:
         return tirx.Shuffle([s4] * 4, [tirx.IntImm("int32", L) for L in range(16)])
 
 
+class _Planar4:
+    """Planar for 4-lane dot products (NEON ``sdot``): unit = 16 bytes, the 4 words 4c..4c+3 of block
+    b = u // 4 (c = u % 4). The activation lanes are those of ``_Planar`` (slot 16b + 4c + t): the same
+    memory layout, consumed 4 lanes at a time."""
+
+    lanes, k_per_unit = 4, GROUP  # 4 words = 32 k-values (of 4 different groups)
+
+    slot, lo, hi = _Planar.slot, _Planar.lo, _Planar.hi
+
+    @staticmethod
+    def arrange(v):
+        return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in _TRANSPOSE[:16]])
+
+    @staticmethod
+    def scales(scale, n, u):  # wscale[n, 4b + t] for lane t
+        return T.Cast("float32x4", scale[n, T.ramp((u // 4) * 4, 1, 4)])
+
+
 class _Sequential:
     """Unit = one group (4 words): lane c is word c, whose bytes already stay in the group."""
 
@@ -94,13 +112,21 @@ class _Sequential:
         return T.broadcast(T.Cast("float32", scale[n, u]), 4)
 
 
-def int8_gemv_func(scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows: int = 1, ahead: int | None = None):
+def int8_gemv_func(
+    scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows: int = 1, ahead: int | None = None,
+    isa: str = "avx512vnni", prefetch: bool = True,
+):
     """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
     when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``rows``: rows per
-    register tile; ``ahead``: how many rows ahead the weight prefetch reaches (default: PREFETCH_BYTES)."""
+    register tile; ``ahead``: how many rows ahead the weight prefetch reaches (default: PREFETCH_BYTES);
+    ``isa``: see ``int8_gemm.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
+    AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
     if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
         return None
-    lay = _Planar if scheme.nibble_order(k_in) == "planar" else _Sequential
+    if scheme.nibble_order(k_in) == "planar":
+        lay = _Planar if ISA_LANES[isa] == 16 else _Planar4
+    else:
+        lay = _Sequential
     while n_out % rows:
         rows //= 2
     if ahead is None:
@@ -113,13 +139,10 @@ def int8_gemv_func(scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows:
     (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
     lead = tuple(x_shape)
     zeros = (0,) * len(lead)
-    ivec, bvec, fvec = f"int32x{V}", f"int8x{4 * V}", f"float32x{V}"
-    intrin = {16: "llvm.x86.avx512.vpdpbusd.512", 4: "llvm.x86.avx512.vpdpbusd.128"}[V]
+    bvec, fvec = f"int8x{4 * V}", f"float32x{V}"
 
     def vnni(acc, w, a):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(intrin), acc, w, T.reinterpret(bvec, a), dtype=ivec
-        )
+        return dot4(isa, acc, w, a, V)
 
     def nibble_bytes(words, shift):
         """Nibbles (words >> shift) & 0xF of every byte, in the activation's lane order."""
@@ -179,7 +202,7 @@ def int8_gemv_func(scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows:
                         facc[a, l] = T.float32(0)
                 for uo in T.serial(KU // S):
                     for r in T.unroll(R):
-                        if uo * S % every == 0:
+                        if prefetch and uo * S % every == 0:
                             T.evaluate(
                                 T.call_intrin(
                                     "void", "tirx.prefetch", T.address_of(qweight[no * R + ahead + r, uo * S * V]), 0, 3, 1

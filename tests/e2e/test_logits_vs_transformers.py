@@ -68,10 +68,10 @@ def test_int8_activations_match_activation_quantized_reference(name, checkpoint_
     """int8 activations (q4f16, AVX-512 VNNI hosts; prefill GEMM, decode GEMV and lm_head): against the
     dequantized-weight reference whose projections round their inputs the same way (2.5e-3), and against
     the same reference without the rounding (its own effect, bounded loosely)."""
-    from schedules.cpu.int8_gemm import has_vnni
+    from schedules.cpu.int8_gemm import int8_dot_isa
     from compiler.build_target import resolve
 
-    if not has_vnni(resolve("host", None, None, None).tvm_target()):
+    if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
         pytest.skip("no AVX-512 VNNI on this host")
     package = compiled(name, "q4f16", int8_activations=True)
     symbols = subprocess.run(["nm", "-D", str(package / "lib" / "model.so")], capture_output=True, text=True).stdout

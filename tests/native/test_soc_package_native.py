@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from native_helpers import (NATIVE, PHONE_SOC, REPO, check, engine_reference, link_system_lib_driver, need,
@@ -51,8 +52,16 @@ def _compile(out: Path, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def soc_package(tmp_path_factory):
+    # f32 activations, like its host reference: these tests are about loading and running the library
     need_phone_toolchain()
-    return _compile(tmp_path_factory.mktemp("soc") / "pkg", soc=PHONE_SOC, device="cpu")
+    return _compile(tmp_path_factory.mktemp("soc") / "pkg", soc=PHONE_SOC, device="cpu", int8_activations=False)
+
+
+@pytest.fixture(scope="module")
+def soc_package_int8(tmp_path_factory):
+    """The phone build as compiled by default: int8 activations with the dotprod (sdot) kernels."""
+    need_phone_toolchain()
+    return _compile(tmp_path_factory.mktemp("soc-int8") / "pkg", soc=PHONE_SOC, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +197,29 @@ def test_prebuilt_tvm_wheel_runtime_runs_soc_model_so_under_qemu(prebuilt_tvm, s
     assert res.returncode != 0 and "libtvm_" in res.stderr
     out, rows = run_package(prefix, exe, soc_package, tmp_path, threads=1, env=env)
     check(out, rows, host_reference, PROMPT, rel_tol=REL_TOL)
+
+
+def test_aarch64_int8_activation_kernels_under_qemu(native_aarch64, soc_package_int8, tmp_path):
+    """The default phone build rounds projection inputs to int8 and multiplies with NEON ``sdot``
+    (schedules/cpu/int8_gemm.py, int8_gemv.py): run under qemu, its logits match a transformers reference
+    on the package's dequantized weights whose projections and lm_head round their inputs the same way,
+    teacher-forced on the phone's tokens, within the reference's own rounding-flip noise floor."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from reference import dequantized_hf_weights, int8_reference, reference_model
+
+    cfg = json.loads((soc_package_int8 / "llama-aot.json").read_text())
+    assert cfg["projection_activations"] == "int8_group32"
+    asm_kernels = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(soc_package_int8 / "lib" / "model.so")],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "sdot" in asm_kernels, "no dot-product instruction in the phone library"
+    out, rows = run_package(native_aarch64.runner(), native_aarch64.run, soc_package_int8, tmp_path, threads=2)
+    tokens = out["token_ids"]
+    model = reference_model(MODEL, dequantized_hf_weights(soc_package_int8))
+    ref, spread = int8_reference(model, PROMPT + tokens[:-1])
+    ref = ref[len(PROMPT) - 1 :]
+    scale = float(np.abs(ref).max())
+    worst = float(np.abs(rows - ref).max())
+    print(f"\n[max |logit diff| {worst / scale:.3g} of the logit scale; reference noise floor {spread / scale:.3g}]")
+    assert worst <= max(2.5e-3 * scale, 1.5 * spread)

@@ -9,11 +9,11 @@ import tvm
 from tvm.target import Target, codegen
 
 from compiler.quantization import get_scheme
-from schedules.cpu.int8_gemm import has_vnni, int8_gemm_func, int8_matmul_func, numpy_reference
+from schedules.cpu.int8_gemm import int8_dot_isa, int8_gemm_func, int8_matmul_func, numpy_reference
 from schedules.cpu.int8_gemv import int8_gemv_func
 
 HOST = Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2})
-pytestmark = pytest.mark.skipif(not has_vnni(HOST), reason="no AVX-512 VNNI on this host")
+pytestmark = pytest.mark.skipif(int8_dot_isa(HOST) != "avx512vnni", reason="no AVX-512 VNNI on this host")
 
 
 def _nibbles(qweight: np.ndarray) -> np.ndarray:

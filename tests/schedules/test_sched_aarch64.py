@@ -54,3 +54,23 @@ def test_android_compile(name, make, rules, tmp_path):
         assert objs
         head = tar.extractfile(objs[0]).read(20)
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+
+
+@pytest.mark.parametrize("kernel,n,k", [("gemv", 64, 256), ("gemv", 48, 192), ("gemm", 64, 256), ("gemm", 48, 192)])
+def test_int8_kernels_use_sdot(kernel, n, k):
+    """The int8-activation kernels for AArch64 dotprod (planar K = 256, sequential K = 192): NEON ``sdot``
+    and, for the planar GEMV, the byte transpose as ``tbl``. Their numerics run under qemu in
+    tests/native/test_soc_package_native.py (the default phone build)."""
+    from compiler.quantization import get_scheme
+    from schedules.cpu.int8_gemm import int8_dot_isa, int8_gemm_func
+    from schedules.cpu.int8_gemv import int8_gemv_func
+
+    assert int8_dot_isa(TARGET) == "dotprod"
+    q4 = get_scheme("q4f16")
+    make = int8_gemv_func if kernel == "gemv" else int8_gemm_func
+    func = make(q4, n, k, isa="dotprod").with_attr("global_symbol", "main")
+    asm = tvm.compile(tvm.IRModule({"main": func}), target=TARGET).mod.inspect_source("asm")
+    assert "sdot" in asm
+    if kernel == "gemv" and k % 128 == 0:
+        assert "tbl" in asm
+    assert int8_dot_isa(Target({"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]})) is None
