@@ -1,4 +1,6 @@
-"""Decode GEMV with int8 activations and AVX-512 VNNI dot products on planar q4 weights.
+"""Decode GEMV (one activation row: decode steps and the lm_head) with int8 activations and 4-byte integer
+dot products: AVX-512 VNNI ``vpdpbusd`` (16 lanes) or AArch64 ``sdot`` (4 lanes), on q4 weights of either
+nibble order (the planar one is described here; ``_Sequential`` needs no transpose).
 
 Why: the f32 GEMV (gemv.py) spends about ten vector instructions per 16 weights on unpacking, converting and
 scaling, and is compute-bound near 20 GB/s per core, below the memory bandwidth. With the activation row
