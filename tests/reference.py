@@ -74,18 +74,18 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
-def int8_reference(model, ids: list[int], trials: int = 3) -> tuple[np.ndarray, float]:
+def int8_reference(model, ids: list[int], trials: int = 3, lm_head: bool = True) -> tuple[np.ndarray, float]:
     """Logits of the int8-activation reference (``int8_activations``) and its own noise floor: the largest
     change of any logit when every rounded input is perturbed by 1e-6 relative (``trials`` draws).
 
     Why: rounding to 8 bits is discontinuous, so a float-order difference of one ulp upstream can move
     an input across a rounding boundary, and the change propagates to every later layer and position.
     Any two correct implementations differ by about this much; a wrong kernel differs by far more."""
-    with int8_activations(model):
+    with int8_activations(model, lm_head=lm_head):
         ref = reference_logits(model, ids)
     spread = 0.0
     for seed in range(trials):
-        with int8_activations(model, perturb=1e-6, seed=seed):
+        with int8_activations(model, perturb=1e-6, seed=seed, lm_head=lm_head):
             spread = max(spread, float(np.abs(reference_logits(model, ids) - ref).max()))
     return ref, spread
 
@@ -152,10 +152,11 @@ def _round_int8(x):
 
 
 @contextlib.contextmanager
-def int8_activations(model, enabled: bool = True, perturb: float = 0.0, seed: int = 0):
+def int8_activations(model, enabled: bool = True, perturb: float = 0.0, seed: int = 0, lm_head: bool = True):
     """While active (and ``enabled``), the reference rounds what a package with
     ``"projection_activations": "int8_group32"`` rounds: the input of every q4 projection with a
-    multiple of 16 outputs and of the lm_head, at every position (prompt and decoded).
+    multiple of 16 outputs and of the lm_head (when ``lm_head``, i.e. it is q4 too, and the vocabulary is a
+    multiple of 16), at every position (prompt and decoded).
     ``perturb``: scale each input by (1 + perturb * N(0, 1)) before rounding (see ``int8_reference``)."""
     mods = [
         mod
@@ -170,7 +171,9 @@ def int8_activations(model, enabled: bool = True, perturb: float = 0.0, seed: in
         for group in ((a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj)):
             for mod in group:
                 fused[id(mod)] = sum(x.out_features for x in group)
-    mods = [m for m in mods if fused[id(m)] % 16 == 0] + [model.lm_head]
+    mods = [m for m in mods if fused[id(m)] % 16 == 0]
+    if lm_head and model.lm_head.out_features % 16 == 0:
+        mods.append(model.lm_head)
     gen = torch.Generator().manual_seed(seed)
 
     def hook(_m, args):

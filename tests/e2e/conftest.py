@@ -35,14 +35,16 @@ def compiled(tmp_path_factory, checkpoint_dir):
     root = tmp_path_factory.mktemp("packages")
     made: dict[tuple, Path] = {}
 
-    def get(name: str, quant: str, model_dir: Path | None = None, int8_activations: bool | None = None) -> Path:
-        key = (name, quant, int8_activations)
+    def get(name: str, quant: str, model_dir: Path | None = None, int8_activations: bool | None = None,
+            keep_embedding_precision: bool = False) -> Path:
+        key = (name, quant, int8_activations, keep_embedding_precision)
         if key not in made:
             src = model_dir or checkpoint_dir(name)
             opts = CompileOptions(
-                quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256, int8_activations=int8_activations
+                quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=256, int8_activations=int8_activations,
+                keep_embedding_precision=keep_embedding_precision,
             )
-            made[key] = compile_model(src, root / f"{name}-{quant}-{int8_activations}", opts)
+            made[key] = compile_model(src, root / "-".join(map(str, (name, quant, *key[2:]))), opts)
         return made[key]
 
     return get

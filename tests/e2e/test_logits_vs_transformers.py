@@ -87,6 +87,24 @@ def test_int8_activations_match_activation_quantized_reference(name, checkpoint_
     assert _rel_err(ours, _ref(model, PROMPT, gen.token_ids)) <= 0.05
 
 
+def test_int8_activations_with_fp16_head(checkpoint_dir, compiled):
+    """--keep-embedding-precision with int8 activations (untied, bf16, sharded checkpoint): the layers' q4
+    projections round their inputs, the q0f16 lm_head keeps the f32 kernel; the whole package against the
+    reference that rounds exactly those, within its noise floor (the lm_head's rounding alone is below it)."""
+    from schedules.cpu.int8_gemm import int8_dot_isa
+    from compiler.build_target import resolve
+
+    if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
+        pytest.skip("no int8 dot product (AVX-512 VNNI) on this host")
+    name = "untied_bf16_sharded"
+    package = compiled(name, "q4f16", int8_activations=True, keep_embedding_precision=True)
+    gen, ours = _run(package)
+    model = reference_model(checkpoint_dir(name), dequantized_hf_weights(package))
+    ref, spread = int8_reference(model, list(PROMPT) + gen.token_ids[:-1], lm_head=False)
+    modelled = ref[len(PROMPT) - 1 :]
+    assert np.abs(ours - modelled).max() <= max(2.5e-3 * np.abs(modelled).max(), 1.5 * spread)
+
+
 def _check_nibble_orders(package, expect_both):
     """Every q4 qweight records its nibble order in the manifest: planar iff K % 128 == 0 (hidden 128;
     the heterogeneous model's o_proj K = 64 and down_proj K = 192 stay sequential)."""
