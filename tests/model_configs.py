@@ -45,4 +45,10 @@ CHECKPOINTS = {
         ),
         dict(dtype="float16"),
     ),
+    # shapes off the fast paths: hidden 96 and FFN 160 (sequential q4 nibble order), head_dim 24 (TVM's own
+    # attention kernels), vocab 1000 (not a multiple of 16: the lm_head keeps f32 activations), tied
+    "odd_shapes": (
+        dict(BASE, hidden_size=96, intermediate_size=160, head_dim=24, vocab_size=1000, tie_word_embeddings=True),
+        {},
+    ),
 }

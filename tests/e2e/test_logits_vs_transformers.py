@@ -63,7 +63,7 @@ def test_quantized_matches_dequantized_reference(name, quant, fp32_bound, checkp
         _check_nibble_orders(package, expect_both=name == "heterogeneous")
 
 
-@pytest.mark.parametrize("name", ["tied_llama3rope", "heterogeneous"])
+@pytest.mark.parametrize("name", ["tied_llama3rope", "heterogeneous", "odd_shapes"])
 def test_int8_activations_match_activation_quantized_reference(name, checkpoint_dir, compiled):
     """int8 activations (q4f16, AVX-512 VNNI hosts; prefill GEMM, decode GEMV and lm_head): against the
     dequantized-weight reference whose projections round their inputs the same way (2.5e-3), and against
