@@ -15,11 +15,10 @@ def _schedule_rules(target: tvm.target.Target) -> list:
     """Schedule rules for the target's kernels, most specific first."""
     if target.kind.name == "llvm":
         from schedules import CPUParams, cpu_rules
+        from schedules.cpu.params import software_prefetch_allowed
 
-        # The GEMV's software prefetch was measured on x86 hosts only, and TVM 0.27's
-        # AttachGlobalSymbol rejects it in system-lib (phone) builds: keep it to host builds.
-        cross = "mtriple" in target.attrs
-        return cpu_rules(target, CPUParams.from_target(target, gemv_prefetch=False if cross else None))
+        prefetch = None if software_prefetch_allowed(target) else False  # None: the rule's default (on)
+        return cpu_rules(target, CPUParams.from_target(target, gemv_prefetch=prefetch))
     return [
         dl.gpu.Matmul(),
         dl.gpu.GEMV(),

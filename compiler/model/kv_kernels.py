@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .fast_math import exp2_poly
+from .fast_math import LOG2E, exp2_poly
 
 
 def _launch(num_heads: int, head_dim: int, target: Target) -> tuple[int, int, int, int]:
@@ -154,13 +154,10 @@ def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
     ``2^(-5e4 - m)`` (a difference far below float32 resolution). In-kernel RoPE (rotary_mode 1; our
     cache applies RoPE before attention, mode 0) is kept, on a scalar path.
     """
-    import math  # pylint: disable=import-outside-toplevel
-
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
     group_size = h_q // h_kv
     lanes = 16
-    log2e = math.log2(math.exp(1))
     # pylint: disable=invalid-name,too-many-locals
 
     @T.prim_func(s_tir=True)
@@ -221,7 +218,7 @@ def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
                         m[0] = T.float32(-5e4)
                         if rotary_mode == 1:
                             for dd in T.serial(d_qk):
-                                qv[dd] = T.Cast("float32", _rope(q, q_rope_position[row], d_qk, rope_theta, rope_scale, (row, h, dd), dtype, rope_scaling)) * (sm_scale * log2e)
+                                qv[dd] = T.Cast("float32", _rope(q, q_rope_position[row], d_qk, rope_theta, rope_scale, (row, h, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
                             for j in T.serial(n_keys):
                                 s[j] = T.float32(0)
                                 for dd in T.serial(d_qk):
@@ -229,7 +226,7 @@ def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
                                 m[0] = T.max(m[0], s[j])
                         else:
                             for dd in T.vectorized(d_qk):
-                                qv[dd] = T.Cast("float32", q[row, h, dd]) * (sm_scale * log2e)
+                                qv[dd] = T.Cast("float32", q[row, h, dd]) * (sm_scale * LOG2E)
                             for j in T.serial(n_keys):
                                 for l in T.vectorized(lanes):
                                     acc[l] = T.float32(0)
@@ -275,15 +272,12 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     Same numerics as TVM's kernel up to float rounding (base-2 online softmax, lse in log2). RoPE in the
     kernel (rotary_mode 1; our cache applies RoPE before attention, mode 0) stays on a scalar path.
     """
-    import math  # pylint: disable=import-outside-toplevel
-
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
     group_size = h_q // h_kv
     GS = group_size
     lanes = 16
     P = page_size
-    log2e = math.log2(math.exp(1))
     # pylint: disable=invalid-name,too-many-locals
 
     @T.prim_func(s_tir=True)
@@ -346,7 +340,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
                         # scalar path, one query head at a time (TVM's order of operations)
                         for g in T.serial(GS):
                             for dd in T.serial(d):
-                                qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * log2e)
+                                qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
                             for j in T.serial(T.if_then_else(n_pages > 0, (n_pages - 1) * P + last_page_len[b], 0)):
                                 sv[0] = T.float32(0)
                                 for dd in T.serial(d):
@@ -359,7 +353,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
                     else:
                         for g in T.serial(GS):
                             for dd in T.vectorized(d):
-                                qv[g, dd] = T.Cast("float32", Q[b, hk * GS + g, dd]) * (sm_scale * log2e)
+                                qv[g, dd] = T.Cast("float32", Q[b, hk * GS + g, dd]) * (sm_scale * LOG2E)
                         for pg in T.serial(n_pages):
                             page: T.let[T.int32] = page_table_values[first + pg]
                             n_valid: T.let[T.int32] = T.if_then_else(pg == n_pages - 1, last_page_len[b], P)

@@ -107,10 +107,11 @@ class LlamaForCausalLM(nn.Module):
             import functools
 
             from schedules.cpu.int8_gemm import int8_dot_isa, int8_matmul_func
+            from schedules.cpu.params import software_prefetch_allowed
 
-            # cross (phone) builds: no software prefetch (TVM 0.27 rejects it in system-lib builds; compiler/pipeline.py)
-            cross = "mtriple" in target.attrs
-            int8_matmul_func = functools.partial(int8_matmul_func, isa=int8_dot_isa(target), prefetch=not cross)
+            int8_matmul_func = functools.partial(
+                int8_matmul_func, isa=int8_dot_isa(target), prefetch=software_prefetch_allowed(target)
+            )
             for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
                     lin.int8_kernel = int8_matmul_func

@@ -117,12 +117,12 @@ class _Sequential:
 
 
 def int8_gemv_func(
-    scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), rows: int = 1, ahead: int | None = None,
+    scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), ahead: int | None = None,
     isa: str = "avx512vnni", prefetch: bool = True,
 ):
     """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
-    when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``rows``: rows per
-    register tile; ``ahead``: how many rows ahead the weight prefetch reaches (default: PREFETCH_BYTES);
+    when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``ahead``: how many
+    rows ahead the weight prefetch reaches (default: PREFETCH_BYTES);
     ``isa``: see ``int8_gemm.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
     AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
     if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
@@ -131,11 +131,9 @@ def int8_gemv_func(
         lay = _Planar if ISA_LANES[isa] == 16 else _Planar4
     else:
         lay = _Sequential
-    while n_out % rows:
-        rows //= 2
     if ahead is None:
         ahead = max(1, round(PREFETCH_BYTES / (k_in // 2)))
-    K, N, G, R, V = k_in, n_out, k_in // GROUP, rows, lay.lanes
+    K, N, G, V = k_in, n_out, k_in // GROUP, lay.lanes
     KU = K // lay.k_per_unit
     S = 2 if KU % 2 == 0 else 1  # accumulators per row: halves the dependent FMA chain
     every = max(1, 64 // (4 * V))  # units per 64-byte line: one prefetch per line
@@ -200,42 +198,37 @@ def int8_gemv_func(
                         + qv[lay.hi(c, 0)] + qv[lay.hi(c, 1)] + qv[lay.hi(c, 2)] + qv[lay.hi(c, 3)]
                     )
                     xs[lay.slot(g, c)] = inv[1]
-        # 2. row tiles in parallel
-        for no in T.parallel(N // R):
+        # 2. rows in parallel
+        for n in T.parallel(N):  # contiguous chunks of rows per thread, each row one sequential stream
             with T.sblock("gemv"):
                 T.reads()
                 T.writes()
-                facc = T.sblock_alloc_buffer((R * S, V), "float32")
-                for a in T.unroll(R * S):
+                facc = T.sblock_alloc_buffer((S, V), "float32")
+                for a in T.unroll(S):
                     for l in T.vectorized(V):
                         facc[a, l] = T.float32(0)
                 for uo in T.serial(KU // S):
-                    for r in T.unroll(R):
-                        if prefetch and uo * S % every == 0:
-                            T.evaluate(
-                                T.call_intrin(
-                                    "void", "tirx.prefetch", T.address_of(qweight[no * R + ahead + r, uo * S * V]), 0, 0, 1
-                                )
-                            )
-                    for r in T.unroll(R):
-                        for sa in T.unroll(S):
-                            facc[r * S + sa, T.ramp(0, 1, V)] = facc[r * S + sa, T.ramp(0, 1, V)] + T.Cast(
-                                fvec,
+                    if prefetch and uo * S % every == 0:
+                        T.evaluate(
+                            T.call_intrin("void", "tirx.prefetch", T.address_of(qweight[n + ahead, uo * S * V]), 0, 0, 1)
+                        )
+                    for sa in T.unroll(S):
+                        facc[sa, T.ramp(0, 1, V)] = facc[sa, T.ramp(0, 1, V)] + T.Cast(
+                            fvec,
+                            vnni(
                                 vnni(
-                                    vnni(
-                                        xc[T.ramp((uo * S + sa) * V, 1, V)],
-                                        nibble_bytes(qweight[no * R + r, T.ramp((uo * S + sa) * V, 1, V)], 0),
-                                        xlo[T.ramp((uo * S + sa) * V, 1, V)],
-                                    ),
-                                    nibble_bytes(qweight[no * R + r, T.ramp((uo * S + sa) * V, 1, V)], 4),
-                                    xhi[T.ramp((uo * S + sa) * V, 1, V)],
+                                    xc[T.ramp((uo * S + sa) * V, 1, V)],
+                                    nibble_bytes(qweight[n, T.ramp((uo * S + sa) * V, 1, V)], 0),
+                                    xlo[T.ramp((uo * S + sa) * V, 1, V)],
                                 ),
-                            ) * (lay.scales(scale, no * R + r, uo * S + sa) * xs[T.ramp((uo * S + sa) * V, 1, V)])
-                for r in T.unroll(R):
-                    for sa in T.unroll(S - 1):
-                        facc[r * S, T.ramp(0, 1, V)] = facc[r * S, T.ramp(0, 1, V)] + facc[r * S + sa + 1, T.ramp(0, 1, V)]
-                    for l in T.serial(V - 1):
-                        facc[r * S, 0] = facc[r * S, 0] + facc[r * S, l + 1]
-                    y[zeros + (no * R + r,)] = facc[r * S, 0]
+                                nibble_bytes(qweight[n, T.ramp((uo * S + sa) * V, 1, V)], 4),
+                                xhi[T.ramp((uo * S + sa) * V, 1, V)],
+                            ),
+                        ) * (lay.scales(scale, n, uo * S + sa) * xs[T.ramp((uo * S + sa) * V, 1, V)])
+                for sa in T.unroll(S - 1):
+                    facc[0, T.ramp(0, 1, V)] = facc[0, T.ramp(0, 1, V)] + facc[sa + 1, T.ramp(0, 1, V)]
+                for l in T.serial(V - 1):
+                    facc[0, 0] = facc[0, 0] + facc[0, l + 1]
+                y[zeros + (n,)] = facc[0, 0]
 
     return int8_gemv.without_attr("global_symbol")  # symbols come from the module the caller adds it to

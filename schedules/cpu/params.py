@@ -86,6 +86,12 @@ def _features(target: Target) -> set[str]:
         return set()
 
 
+def software_prefetch_allowed(target: Target) -> bool:
+    """Whether kernels for ``target`` may contain software prefetches: measured on x86 hosts only, and TVM
+    0.27's AttachGlobalSymbol rejects any ``Evaluate(call void)`` in system-lib (cross, phone) builds."""
+    return "mtriple" not in target.attrs
+
+
 @dataclass(frozen=True)
 class CPUParams:
     """Facts about one CPU (cluster) plus the derived tile knobs of the schedules."""

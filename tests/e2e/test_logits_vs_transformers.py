@@ -72,7 +72,7 @@ def test_int8_activations_match_activation_quantized_reference(name, checkpoint_
     from compiler.build_target import resolve
 
     if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
-        pytest.skip("no AVX-512 VNNI on this host")
+        pytest.skip("needs a CPU with an int8 dot product (AVX-512 VNNI or AArch64 dotprod)")
     package = compiled(name, "q4f16", int8_activations=True)
     symbols = subprocess.run(["nm", "-D", str(package / "lib" / "model.so")], capture_output=True, text=True).stdout
     for kernel in ("int8_gemm", "int8_gemv"):  # prefill and decode/lm_head
@@ -95,7 +95,7 @@ def test_int8_activations_with_fp16_head(checkpoint_dir, compiled):
     from compiler.build_target import resolve
 
     if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
-        pytest.skip("no int8 dot product (AVX-512 VNNI) on this host")
+        pytest.skip("needs a CPU with an int8 dot product (AVX-512 VNNI or AArch64 dotprod)")
     name = "untied_bf16_sharded"
     package = compiled(name, "q4f16", int8_activations=True, keep_embedding_precision=True)
     gen, ours = _run(package)

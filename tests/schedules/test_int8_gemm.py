@@ -13,7 +13,7 @@ from schedules.cpu.int8_gemm import int8_dot_isa, int8_gemm_func, int8_matmul_fu
 from schedules.cpu.int8_gemv import int8_gemv_func
 
 HOST = Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2})
-pytestmark = pytest.mark.skipif(int8_dot_isa(HOST) != "avx512vnni", reason="no AVX-512 VNNI on this host")
+pytestmark = pytest.mark.skipif(int8_dot_isa(HOST) != "avx512vnni", reason="needs an x86 CPU with AVX-512 VNNI (these tests run the x86 kernels)")
 
 
 def _nibbles(qweight: np.ndarray) -> np.ndarray:
