@@ -708,18 +708,25 @@ def measure_torch_inprocess(hf_dir: str | Path, prompt_tokens: int = 128, gen_to
     }
 
 
-def measure_torch(hf_dir: str | Path, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 2,
-                  reps: int = 2, timeout: float | None = None) -> dict:
-    """:func:`measure_torch_inprocess` in ``python -m bench.peers torch`` (a fresh process, so
-    the peak RSS is torch's alone); returns {"prefill_tok_s", "decode_tok_s", "peak_rss_mb", ...}."""
-    cmd = [sys.executable, "-m", "bench.peers", "torch", str(hf_dir), "--prompt", str(prompt_tokens),
+def _measure_in_child(engine: str, model: str | Path, prompt_tokens: int, gen_tokens: int, threads: int,
+                      reps: int, timeout: float | None) -> dict:
+    """``python -m bench.peers ENGINE MODEL ...`` in a fresh process (so the peak RSS is that engine's
+    alone); returns the JSON its last stdout line holds."""
+    cmd = [sys.executable, "-m", "bench.peers", engine, str(model), "--prompt", str(prompt_tokens),
            "--gen", str(gen_tokens), "--threads", str(threads), "--reps", str(reps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"torch peer failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{engine} peer failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_torch(hf_dir: str | Path, prompt_tokens: int = 128, gen_tokens: int = 64, threads: int = 2,
+                  reps: int = 2, timeout: float | None = None) -> dict:
+    """:func:`measure_torch_inprocess` in ``python -m bench.peers torch`` (a fresh process, so
+    the peak RSS is torch's alone); returns {"prefill_tok_s", "decode_tok_s", "peak_rss_mb", ...}."""
+    return _measure_in_child("torch", hf_dir, prompt_tokens, gen_tokens, threads, reps, timeout)
 
 
 # =========================================================================== ExecuTorch (XNNPACK)
@@ -934,14 +941,7 @@ def measure_executorch(pte: str | Path, prompt_tokens: int = 128, gen_tokens: in
                        reps: int = 2, timeout: float | None = None) -> dict:
     """:func:`measure_executorch_inprocess` in ``python -m bench.peers executorch`` (its own
     process, so the peak RSS is ExecuTorch's alone)."""
-    cmd = [sys.executable, "-m", "bench.peers", "executorch", str(pte), "--prompt", str(prompt_tokens),
-           "--gen", str(gen_tokens), "--threads", str(threads), "--reps", str(reps)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"executorch peer failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _measure_in_child("executorch", pte, prompt_tokens, gen_tokens, threads, reps, timeout)
 
 
 # =========================================================================== CLI
