@@ -5,7 +5,10 @@ quantization, it compiles (timed), then measures prefill tok/s over a 128-token 
 tok/s over the 64 tokens after it and peak RSS, each engine in its own subprocess. Peers:
 PyTorch eager fp32 (transformers), llama.cpp Q4_0 / f32 when its binaries are built, and
 ExecuTorch + XNNPACK 8da4w when executorch is installed (bench/README.md). Decode is also printed as a fraction of the memory roofline:
-weight bytes read per token x tokens/s / measured read bandwidth.
+weight bytes read per token x tokens/s / streaming-read bandwidth (bench/bandwidth.py, measured in its own process
+at the start and the end of the run, the higher one used), for our packages and llama.cpp; "(in cache)" when the
+weights fit in the last-level cache. ``--profile`` adds per-kernel-category time shares of each package
+(bench/profile.py).
 """
 
 from __future__ import annotations
@@ -70,13 +73,40 @@ def compile_timed(model_dir: Path, out: Path, quant: str, threads: int) -> tuple
     return seconds, json.loads((out / "llama-aot.json").read_text())
 
 
-def run(args) -> list[dict]:
-    from bench.bandwidth import measure_read_bandwidth
+def measure_bandwidth(threads: int) -> dict:
+    """The streaming-read probe (bench/bandwidth.py) in its own process, like every engine."""
+    from bench.bandwidth import describe
 
+    r = _subprocess_json(["bench.bandwidth", "--threads", str(threads), "--json"])
+    print(f"memory read bandwidth: {describe(r)}", file=sys.stderr)
+    return r
+
+
+def roofline(bytes_per_token: float | None, tok_s: float, bandwidth: dict) -> float | None:
+    """Fraction of the memory roofline, None when the weights fit in the last-level cache (no DRAM bound)."""
+    if not bytes_per_token or bytes_per_token <= bandwidth["llc_mib"] << 20:
+        return None
+    return tok_s * bytes_per_token / (bandwidth["gbps"] * 1e9)
+
+
+def gguf_bytes_per_token(path: Path) -> int:
+    """Weight bytes llama.cpp reads per decoded token: every tensor, except that an untied model reads one
+    row of ``token_embd`` (a tied one reads all of it as the output projection)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    total = sum(int(t.n_bytes) for t in tensors.values())
+    embd = tensors.get("token_embd.weight")
+    if embd is not None and "output.weight" in tensors:
+        total -= int(embd.n_bytes) - int(embd.n_bytes) // int(embd.shape[-1])  # GGML order: shape[-1] = rows
+    return total
+
+
+def run(args) -> list[dict]:
+    """One row per engine, model and weights; with ``--profile`` our rows carry their "profile"."""
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    bandwidth = measure_read_bandwidth(threads=args.threads)
-    print(f"memory read bandwidth ({args.threads} threads): {bandwidth:.1f} GB/s", file=sys.stderr)
+    bandwidth = measure_bandwidth(args.threads)
     models = {"tiny": TINY, "1b": None}
     rows: list[dict] = []
     for model_name in args.models.split(","):
@@ -88,13 +118,26 @@ def run(args) -> list[dict]:
                 ["bench.e2e", "_measure", str(out), str(args.prompt), str(args.gen), str(args.threads)]
             )
             bytes_per_token = cfg["weights"]["bytes_read_per_decoded_token"]
-            roofline = m["decode_tok_s"] * bytes_per_token / (bandwidth * 1e9)
             rows.append(
                 {"model": model_name, "engine": "llama-aot", "weights": quant, "compile_s": compile_s,
-                 "roofline_fraction": roofline, **m}
+                 "bytes_per_token": bytes_per_token, **m}
             )
             print(rows[-1], file=sys.stderr)
+            if args.profile:
+                p = _subprocess_json(["bench.profile", str(out), "--threads", str(args.threads),
+                                      "--prompt", str(args.prompt), "--json"])
+                rows[-1]["profile"] = p
         rows += _peer_rows(model_name, model_dir, args, workdir)
+    again = measure_bandwidth(args.threads)  # the machine's load may have changed during the run
+    if abs(again["gbps"] - bandwidth["gbps"]) > 0.05 * max(again["gbps"], bandwidth["gbps"]):
+        print(f"note: bandwidth moved from {bandwidth['gbps']:.1f} to {again['gbps']:.1f} GB/s during the run "
+              "(other load on the machine?); the roofline uses the higher", file=sys.stderr)
+    best = max((bandwidth, again), key=lambda b: b["gbps"])
+    for r in rows:
+        r["roofline_fraction"] = roofline(r.get("bytes_per_token"), r["decode_tok_s"], best)
+        if r["roofline_fraction"] and r["roofline_fraction"] > 1.0:
+            print(f"note: {r['engine']} {r['weights']} streams above the probe ({r['roofline_fraction']:.0%})",
+                  file=sys.stderr)
     return rows
 
 
@@ -120,6 +163,8 @@ def _peer_rows(model_name: str, model_dir: Path, args, workdir: Path) -> list[di
                     if qtype != "f32":
                         peers.quantize_gguf(f32, gguf, qtype)
                 m = peers.measure_llama_cpp(gguf, args.prompt, args.gen, args.threads)
+                if m:
+                    m["bytes_per_token"] = gguf_bytes_per_token(gguf)
             except Exception as e:  # a missing peer must not hide our numbers
                 print(f"llama.cpp {qtype}: not measured ({e})", file=sys.stderr)
                 continue
@@ -174,7 +219,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         ref = next((x for x in rows if x["model"] == r["model"] and x["engine"] == "llama.cpp" and x["weights"] == "Q4_0"), None)
         ratio = f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x" if ref else "-"
-        roof = f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "-"
+        roof = r.get("roofline_fraction")
+        roof = f"{roof:.0%}" if roof else "(in cache)" if r.get("bytes_per_token") else "-"
         comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         lines.append(
             f"| {r['model']} | {r['engine']} | {r['weights']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
@@ -196,11 +242,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--workdir", default=str(ROOT / ".work" / "bench"))
     p.add_argument("--json-out", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="also print where one decode step and one prefill chunk of each package spend their time, "
+                        "by kernel category (bench/profile.py)")
 
 
 def main(args) -> int:
+    from bench.profile import format_profile
+
     rows = run(args)
     print(format_table(rows))
+    for r in (r for r in rows if "profile" in r):
+        for phase in ("decode", "prefill"):
+            print("\n" + format_profile(r["profile"][phase], f"{r['model']} {r['weights']}, {r['profile']['threads']} threads, "))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import LlamaAotError
@@ -32,9 +33,12 @@ def _cmd_compile(args) -> int:
         keep_embedding_precision=args.keep_embedding_precision,
         num_threads=args.threads,
         int8_activations=False if args.f32_activations else None,
+        cpu_facts=args.cpu_facts,
+        tuned_db=args.tuned,
     )
+    t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -109,8 +113,58 @@ def _cmd_bench(args) -> int:
 def _cmd_targets(args) -> int:
     from targets.describe import list_text, show_text
 
+    if args.schedules:
+        from schedules.describe import cpu_schedules_text
+        from targets import list_socs, load_soc
+
+        socs = [load_soc(args.name)] if args.name else list_socs()
+        print("\n\n".join(cpu_schedules_text(soc) for soc in socs))
+        return 0
     print(show_text(args.name, args.weight_bytes_per_token) if args.name else list_text())
     return 0
+
+
+def _cmd_tune(args) -> int:
+    from schedules.tuning import report_text, tune
+
+    from .compile import CompileOptions
+
+    options = CompileOptions(
+        target=args.target, soc=args.soc, device=args.device, quant=args.quant, prefill_chunk=args.prefill_chunk,
+        keep_embedding_precision=args.keep_embedding_precision, num_threads=args.threads,
+        int8_activations=False if args.f32_activations else None, cpu_facts=args.cpu_facts,
+    )
+    kinds = [k for k in args.kinds.split(",") if k] if args.kinds else None
+    report = tune(args.model_dir, options, args.db, trials=args.trials, rpc=args.rpc, key=args.key,
+                  cost_model=args.cost_model, kinds=kinds, max_tasks=args.max_tasks, seed=args.seed)
+    print(report_text(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    u = sub.add_parser("tune", help="measure our schedules' knobs per kernel for a SoC and keep the best in a database")
+    u.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
+    u.add_argument("--target", default="host", help="host: tune on this CPU (default)")
+    u.add_argument("--soc", default=None, help="tune for a SoC from `llama-aot targets` (timed over --rpc, or --cost-model)")
+    u.add_argument("--device", default=None, help="with --soc: cpu (only CPU kernels are tuned)")
+    u.add_argument("--trials", type=int, default=16, help="candidates measured per kernel, the derived one included (default 16)")
+    u.add_argument("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC tracker; jobs go to every server under --key")
+    u.add_argument("--key", default=None, help="the tracker key of the devices (default: the SoC name)")
+    u.add_argument("--db", default="tuning-db", metavar="DIR", help="database directory, one DIR/<soc>.json per SoC (default ./tuning-db)")
+    u.add_argument("--cost-model", action="store_true", help="no device: rank candidates by the analytic cost model")
+    u.add_argument("--kinds", default=None, help="only these kernel kinds: dequant_gemv,dequant_gemm,int8_gemv,int8_gemm")
+    u.add_argument("--max-tasks", type=int, default=None, help="only the N heaviest kernels")
+    u.add_argument("--quant", default="q4f16")
+    u.add_argument("--prefill-chunk", type=int, default=128)
+    u.add_argument("--keep-embedding-precision", action="store_true")
+    u.add_argument("--threads", type=int, default=None, help="cores the kernels run on (as for compile)")
+    u.add_argument("--f32-activations", action="store_true")
+    u.add_argument("--cpu-facts", default=None, metavar="KEY=VALUE,...")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    u.set_defaults(func=_cmd_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(write one with `python -m runtime_stubs.vulkan --profile FILE.json`; shipped: targets/vulkan_profiles)",
     )
     c.add_argument("--soc", default=None, help="build for a phone SoC from `llama-aot targets` (or a .toml path)")
+    c.add_argument("--cpu-facts", default=None, metavar="KEY=VALUE,...",
+                   help="override the cache facts the CPU schedules derive from, e.g. l1d=48K,l2=1M,l3=32M,l1d_ways=12")
     c.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
     c.add_argument("--system-lib-prefix", default=None, help="symbol prefix of a phone library (default: from the model dir)")
     c.add_argument("--force-memory", action="store_true", help="build even if the memory plan exceeds the SoC's memory")
@@ -143,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--f32-activations", action="store_true",
         help="keep projection inputs in f32 (default with q4f16 on CPUs with an int8 dot product, AVX-512 VNNI or AArch64 dotprod: int8 per group of 32)",
     )
+    c.add_argument("--tuned", default=None, metavar="DB",
+                   help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)
 
     r = sub.add_parser("run", help="generate with a compiled package")
@@ -172,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list known SoCs, or show one with its TVM targets")
     t.add_argument("name", nargs="?", default=None)
     t.add_argument("--weight-bytes-per-token", type=float, default=None, help="print the decode ceiling for this model size")
+    t.add_argument("--schedules", action="store_true",
+                   help="print the schedule parameters derived from the SoC's facts (all SoCs without NAME)")
     t.set_defaults(func=_cmd_targets)
+
+    _add_tune_parser(sub)
     return p
 
 

@@ -8,6 +8,7 @@ directory that is renamed to OUT only when everything succeeded.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
 from .quantization import get_scheme
 from runtime_stubs.package_format import MANIFEST, PACKAGE_CONFIG
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PAGE_SIZE = 16
@@ -43,16 +46,20 @@ class CompileOptions:
     # product: AVX-512 VNNI, AArch64 dotprod; schedules/cpu/int8_gemm.py, int8_gemv.py); None = wherever
     # supported, False = always f32 activations
     int8_activations: bool | None = None
+    # a `llama-aot tune` database dir: its records (this target's DIR/<soc>.json) set per-kernel knobs
+    tuned_db: str | None = None
+    # CPU cache facts overriding the SoC's / this machine's, e.g. "l1d=48K,l2=1M,l1d_ways=12" (targets/cpu_facts.py)
+    cpu_facts: str | None = None
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
-    from schedules.cpu.int8_gemm import int8_dot_isa
+    from schedules.cpu.int8_dot import int8_dot_isa
 
     supported = quant == "q4f16" and dtype == "float32" and int8_dot_isa(target) is not None
     if options.int8_activations and not supported:
         raise LlamaAotError(
             "int8 activations need --quant q4f16 on a CPU target with an int8 dot product "
-            "(x86 AVX-512 VNNI or AArch64 dotprod)"
+            "(x86 AVX-512 VNNI, AVX-VNNI or AVX2; AArch64 dotprod)"
         )
     return supported if options.int8_activations is None else bool(options.int8_activations)
 
@@ -66,6 +73,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     from .model.llama import LlamaForCausalLM
     from .model.weights import converted_params, weight_plan
     from .pipeline import build_pipeline
+    from schedules.cpu.params import CPUParams
+    from schedules.report import collecting
+    from targets.cpu_facts import CPUFacts, parse_overrides
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -74,15 +84,24 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
+    # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
+    facts = CPUFacts.from_soc(bt.soc) if bt.soc is not None else None
+    if options.cpu_facts:
+        facts = (facts or CPUFacts.host()).replace(**parse_overrides(options.cpu_facts))
+    params = None if bt.device_api else CPUParams.for_build(target, facts)
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
     dtype = bt.activation_dtype(scheme.name)
 
-    with Checkpoint(model_dir) as checkpoint:
+    from schedules.tuning.apply import activate as tuning_records
+
+    with Checkpoint(model_dir) as checkpoint, tuning_records(options) as tuning:
         checkpoint.validate(spec)
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
-        model = LlamaForCausalLM(spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations)
+        model = LlamaForCausalLM(
+            spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params
+        )
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
@@ -106,7 +125,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         with atomic_output_dir(Path(out), overwrite=options.force) as tmp:
             with tqdm(total=1, desc=f"compile for {bt.name} ({bt.device_api or 'cpu'})", unit="lib", leave=False) as bar:
                 t0 = time.perf_counter()
-                executable = _compile(tvm, mod, target, build_pipeline(target))
+                with collecting() as schedule_report:
+                    executable = _compile(tvm, mod, target, build_pipeline(target, params))
                 library = export_executable(executable, tmp / "lib", bt.host)
                 build_seconds = time.perf_counter() - t0
                 bar.update(1)
@@ -157,15 +177,25 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     },
                 },
                 "tokenizer": tokenizer_files,
-                "compile": {
-                    "seconds": round(time.perf_counter() - t_start, 2),
-                    "build_seconds": round(build_seconds, 2),
-                    "tvm_version": tvm.__version__,
-                },
+                **({"tuning": tuning.summary()} if tuning is not None else {}),  # records used per kernel
+                # the facts and derived knobs of the CPU schedules, the rule each kernel got, any fallback
+                "schedules": {"cpu": params.schedule_record() if params else None, **schedule_report.to_json()},
+                # no timings or paths in the package: the same inputs give the same bytes (timings: stderr)
+                "compile": {"tvm_version": tvm.__version__, "llama_aot_version": _version()},
             }
             with open(tmp / PACKAGE_CONFIG, "w") as f:
                 json.dump(config, f, indent=1)
+    logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-aot")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _compile(tvm, mod, target, pipeline):

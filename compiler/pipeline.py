@@ -11,14 +11,14 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 
-def _schedule_rules(target: tvm.target.Target) -> list:
+def _schedule_rules(target: tvm.target.Target, params=None) -> list:
     """Schedule rules for the target's kernels, most specific first."""
     if target.kind.name == "llvm":
-        from schedules import CPUParams, cpu_rules
-        from schedules.cpu.params import software_prefetch_allowed
+        from schedules import cpu_rules
 
-        prefetch = None if software_prefetch_allowed(target) else False  # None: the rule's default (on)
-        return cpu_rules(target, CPUParams.from_target(target, gemv_prefetch=prefetch))
+        from schedules.cpu.params import CPUParams
+
+        return cpu_rules(target, params or CPUParams.for_build(target))
     return [
         dl.gpu.Matmul(),
         dl.gpu.GEMV(),
@@ -36,8 +36,11 @@ def _post_schedule_passes(target: tvm.target.Target) -> list[tuple[str, tvm.tran
     return [(type(p).__name__, p) for p in cpu_passes(target)]
 
 
-def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]:
-    """The ordered passes, each with the one-line reason it is there."""
+def pass_list(target: tvm.target.Target, params=None) -> list[tuple[str, tvm.transform.Pass]]:
+    """The ordered passes, each with the one-line reason it is there. ``params``: the CPU schedule
+    parameters (schedules/cpu/params.py), derived from the host's facts when None."""
+    from schedules.report import ApplySchedules
+
     gpu = target.kind.name != "llvm"
     return [
         ("DispatchSampling", relax.backend.DispatchSampling()),  # lower sampling ops to TIR kernels
@@ -47,7 +50,7 @@ def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]
         ("FuseOps", relax.transform.FuseOps()),  # group epilogues (residual add, casts) with their producer
         ("FuseTIR", relax.transform.FuseTIR()),  # one PrimFunc per group: no intermediate tensors in memory
         ("DeadCodeElimination", relax.transform.DeadCodeElimination()),  # drop unused PrimFuncs before scheduling
-        ("ApplySchedules", dl.ApplyDefaultSchedule(*_schedule_rules(target))),  # our per-target schedules
+        ("ApplySchedules", ApplySchedules(*_schedule_rules(target, params))),  # our per-target schedules, reported
         *_post_schedule_passes(target),  # kernels TVM marks as scheduled (KV-cache attention) get ours too
         *(
             # phone GPUs lack (fast) 64-bit integers; symbolic shapes arrive as int64 indices
@@ -69,8 +72,8 @@ def pass_list(target: tvm.target.Target) -> list[tuple[str, tvm.transform.Pass]]
     ]
 
 
-def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    passes = [p for _, p in pass_list(target)]
+def build_pipeline(target: tvm.target.Target, params=None) -> tvm.transform.Pass:
+    passes = [p for _, p in pass_list(target, params)]
 
     @tvm.transform.module_pass(opt_level=0, name="LlamaAotPipeline")
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:

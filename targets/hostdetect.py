@@ -60,7 +60,7 @@ def _caches_sysfs() -> dict | None:
     base = _SYS_CPU0 / "cache"
     if not base.is_dir():
         return None
-    found: dict[str, tuple[int, int, int]] = {}  # key -> (bytes, line, shared cores)
+    found: dict[str, tuple[int, int, int, int]] = {}  # key -> (bytes, line, shared cores, ways)
     for idx in sorted(base.glob("index*")):
         level, ctype = _read(idx / "level"), _read(idx / "type")
         size = _parse_size(_read(idx / "size") or "")
@@ -68,10 +68,12 @@ def _caches_sysfs() -> dict | None:
             continue
         line = int(_read(idx / "coherency_line_size") or 0)
         shared = _cpu_list_len(_read(idx / "shared_cpu_list") or "0")
+        ways_text = _read(idx / "ways_of_associativity") or "0"
+        ways = int(ways_text) if ways_text.isdigit() else 0
         if level == "1" and ctype == "Data":
-            found["l1d"] = (size, line, shared)
+            found["l1d"] = (size, line, shared, ways)
         elif level in ("2", "3") and ctype in ("Unified", "Data"):
-            found[f"l{level}"] = (size, line, shared)
+            found[f"l{level}"] = (size, line, shared, ways)
     return found or None
 
 
@@ -83,7 +85,7 @@ def _caches_lscpu() -> dict | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    found: dict[str, tuple[int, int, int]] = {}
+    found: dict[str, tuple[int, int, int, int]] = {}
     for row in out.splitlines()[1:]:
         cols = row.split()
         if len(cols) < 3 or not cols[1].isdigit():
@@ -91,7 +93,7 @@ def _caches_lscpu() -> dict | None:
         name, size, line = cols[0].upper(), int(cols[1]), int(cols[2]) if cols[2].isdigit() else 0
         key = {"L1D": "l1d", "L2": "l2", "L3": "l3"}.get(name)
         if key:
-            found[key] = (size, line, 1)
+            found[key] = (size, line, 1, 0)
     return found or None
 
 
@@ -111,8 +113,10 @@ def _cache_section() -> dict:
         return _fact(default_kib, "estimate", False, missing)
 
     line = next((c[1] for c in caches.values() if c[1] > 0), 0)
-    shared = caches.get("l2", (0, 0, 1))[2]
+    shared = caches.get("l2", (0, 0, 1, 0))[2]
+    ways = {f"{k}_ways": _fact(c[3], src) for k, c in caches.items() if c[3] > 0}
     return {
+        **ways,
         "line_bytes": _fact(line, src) if line else _fact(64, "estimate", False, missing),
         "l1d_kib": kib("l1d", 32),
         "l2_kib": kib("l2", 1024),

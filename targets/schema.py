@@ -72,6 +72,10 @@ class CacheSpec:
     l2_shared_cores: Fact[int]
     l3_kib: Fact[int]  # 0 = none
     slc_kib: Fact[int]  # 0 = none, or folded into l3 (see its note)
+    # associativity (optional): the schedules' blocking keeps a way free for streamed data; 8 when unknown
+    l1d_ways: Fact[int] | None = None
+    l2_ways: Fact[int] | None = None
+    l3_ways: Fact[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -298,8 +302,10 @@ def _parse_cpu(ctx: _Ctx, raw: Any) -> CpuSpec:
 def _parse_cache(ctx: _Ctx, raw: Any) -> CacheSpec:
     t = _table(ctx, "cache", raw)
     keys = ("line_bytes", "l1d_kib", "l2_kib", "l2_shared_cores", "l3_kib", "slc_kib")
-    _check_keys(ctx, "cache", t, keys)
+    ways = ("l1d_ways", "l2_ways", "l3_ways")
+    _check_keys(ctx, "cache", t, keys, ways)
     return CacheSpec(
+        **{k: _fact(ctx, f"cache.{k}", t[k], _positive_int) for k in ways if k in t},
         line_bytes=_fact(ctx, "cache.line_bytes", t["line_bytes"], _power_of_two),
         l1d_kib=_fact(ctx, "cache.l1d_kib", t["l1d_kib"], _positive_int),
         l2_kib=_fact(ctx, "cache.l2_kib", t["l2_kib"], _positive_int),

@@ -86,6 +86,24 @@ def _last_position(x: nn.Tensor) -> nn.Tensor:
     return op.tensor_expr_op(compute, "last_position", [x])
 
 
+def _derived_int8_matmul(scheme, n_out, k_in, rows, params, isa, prefetch, **knobs):
+    """``int8_matmul_func`` with the knobs ``params`` derives for this [K, N] (prefetch distance, GEMM panel
+    width, register tile when set); ``knobs`` (a tuning record's) override them."""
+    from schedules.cpu.int8_dot import ISA_LANES
+    from schedules.cpu.int8_gemm import int8_matmul_func
+
+    ahead_bytes = params.int8_gemv_prefetch_bytes() if prefetch else 0
+    derived = {
+        "prefetch": ahead_bytes > 0,
+        "ahead": max(1, round(ahead_bytes / (k_in // 2))) if ahead_bytes else None,
+        "mr": params.int8_gemm_mr,
+        "nrv": params.int8_gemm_nrv,
+        "nt": params.int8_gemm_panel_cols(k_in, n_out, 16 if ISA_LANES[isa] <= 16 else ISA_LANES[isa]),
+    }
+    derived.update(knobs)
+    return int8_matmul_func(scheme, n_out, k_in, rows, isa=isa, **derived)
+
+
 class LlamaForCausalLM(nn.Module):
     """The whole model; ``dtype`` is the activation dtype (float32 on CPU targets)."""
 
@@ -97,6 +115,7 @@ class LlamaForCausalLM(nn.Module):
         dtype: str,
         target,
         int8_activations: bool = False,
+        schedule_params=None,
     ):
         self.spec = spec
         self.dtype = dtype
@@ -106,12 +125,18 @@ class LlamaForCausalLM(nn.Module):
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
             import functools
 
-            from schedules.cpu.int8_gemm import int8_dot_isa, int8_matmul_func
-            from schedules.cpu.params import software_prefetch_allowed
+            from schedules.cpu.int8_dot import int8_dot_isa
+            from schedules.cpu.params import CPUParams, software_prefetch_allowed
 
+            # the kernels' knobs derived from the target's facts (schedule_params: compile's CPUParams)
             int8_matmul_func = functools.partial(
-                int8_matmul_func, isa=int8_dot_isa(target), prefetch=software_prefetch_allowed(target)
+                _derived_int8_matmul, params=schedule_params or CPUParams.for_build(target),
+                isa=int8_dot_isa(target), prefetch=software_prefetch_allowed(target),
             )
+            # the same kernels, tagged with their tuning key; a `compile --tuned DB` record sets their knobs
+            from schedules.tuning.apply import tuned_int8_matmul
+
+            int8_matmul_func = tuned_int8_matmul(int8_matmul_func)
             for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
                     lin.int8_kernel = int8_matmul_func

@@ -6,21 +6,29 @@ import logging
 
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.schedule import ScheduleError
 from tvm.target import Target
 
+from ..report import RULE_ANNOTATION, note_fallback
 from .params import CPUParams
 
 logger = logging.getLogger(__name__)
 
-RULE_ANNOTATION = "llama_aot.schedule_rule"
+# What a rule may hit on a function it does not fit: TVM's schedule primitives refusing (ScheduleError is a
+# RuntimeError; other TVM checks raise RuntimeError/ValueError/TypeError too) and our pattern code finding an
+# unexpected shape (ValueError, IndexError, AttributeError, KeyError). Anything else is a bug and propagates.
+RULE_MISMATCH = (ScheduleError, RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError)
+
+
+class ScheduleFallback(Exception):
+    """A rule's preferred form matched the function but cannot be built with these facts/knobs: the next,
+    slower form runs instead. Logged and recorded in the package (schedules/report.py), never silent."""
 
 
 def mark(sch: s_tir.Schedule, block, rule: str) -> None:
-    """Record on a block which rule scheduled it (read by tests and debugging; ignored by lowering)."""
-    try:
-        sch.annotate(block, RULE_ANNOTATION, rule)
-    except Exception:  # pylint: disable=broad-except
-        pass
+    """Record on a block which rule scheduled it (read by tests, the package's schedule record and
+    debugging; ignored by lowering)."""
+    sch.annotate(block, RULE_ANNOTATION, rule)
 
 
 class CPURule(dl.ScheduleRule):
@@ -55,10 +63,17 @@ class CPURule(dl.ScheduleRule):
             if int(func.attrs["tirx.is_scheduled"]) == 1:
                 return None
         try:
-            return self.schedule(func, target, self.params_for(target))
-        except Exception as err:  # pylint: disable=broad-except
+            # with `compile --tuned DB` active, the kernel's record (if any) overrides knobs of the params
+            from schedules.tuning.apply import schedule_with_records  # pylint: disable=import-outside-toplevel
+
+            return schedule_with_records(self, func, target, self.params_for(target))
+        except ScheduleFallback as err:
+            note_fallback(type(self).__name__, str(err))
+            return None
+        except RULE_MISMATCH as err:
             logger.debug("%s did not apply: %s", type(self).__name__, err)
             return None
 
     def schedule(self, func: tirx.PrimFunc, target: Target, params: CPUParams) -> s_tir.Schedule | None:
         raise NotImplementedError
+

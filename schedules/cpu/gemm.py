@@ -34,7 +34,8 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .analysis import analyze_matmul, block_pack_layout, inline_producers, largest_divisor_at_most, loop_extent, pow2_divisor_at_most
-from .base import CPURule, mark
+from ..report import note_fallback
+from .base import RULE_MISMATCH, CPURule, ScheduleFallback, mark
 from .elementwise import schedule_injective_block
 from .params import CPUParams
 from .rewrite import exact_nibbles_func, extract_from_pattern, has_inlined_weight
@@ -50,7 +51,10 @@ class DequantGEMM(CPURule):
         for variant in ("bcast", "dot_pad", "dot"):
             try:
                 sch = self._build(func, params, variant)
-            except Exception:  # pylint: disable=broad-except
+            except ScheduleFallback as err:
+                note_fallback(f"cpu.DequantGEMM.{variant}", str(err))
+                continue
+            except RULE_MISMATCH:
                 continue
             if sch is not None:
                 return sch
@@ -128,19 +132,22 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
     if type(w_core).__name__ not in ("TensorLoad", "BufferLoad"):
         return None
     k_ext, n_ext = pat.k_extent, pat.n_extent
-    mr, nrv, lanes = params.gemm_bcast_tile()
-    nr = nrv * lanes
-    if n_ext % nr != 0 or k_ext % lanes != 0:
-        return None
-    kc = params.gemm_kc(k_ext, nr)
-    tn = params.gemm_bcast_panel(kc, n_ext, nr)
-
     # Only for packed weights: the transposing panel gathers one word per row for `pack` values of k; with
     # one value per load (int8, f16, f32 weights) the gather costs more than the dot form's hsum.
     if panel_block is None:
         return None
     pack, plane = block_pack_layout(sch, panel_block)
-    if not (1 < pack <= 16 and kc % (pack * plane) == 0):
+    if not 1 < pack <= 16:
+        return None
+    blocking = params.gemm_bcast_blocking(k_ext, n_ext, pack * plane)
+    if blocking is None:
+        raise ScheduleFallback(
+            f"no broadcast tile fits: K={k_ext} N={n_ext}, {pack * plane}-k panel granule, "
+            f"L1 budget {params.gemm_l1_panel_budget()} B"
+        )
+    mr, nrv, lanes, kc, tn = blocking
+    nr = nrv * lanes
+    if k_ext % lanes != 0:
         return None
     sch.transform_layout(panel_block, ("write", 0), lambda n, k: (k, n))
 
@@ -176,10 +183,13 @@ def schedule_gemm_bcast(sch: s_tir.Schedule, pat, params: CPUParams, panel_block
         pk_w, pk_j, pk_i = sch.split(p_k, [None, pack, plane])
         # pk_i inside pn_c: the group scales of a word's nibbles depend on pk_j only, so their row gathers are
         # invariant over pk_i and LLVM hoists them. One pn_c step then stores into all Kc panel rows: pad the
-        # row stride by one vector so a power-of-two Tn (4 KiB rows) does not put them in one L1 set.
-        # Measured, 1B shapes, S = 128: +7..10% over the sequential layout (without the padding gate_up -17%).
+        # row stride by one cache line so a power-of-two Tn (4 KiB rows) does not put them in one L1 set, and
+        # every row still starts on a line (a half-line pad, one AVX2 vector, made every other row straddle
+        # two lines: +8..23% D1 misses under cachegrind, docs/cachegrind-tilings.md).
+        # Measured, 1B shapes, S = 128 (Zen 5, 64-byte pad): +7..10% over the sequential layout (without the
+        # padding gate_up -17%).
         sch.reorder(pk_w, pn_c, pk_i, pk_j, pn_v)
-        sch.storage_align(panel_block, 0, axis=0, factor=tn, offset=lanes)
+        sch.storage_align(panel_block, 0, axis=0, factor=tn, offset=max(lanes, params.line_bytes // 4))
     sch.unroll(pk_j)
     sch.vectorize(pn_v)
 

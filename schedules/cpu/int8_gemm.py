@@ -1,26 +1,23 @@
-"""Prefill GEMM with int8 activations and AVX-512 VNNI dot products (llama.cpp's Q4_0 x Q8_0, ExecuTorch 8da4w).
+"""Prefill GEMM with int8 activations and 4-byte int8 dot products (llama.cpp's Q4_0 x Q8_0, ExecuTorch 8da4w).
 
 Why: the f32 GEMM (gemm.py) already runs near the FMA peak (about 200 GFLOP/s per Zen 5 core on the 1B shapes),
-so prefill can only get faster with fewer instructions per multiply-add: one ``vpdpbusd`` does 64 u8 x s8
-products, a ``vfmadd`` 16.
+so prefill can only get faster with fewer instructions per multiply-add: one ``vpdpbusd`` zmm does 64 u8 x s8
+products, a ``vfmadd`` 16; on AVX2 a ``vpmaddubsw`` ymm does 32, a ``vfmadd`` ymm 8.
 
-Numerics (``numpy_reference`` is the executable definition): per activation row and group of 32 k
-(the weight's quantization group),
-
-    d  = float32(max |x|) / 127;  q = nearbyint(x * (1 / d)) in [-127, 127]  (0 when d == 0; half to even)
-    y[s, n] = sum_g float32(sum_{k in g} q[s, k] * (nibble[n, k] - 8)) * (wscale[n, g] * d[s, g])
-
-i.e. the weights are the same packed q4 integers, only x is rounded to 8 bits per group (relative error of
-x per element <= 1/254 of its group's max). Accumulation is float32 across groups, exact int32 within one.
+Numerics: ``int8_dot.numpy_reference`` (x rounded to int8 per row and group of 32, exact integer sums per
+group, float32 across groups), the same for the GEMV (int8_gemv.py). The weights are the same packed q4
+integers, only x is rounded (relative error per element <= 1/254 of its group's max).
 
 Kernel (one PrimFunc, hand-scheduled, marked ``tirx.is_scheduled``):
 
-1. rows in parallel: per (row, group) d, q packed 4 per int32, and sum(q) (for the -8 offset);
+1. rows in parallel: per (row, group) d, q packed 4 per int32, and -8 * sum(q) (the nibbles' offset);
 2. parallel over N tiles of ``nt`` columns: the tile's weight nibbles as u8 in ``[K/4, nt]`` int32 lanes (4 k
    per lane, the order of k in a lane is irrelevant to a dot product) and its scales as f32 ``[G, nt]``;
-   then for MR rows x NRV*16 columns: per group, an int32 accumulator tile starting at ``-8 * sum(q)``,
-   8 ``vpdpbusd`` (weights = the u8 operand, the row's 4 activation bytes broadcast = the s8 operand),
-   converted to f32 and accumulated with the two scales.
+   then for MR rows x NRV*L columns (L lanes per dot product, int8_dot.ISA_LANES): per group, 8 dot-product
+   steps (weights = the u8 operand, the row's 4 activation bytes broadcast = the s8 operand) into a step
+   accumulator tile, its int32 sums plus the offset converted to f32 and accumulated with the two scales.
+   VNNI / sdot steps accumulate int32 lanes; AVX2 steps add ``vpmaddubsw`` int16 pair sums, widened once per
+   group by one ``vpmaddwd`` (8 steps x 3810 <= 32767: exact), so a step is 2 instructions, not 3.
 
 The nibble of logical (n, k) comes from the scheme's own ``dequant_expr`` (peeled down to its integer), so
 any q4 packing order (sequential or planar) is correct; the sequential one is the fast case (one gathered
@@ -32,42 +29,17 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-GROUP = 32
+from .int8_dot import GROUP, ISA_LANES, dot4, pair_sums, widen_pairs
+from .int8_gemv import int8_gemv_func
 
-
-def int8_dot_isa(target) -> str | None:
-    """The 4-byte integer dot product these kernels use on ``target``: ``"avx512vnni"`` (x86 AVX-512 VNNI
-    with BW and VL: ``vpdpbusd``, 16 int32 lanes), ``"dotprod"`` (AArch64 dot product extension: ``sdot``,
-    4 lanes), or None (no int8 kernels; the f32 ones stay)."""
-    from .params import _features, _target_arch  # pylint: disable=import-outside-toplevel
-
-    if target is None or target.kind.name != "llvm":
-        return None
-    arch, feats = _target_arch(target), set(_features(target))
-    if arch == "x86_64" and {"avx512vnni", "avx512bw", "avx512vl"} <= feats:
-        return "avx512vnni"
-    if arch == "aarch64" and "dotprod" in feats:
-        return "dotprod"
-    return None
-
-
-def dot4(isa: str, acc, w, a, lanes: int):
-    """``acc[l] + sum_j w[4l + j] * a[4l + j]`` per int32 lane l (``lanes`` of them): w and a are int32
-    vectors read as bytes, w's bytes the weight nibbles 0..15 (valid as u8 for ``vpdpbusd`` and as s8 for
-    ``sdot``), a's bytes the signed int8 activations."""
-    if isa == "avx512vnni":
-        name = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256", 4: "llvm.x86.avx512.vpdpbusd.128"}[lanes]
-    elif isa == "dotprod" and lanes == 4:
-        name = "llvm.aarch64.neon.sdot.v4i32.v16i8"
-    else:
-        raise ValueError(f"no {lanes}-lane int8 dot product for {isa}")
-    bytes_ = f"int8x{4 * lanes}"
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id(name), acc, T.reinterpret(bytes_, w), T.reinterpret(bytes_, a), dtype=f"int32x{lanes}"
-    )
-
-
-ISA_LANES = {"avx512vnni": 16, "dotprod": 4}  # int32 lanes of one dot-product instruction
+# Default register tile (mr rows x nrv dot-product vectors) per ISA: the int32 (AVX2: int16) step
+# accumulators, the f32 accumulators, nrv weight vectors and one broadcast activation must fit the registers.
+#   avx512vnni, 32 zmm: 2 * 4 * 2 + 2 + 1 = 19
+#   avxvnni,    16 ymm: 2 * 3 * 2 + 2 + 1 = 15 (4 x 2 would need 19)
+#   avx2,       16 ymm: 2 * 3 * 2 + 2 + 1 + 1 = 16 (+1: the vpmaddubsw product before its add)
+#   dotprod,    32 q:   16 int32 + 16 f32 accumulators; LLVM keeps some of the f32 ones in memory
+GEMM_TILE = {"avx512vnni": (4, 2), "avxvnni": (3, 2), "avx2": (3, 2), "dotprod": (4, 4)}
+GEMM_NT = 64  # weight columns per parallel task (the panel: 1.125 K bytes per column, re-read per row tile)
 
 
 def nibble_expr(scheme, tensors: dict, row, col):
@@ -90,14 +62,16 @@ def nibble_expr(scheme, tensors: dict, row, col):
 
 
 def int8_gemm_func(
-    scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int = 4, nrv: int | None = None, nt: int = 64,
-    isa: str = "avx512vnni",
+    scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int | None = None, nrv: int | None = None,
+    nt: int | None = None, isa: str = "avx512vnni",
 ):
     """PrimFunc ``(x[b, s, K] f32, qweight, scale, y[b, s, N])`` or None when the scheme/shape does not fit.
-    ``isa``: see ``int8_dot_isa``; register tiles are ``mr`` rows x ``nrv`` dot-product vectors."""
+    ``isa``: see ``int8_dot.int8_dot_isa``; register tiles are ``mr`` rows x ``nrv`` dot-product vectors
+    (default GEMM_TILE[isa]), ``nt`` weight columns per parallel task (default GEMM_NT); smaller values are
+    taken where N needs them."""
     L = ISA_LANES[isa]
-    if nrv is None:
-        nrv = 2 if L == 16 else 4  # 8 (AVX-512) or 16 (NEON) int32 accumulator registers
+    mr, nrv = mr or GEMM_TILE[isa][0], nrv or GEMM_TILE[isa][1]
+    nt = nt or GEMM_NT
     while n_out % (L * nrv) and nrv > 1:
         nrv //= 2
     if scheme.name != "q4f16" or k_in % GROUP or n_out % 16:
@@ -114,6 +88,10 @@ def int8_gemm_func(
         return None
     nw = nt // 16
     ncb = nt // (L * nrv)
+    # Step accumulator of one group (8 steps of 4 k): int32 dot-product lanes, or on AVX2 the int16 pair sums
+    # of vpmaddubsw (2 per int32 lane; 8 steps x 3810 <= 32767, int8_dot.PAIR_TERMS), widened once per group.
+    pairs = isa == "avx2"
+    AW, adt = (2 * L, "int16") if pairs else (L, "int32")
 
     def lane(qweight, scale, n, k4):
         """4 nibbles (k = 4*k4 .. +3) of row n as the bytes of one int32."""
@@ -125,8 +103,26 @@ def int8_gemm_func(
             out = term if out is None else out | term
         return tirx.reinterpret("int32", out)
 
-    def vnni(acc, w, xb):
+    def step(acc, w, xb):  # acc + one 4-byte dot per lane, the row's 4 activation bytes broadcast
+        if pairs:
+            return acc + pair_sums(w, T.broadcast(xb, L), L)
         return dot4(isa, acc, w, T.broadcast(xb, L), L)
+
+    def steps(rows):
+        """The loop over a group's 8 steps. AVX2: extent min(8, rows + 7), which is 8 whenever the loop runs,
+        but LLVM cannot prove it and keeps one basic block per step (unrolled with an exit test) instead of
+        one for the whole group, where its bottom-up scheduler orders the int16 adds accumulator by
+        accumulator and keeps all 8 x nrv weight vectors live: spills (Zen 3, 3 x 2 tile, K 2048 x N 2048,
+        128 rows: 82-104 -> 99-159 GFLOP/s per core over two loaded runs). The VNNI / sdot chains schedule well unrolled."""
+        return T.serial(T.min(8, rows + 7)) if pairs else T.unroll(8)
+
+    # the group's int32 sums = xc (-8 * sum q, the nibbles' offset) + the steps: int32 step accumulators start
+    # at xc, the AVX2 int16 ones at 0 (xc does not fit int16) and xc is added after widening
+    def start(xc):
+        return T.Cast(adt, 0) if pairs else xc
+
+    def group_sum(acc, xc):
+        return T.broadcast(xc, L) + widen_pairs(acc, L) if pairs else acc
 
     # pylint: disable=invalid-name,too-many-locals
     @T.prim_func(s_tir=True)
@@ -138,8 +134,8 @@ def int8_gemm_func(
         y = T.match_buffer(var_y, (b, s, N), out_dtype)
         xq = T.alloc_buffer((b * s, K4), "int32")
         xd = T.alloc_buffer((b * s, G), "float32")
-        xsum = T.alloc_buffer((b * s, G), "int32")
-        # 1. activations -> int8 per (row, group)
+        xc = T.alloc_buffer((b * s, G), "int32")
+        # 1. activations -> int8 per (row, group); xc = -8 * sum(q): the nibbles' offset
         for r in T.parallel(b * s):
             with T.sblock("quantize"):
                 T.reads()
@@ -156,9 +152,9 @@ def int8_gemm_func(
                     inv[0] = T.if_then_else(amax[0] > T.float32(0), T.float32(1) / xd[r, g], T.float32(0))
                     for l in T.vectorized(GROUP):
                         qv[l] = T.Cast("int32", T.nearbyint(x[r // s, r % s, g * GROUP + l] * inv[0]))
-                    xsum[r, g] = 0
+                    xc[r, g] = 0
                     for l in T.serial(GROUP):
-                        xsum[r, g] = xsum[r, g] + qv[l]
+                        xc[r, g] = xc[r, g] - 8 * qv[l]
                     for l in T.vectorized(8):
                         xq[r, g * 8 + l] = (
                             (qv[l * 4] & 255)
@@ -173,7 +169,7 @@ def int8_gemm_func(
                 T.writes()
                 wp = T.sblock_alloc_buffer((K4, nt), "int32")
                 ws = T.sblock_alloc_buffer((G, nt), "float32")
-                iacc = T.sblock_alloc_buffer((mr, nrv * L), "int32")
+                iacc = T.sblock_alloc_buffer((mr, nrv * AW), adt)
                 facc = T.sblock_alloc_buffer((mr, nrv * L), "float32")
                 for c in T.serial(nw):
                     for k4 in T.serial(K4):
@@ -189,20 +185,24 @@ def int8_gemm_func(
                                 facc[i, l] = T.float32(0)
                         for g in T.serial(G):
                             for i in T.unroll(mr):
-                                for l in T.vectorized(nrv * L):
-                                    iacc[i, l] = xsum[T.min(ro * mr + i, b * s - 1), g] * -8
-                            for k in T.unroll(8):
+                                for l in T.vectorized(nrv * AW):
+                                    iacc[i, l] = start(xc[T.min(ro * mr + i, b * s - 1), g])
+                            for k in steps(b * s):
                                 for i in T.unroll(mr):
                                     for v in T.unroll(nrv):
-                                        iacc[i, T.ramp(v * L, 1, L)] = vnni(
-                                            iacc[i, T.ramp(v * L, 1, L)],
+                                        iacc[i, T.ramp(v * AW, 1, AW)] = step(
+                                            iacc[i, T.ramp(v * AW, 1, AW)],
                                             wp[g * 8 + k, T.ramp(cb * nrv * L + v * L, 1, L)],
                                             xq[T.min(ro * mr + i, b * s - 1), g * 8 + k],
                                         )
                             for i in T.unroll(mr):
-                                for l in T.vectorized(nrv * L):
-                                    facc[i, l] = facc[i, l] + T.Cast("float32", iacc[i, l]) * (
-                                        ws[g, cb * nrv * L + l] * xd[T.min(ro * mr + i, b * s - 1), g]
+                                for v in T.unroll(nrv):
+                                    facc[i, T.ramp(v * L, 1, L)] = facc[i, T.ramp(v * L, 1, L)] + T.Cast(
+                                        f"float32x{L}",
+                                        group_sum(iacc[i, T.ramp(v * AW, 1, AW)], xc[T.min(ro * mr + i, b * s - 1), g]),
+                                    ) * (
+                                        ws[g, T.ramp(cb * nrv * L + v * L, 1, L)]
+                                        * T.broadcast(xd[T.min(ro * mr + i, b * s - 1), g], L)
                                     )
                         for i in T.unroll(mr):
                             if ro * mr + i < b * s:
@@ -214,34 +214,19 @@ def int8_gemm_func(
     return int8_gemm.without_attr("global_symbol")  # symbols come from the module the caller adds it to
 
 
-def numpy_reference(x, nibbles, wscale):
-    """The kernel's numerics in numpy. x: f32 [rows, K]; nibbles: uint [N, K] (q + 8); wscale: f16 [N, K/32]."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    rows, k = x.shape
-    xg = x.astype(np.float32).reshape(rows, k // GROUP, GROUP)
-    d = np.abs(xg).max(-1) / np.float32(127)
-    inv = np.zeros_like(d)
-    np.divide(np.float32(1), d, out=inv, where=d > 0)
-    q = np.rint(xg * inv[..., None]).astype(np.int64)
-    w = nibbles.astype(np.int64).reshape(nibbles.shape[0], k // GROUP, GROUP) - 8
-    dots = np.einsum("rgk,ngk->rng", q, w).astype(np.float32)  # exact int sums, < 2**24
-    scl = wscale.astype(np.float32)[None, :, :] * d[:, None, :]
-    return (dots * scl).sum(-1, dtype=np.float32)
-
-
-def int8_matmul_func(scheme, n_out: int, k_in: int, rows: tuple, isa: str = "avx512vnni", prefetch: bool = True):
+def int8_matmul_func(
+    scheme, n_out: int, k_in: int, rows: tuple, isa: str = "avx512vnni", prefetch: bool = True,
+    ahead: int | None = None, mr: int | None = None, nrv: int | None = None, nt: int | None = None,
+):
     """The int8-activation kernel for an input of leading shape ``rows`` (the model's hook, set on each
     projection with the target's ``isa``): the GEMV of int8_gemv.py for one row (decode, the lm_head), this
     GEMM for ``[b, s]`` rows (prefill). Both fit every q4f16 weight with N % 16 == 0 (K % 32 == 0 holds for
     q4f16); None otherwise, and the caller keeps the f32 fused-dequant matmul for that projection.
-    ``prefetch``: the GEMV's software prefetch (off for system-lib builds, see int8_gemv_func)."""
-    from .int8_gemv import int8_gemv_func  # pylint: disable=import-outside-toplevel
-
+    ``prefetch``, ``ahead``: the GEMV's (see int8_gemv_func); ``mr``, ``nrv``, ``nt``: the GEMM's."""
     if n_out % 16:  # the GEMM's column tiles; the same rule for the GEMV keeps prefill and decode alike
         return None
     if all(isinstance(d, int) and d == 1 for d in rows):
-        return int8_gemv_func(scheme, n_out, k_in, tuple(rows), isa=isa, prefetch=prefetch)
+        return int8_gemv_func(scheme, n_out, k_in, tuple(rows), ahead=ahead, isa=isa, prefetch=prefetch)
     if len(rows) == 2:
-        return int8_gemm_func(scheme, n_out, k_in, isa=isa)
+        return int8_gemm_func(scheme, n_out, k_in, mr=mr, nrv=nrv, nt=nt, isa=isa)
     return None

@@ -1,11 +1,12 @@
 """Decode GEMV (one activation row: decode steps and the lm_head) with int8 activations and 4-byte integer
-dot products: AVX-512 VNNI ``vpdpbusd`` (16 lanes) or AArch64 ``sdot`` (4 lanes), on q4 weights of either
-nibble order (the planar one is described here; ``_Sequential`` needs no transpose).
+dot products (int8_dot.py: AVX-512 VNNI ``vpdpbusd`` zmm, 16 lanes; AVX-VNNI ``vpdpbusd`` ymm or AVX2
+``vpmaddubsw`` + ``vpmaddwd``, 8 lanes; AArch64 ``sdot``, 4 lanes), on q4 weights of either nibble order (the
+planar one is described here; the sequential layouts need no transpose).
 
 Why: the f32 GEMV (gemv.py) spends about ten vector instructions per 16 weights on unpacking, converting and
 scaling, and is compute-bound near 20 GB/s per core, below the memory bandwidth. With the activation row
-rounded to int8 (the numerics of int8_gemm.py: per group of 32, ``numpy_reference`` there), 128 weights cost
-one 64-byte load, two masks, two byte shuffles and two ``vpdpbusd``, plus one convert-scale-FMA.
+rounded to int8 (per group of 32: ``int8_dot.numpy_reference``), 128 weights cost one 64-byte load, two
+masks, two byte shuffles and two ``vpdpbusd``, plus one convert-scale-FMA.
 
 Layout used (planar q4, docs/quantization.md): block b of 128 k-values is the 16 words 16b..16b+15, and
 logical ``k = 128b + 16j + i`` is nibble j of word i. So with the 64 bytes as one vector,
@@ -21,9 +22,13 @@ nibbles folded into the accumulator start (``xc``) and its scale per lane (``xs`
     acc_i32[L] = xc[b, L] + dot4(lo_T[L], xlo[b, L]) + dot4(hi_T[L], xhi[b, L])
     facc[L]   += float32(acc_i32[L]) * (wscale[n, 4b + L % 4] * xs[b, L])
 
-and ``y[n] = sum_L facc[L]``. Rows are split across threads in contiguous chunks and each thread walks its
-rows one after the other (a single sequential stream), with a software prefetch ``PREFETCH_BYTES`` ahead
-and two accumulators per row (even / odd units) to halve the dependent FMA chain.
+and ``y[n] = sum_L facc[L]``. With 8 lanes (``_Planar8``) a block is two 32-byte halves whose lanes hold
+the same 4 groups: both halves' dot products go into one int32 accumulator (AVX2: their four int16 pair-sum
+vectors are added first and widened by one ``vpmaddwd``), then one convert-scale-FMA per block.
+
+Rows are split across threads in contiguous chunks and each thread walks its rows one after the other (a
+single sequential stream), with a software prefetch ``PREFETCH_BYTES`` ahead and two accumulators per row
+(even / odd units) to halve the dependent FMA chain.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .int8_gemm import GROUP, ISA_LANES, dot4
+from .int8_dot import GROUP, ISA_LANES, dot4_sum
 
 BLOCK = 128  # k-values per planar block: 16 words = one 64-byte vector
 _NIBBLES = 0x0F0F0F0F
@@ -45,14 +50,24 @@ PREFETCH_BYTES = 12288
 _TRANSPOSE = [16 * c + 4 * u + t for c in range(4) for t in range(4) for u in range(4)]
 
 
-class _Planar:
-    """Unit = one 128-k block (16 words, 4 groups); lane 4c + t holds group t of the block."""
+def _shuffle(v, idx):
+    return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in idx])
 
-    lanes, k_per_unit = 16, BLOCK
+
+class _Planar:
+    """Unit = one 128-k block (16 words, 4 groups); lane 4c + t holds group t of the block.
+
+    A layout says where each 4-byte piece of the activation row goes: ``slot(g, c)`` is the int32 lane (in
+    xlo / xhi) of group g's c-th piece, ``cslot(g, c)`` its accumulator lane (in xc / xs); a unit is ``parts``
+    weight vectors of ``lanes`` words that all feed the same accumulator lanes."""
+
+    lanes, k_per_unit, parts = 16, BLOCK, 1
 
     @staticmethod
-    def slot(g, c):  # activation lane of group g's c-th 4-byte piece
+    def slot(g, c):
         return (g // 4) * 16 + c * 4 + g % 4
+
+    cslot = slot
 
     @staticmethod
     def lo(c, m):  # offset in the group of byte m of that lane, low nibbles (high: hi)
@@ -64,7 +79,7 @@ class _Planar:
 
     @staticmethod
     def arrange(v):
-        return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in _TRANSPOSE])
+        return _shuffle(v, _TRANSPOSE)
 
     @staticmethod
     def scales(scale, n, u):  # wscale[n, 4u + L % 4]
@@ -72,18 +87,43 @@ class _Planar:
         return tirx.Shuffle([s4] * 4, [tirx.IntImm("int32", L) for L in range(16)])
 
 
+class _Planar8:
+    """Planar for 8-lane dot products (AVX2 / AVX-VNNI ymm): unit = one 128-k block as 2 parts of 8 words
+    (32 bytes; ``vpshufb`` ymm transposes within each 16-byte lane, the first 32 entries of _TRANSPOSE).
+    Part h's lane L is piece c = 2h + L // 4 of group t = L % 4: both halves feed the same 8 accumulator
+    lanes, so one block costs one int32 -> f32 convert, scale and FMA (and on AVX2 one ``vpmaddwd``, its
+    4 pair-sum terms <= 4 x 3810 = 15240 in int16). Activation memory layout: that of _Planar."""
+
+    lanes, k_per_unit, parts = 8, BLOCK, 2
+
+    slot, lo, hi = _Planar.slot, _Planar.lo, _Planar.hi
+
+    @staticmethod
+    def cslot(g, c):
+        return (g // 4) * 8 + (c % 2) * 4 + g % 4
+
+    @staticmethod
+    def arrange(v):
+        return _shuffle(v, _TRANSPOSE[:32])
+
+    @staticmethod
+    def scales(scale, n, u):  # wscale[n, 4u .. 4u + 3] twice
+        s4 = T.Cast("float32x4", scale[n, T.ramp(u * 4, 1, 4)])
+        return tirx.Shuffle([s4] * 2, [tirx.IntImm("int32", L) for L in range(8)])
+
+
 class _Planar4:
     """Planar for 4-lane dot products (NEON ``sdot``): unit = 16 bytes, the 4 words 4c..4c+3 of block
     b = u // 4 (c = u % 4). The activation lanes are those of ``_Planar`` (slot 16b + 4c + t): the same
     memory layout, consumed 4 lanes at a time."""
 
-    lanes, k_per_unit = 4, GROUP  # 4 words = 32 k-values (of 4 different groups)
+    lanes, k_per_unit, parts = 4, GROUP, 1  # 4 words = 32 k-values (of 4 different groups)
 
-    slot, lo, hi = _Planar.slot, _Planar.lo, _Planar.hi
+    slot, cslot, lo, hi = _Planar.slot, _Planar.slot, _Planar.lo, _Planar.hi
 
     @staticmethod
     def arrange(v):
-        return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in _TRANSPOSE[:16]])
+        return _shuffle(v, _TRANSPOSE[:16])
 
     @staticmethod
     def scales(scale, n, u):  # wscale[n, 4b + t] for lane t
@@ -93,11 +133,13 @@ class _Planar4:
 class _Sequential:
     """Unit = one group (4 words): lane c is word c, whose bytes already stay in the group."""
 
-    lanes, k_per_unit = 4, GROUP
+    lanes, k_per_unit, parts = 4, GROUP, 1
 
     @staticmethod
     def slot(g, c):
         return g * 4 + c
+
+    cslot = slot
 
     @staticmethod
     def lo(c, m):  # nibble 2m of word c: k = 8c + 2m
@@ -116,6 +158,27 @@ class _Sequential:
         return T.broadcast(T.Cast("float32", scale[n, u]), 4)
 
 
+class _Sequential8:
+    """Sequential for 8-lane dot products: unit = two groups (8 words), lanes 0..3 group 2u, 4..7 group
+    2u + 1; the activation layout of _Sequential. Needs an even number of groups (K % 64 == 0); for the
+    rare K = 32 (mod 64) widths the GEMV keeps 4-lane vectors (half the work per instruction, same result)."""
+
+    lanes, k_per_unit, parts = 8, 2 * GROUP, 1
+
+    slot, cslot, lo, hi, arrange = _Sequential.slot, _Sequential.slot, _Sequential.lo, _Sequential.hi, _Sequential.arrange
+
+    @staticmethod
+    def scales(scale, n, u):  # wscale[n, 2u] x 4, wscale[n, 2u + 1] x 4
+        s2 = T.Cast("float32x2", scale[n, T.ramp(u * 2, 1, 2)])  # Shuffle: out lanes <= in lanes, so 4 copies
+        return tirx.Shuffle([s2] * 4, [tirx.IntImm("int32", i) for i in (0, 2, 4, 6, 1, 3, 5, 7)])
+
+
+def _layout(planar: bool, lanes: int, groups: int):
+    if planar:
+        return {16: _Planar, 8: _Planar8, 4: _Planar4}[lanes]
+    return _Sequential8 if lanes == 8 and groups % 2 == 0 else _Sequential
+
+
 def int8_gemv_func(
     scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), ahead: int | None = None,
     isa: str = "avx512vnni", prefetch: bool = True,
@@ -123,33 +186,55 @@ def int8_gemv_func(
     """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
     when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``ahead``: how many
     rows ahead the weight prefetch reaches (default: PREFETCH_BYTES);
-    ``isa``: see ``int8_gemm.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
+    ``isa``: see ``int8_dot.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
     AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
     if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
         return None
-    if scheme.nibble_order(k_in) == "planar":
-        lay = _Planar if ISA_LANES[isa] == 16 else _Planar4
-    else:
-        lay = _Sequential
+    K, N, G = k_in, n_out, k_in // GROUP
+    lay = _layout(scheme.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
     if ahead is None:
         ahead = max(1, round(PREFETCH_BYTES / (k_in // 2)))
-    K, N, G, V = k_in, n_out, k_in // GROUP, lay.lanes
+    V, P = lay.lanes, lay.parts
     KU = K // lay.k_per_unit
     S = 2 if KU % 2 == 0 else 1  # accumulators per row: halves the dependent FMA chain
-    every = max(1, 64 // (4 * V))  # units per 64-byte line: one prefetch per line
+    # one prefetch per 64-byte line of weights: ``lines`` per iteration of the unit loop (S units), or one
+    # every ``every`` iterations when they read less. Every line, not every other: on Zen 3 (2 threads, K 2048
+    # x N 16384 from DRAM) prefetching every other 64-byte line streamed 11-13 GB/s per core, below no
+    # prefetch at all (12-15), every line 16-20 (the bandwidth kernel beside it: 14-18)
+    step_bytes = S * 4 * V * P
+    lines, every = max(1, step_bytes // 64), max(1, 64 // step_bytes)
     specs = scheme.param_specs(N, K)
     (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
     lead = tuple(x_shape)
     zeros = (0,) * len(lead)
     bvec, fvec = f"int8x{4 * V}", f"float32x{V}"
 
-    def vnni(acc, w, a):
-        return dot4(isa, acc, w, a, V)
-
     def nibble_bytes(words, shift):
-        """Nibbles (words >> shift) & 0xF of every byte, in the activation's lane order."""
-        v = words >> T.broadcast(T.uint32(shift), V) if shift else words
-        return lay.arrange(T.reinterpret(bvec, v & T.broadcast(T.uint32(_NIBBLES), V)))
+        """Nibbles (words >> shift) & 0xF of every byte, in the activation's lane order. The byte shuffle
+        goes first: the low / high nibble of a byte is a function of that byte alone, so it commutes with
+        any byte permutation, and both nibble vectors share one shuffle (LLVM merges the two)."""
+        v = T.reinterpret(f"uint32x{V}", lay.arrange(T.reinterpret(bvec, words)))
+        v = v >> T.broadcast(T.uint32(shift), V) if shift else v
+        return v & T.broadcast(T.uint32(_NIBBLES), V)
+
+    def unit_sum(qweight, xlo, xhi, xc, n, u):
+        """int32 lanes of unit u of row n: the -8 offset + the dot products of its parts' low and high nibbles."""
+        terms = []
+        for p in range(P):
+            words = qweight[n, T.ramp((u * P + p) * V, 1, V)]
+            terms += [
+                (nibble_bytes(words, 0), xlo[T.ramp((u * P + p) * V, 1, V)]),
+                (nibble_bytes(words, 4), xhi[T.ramp((u * P + p) * V, 1, V)]),
+            ]
+        return dot4_sum(isa, xc[T.ramp(u * V, 1, V)], terms, V)
+
+    def hsum(v):
+        """Sum of the lanes of v by halving (log2 V vector adds instead of V - 1 dependent scalar ones)."""
+        n = V
+        while n > 1:
+            n //= 2
+            v = _shuffle(v, range(n)) + _shuffle(v, range(n, 2 * n))
+        return v
 
     def pack4(qv, off, c):
         """int32 whose bytes are qv[off(c, 0)] .. qv[off(c, 3)] (two's complement int8)."""
@@ -165,8 +250,8 @@ def int8_gemv_func(
         y: T.Buffer(lead + (N,), "float32"),
     ):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
-        xlo = T.alloc_buffer((KU * V,), "int32")
-        xhi = T.alloc_buffer((KU * V,), "int32")
+        xlo = T.alloc_buffer((KU * P * V,), "int32")
+        xhi = T.alloc_buffer((KU * P * V,), "int32")
         xc = T.alloc_buffer((KU * V,), "int32")
         xs = T.alloc_buffer((KU * V,), "float32")
         # 1. the activation row -> int8 per group, in the lane order of the weight vectors
@@ -176,6 +261,8 @@ def int8_gemv_func(
             amax = T.sblock_alloc_buffer((16,), "float32")
             qv = T.sblock_alloc_buffer((GROUP,), "int32")
             inv = T.sblock_alloc_buffer((2,), "float32")
+            for i in T.serial(KU * V):
+                xc[i] = 0
             for g in T.serial(G):
                 for l in T.vectorized(16):
                     amax[l] = T.max(T.abs(x[zeros + (g * GROUP + l,)]), T.abs(x[zeros + (g * GROUP + 16 + l,)]))
@@ -190,14 +277,14 @@ def int8_gemv_func(
                 inv[0] = T.if_then_else(amax[0] > T.float32(0), T.float32(1) / inv[1], T.float32(0))
                 for l in T.vectorized(GROUP):
                     qv[l] = T.Cast("int32", T.nearbyint(x[zeros + (g * GROUP + l,)] * inv[0]))
-                for c in T.serial(4):  # the group's 4 lanes, 4 + 4 bytes each
+                for c in T.serial(4):  # the group's 4 pieces, 4 + 4 bytes each
                     xlo[lay.slot(g, c)] = pack4(qv, lay.lo, c)
                     xhi[lay.slot(g, c)] = pack4(qv, lay.hi, c)
-                    xc[lay.slot(g, c)] = -8 * (
+                    xc[lay.cslot(g, c)] = xc[lay.cslot(g, c)] - 8 * (
                         qv[lay.lo(c, 0)] + qv[lay.lo(c, 1)] + qv[lay.lo(c, 2)] + qv[lay.lo(c, 3)]
                         + qv[lay.hi(c, 0)] + qv[lay.hi(c, 1)] + qv[lay.hi(c, 2)] + qv[lay.hi(c, 3)]
                     )
-                    xs[lay.slot(g, c)] = inv[1]
+                    xs[lay.cslot(g, c)] = inv[1]
         # 2. rows in parallel
         for n in T.parallel(N):  # contiguous chunks of rows per thread, each row one sequential stream
             with T.sblock("gemv"):
@@ -208,27 +295,19 @@ def int8_gemv_func(
                     for l in T.vectorized(V):
                         facc[a, l] = T.float32(0)
                 for uo in T.serial(KU // S):
-                    if prefetch and uo * S % every == 0:
-                        T.evaluate(
-                            T.call_intrin("void", "tirx.prefetch", T.address_of(qweight[n + ahead, uo * S * V]), 0, 0, 1)
-                        )
+                    if prefetch and uo % every == 0:
+                        for pl in T.unroll(lines):
+                            T.evaluate(
+                                T.call_intrin(
+                                    "void", "tirx.prefetch", T.address_of(qweight[n + ahead, uo * S * V * P + pl * 16]), 0, 0, 1
+                                )
+                            )
                     for sa in T.unroll(S):
                         facc[sa, T.ramp(0, 1, V)] = facc[sa, T.ramp(0, 1, V)] + T.Cast(
-                            fvec,
-                            vnni(
-                                vnni(
-                                    xc[T.ramp((uo * S + sa) * V, 1, V)],
-                                    nibble_bytes(qweight[n, T.ramp((uo * S + sa) * V, 1, V)], 0),
-                                    xlo[T.ramp((uo * S + sa) * V, 1, V)],
-                                ),
-                                nibble_bytes(qweight[n, T.ramp((uo * S + sa) * V, 1, V)], 4),
-                                xhi[T.ramp((uo * S + sa) * V, 1, V)],
-                            ),
+                            fvec, unit_sum(qweight, xlo, xhi, xc, n, uo * S + sa)
                         ) * (lay.scales(scale, n, uo * S + sa) * xs[T.ramp((uo * S + sa) * V, 1, V)])
                 for sa in T.unroll(S - 1):
                     facc[0, T.ramp(0, 1, V)] = facc[0, T.ramp(0, 1, V)] + facc[sa + 1, T.ramp(0, 1, V)]
-                for l in T.serial(V - 1):
-                    facc[0, 0] = facc[0, 0] + facc[0, l + 1]
-                y[zeros + (n,)] = facc[0, 0]
+                y[zeros + (n,)] = hsum(facc[0, T.ramp(0, 1, V)])
 
     return int8_gemv.without_attr("global_symbol")  # symbols come from the module the caller adds it to

@@ -1,9 +1,12 @@
 """CPU facts the schedules are derived from, and the tile sizes derived from them.
 
-`CPUParams.from_target(target)` reads what the TVM target says (ISA features through LLVM, ``num-cores``)
-and fills the cache sizes from the host when the target is the host, else from conservative per-arch
-defaults. The SoC room can construct `CPUParams` directly (or `from_target(target, l2_bytes=...)`) from a
-SoC description and pass it to `schedules.cpu_rules(target, params=...)`.
+``CPUParams.from_target(target, facts=None, **knobs)``: instruction-set facts (vector width, registers) come
+from the TVM target through LLVM's feature list; memory facts (``targets.cpu_facts.CPUFacts``: cache sizes
+and ways, line size, cores) from the SoC file (``--soc``), this machine (any target of the host's
+architecture, e.g. ``-mcpu=haswell`` compiled here) or, logged, per-architecture defaults. Every knob
+defaults to a function of those facts, written next to it (``derivations()`` lists them; the package records
+them in ``llama-aot.json`` and ``llama-aot targets X --schedules`` prints them); a knob passed explicitly
+(an experiment, a tuning record) overrides the derivation and never changes what a kernel computes.
 
 Why not `tvm.target.codegen.llvm_get_vector_width`: in TVM 0.27 it answers 512 for targets without AVX-512
 (e.g. ``mcpu=haswell`` or a bare ``llvm``), so the vector width is taken from the LLVM feature list instead.
@@ -17,15 +20,11 @@ from dataclasses import dataclass
 
 from tvm.target import Target
 
+from targets.cpu_facts import CPUFacts, facts_for
+
 KiB = 1024
 MiB = 1024 * 1024
-
-# Conservative defaults when the target is not the host (per core L1d / L2, shared L3 or SLC).
-_ARCH_DEFAULT_CACHES = {
-    # Cortex-A720/X4 class: 64 KB L1d, 512 KB L2 (X4 up to 2 MB), a few MB of L3.
-    "aarch64": (64 * KiB, 512 * KiB, 8 * MiB),
-    "x86_64": (32 * KiB, 1 * MiB, 16 * MiB),
-}
+FMA_LATENCY_X_PORTS = 8  # independent FMA chains a core needs: 4-cycle latency x 2 pipes (Zen, Cortex-X/A7xx)
 
 
 def _target_arch(target: Target) -> str:
@@ -42,39 +41,10 @@ def _target_arch(target: Target) -> str:
     return arch
 
 
-def _is_host(target: Target) -> bool:
+def _host_arch() -> str:
     from tvm.target import codegen
 
-    triple = str(target.attrs.get("mtriple", "") or "")
-    if triple and triple.split("-")[0] != codegen.llvm_get_system_triple().split("-")[0]:
-        return False
-    mcpu = str(target.attrs.get("mcpu", "") or "")
-    return mcpu in ("", "native", codegen.llvm_get_system_cpu())
-
-
-def _host_caches() -> tuple[int, int, int] | None:
-    """(L1d, L2, L3) bytes of cpu0 from sysfs, None if unavailable."""
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    sizes = {}
-    try:
-        for entry in sorted(os.listdir(base)):
-            if not entry.startswith("index"):
-                continue
-            with open(os.path.join(base, entry, "level")) as f:
-                level = int(f.read())
-            with open(os.path.join(base, entry, "type")) as f:
-                kind = f.read().strip()
-            with open(os.path.join(base, entry, "size")) as f:
-                text = f.read().strip()
-            mult = {"K": KiB, "M": MiB}.get(text[-1], 1)
-            size = int(text.rstrip("KMB")) * mult
-            if kind in ("Data", "Unified"):
-                sizes[level] = size
-    except (OSError, ValueError):
-        return None
-    if 1 not in sizes or 2 not in sizes:
-        return None
-    return sizes[1], sizes[2], sizes.get(3, sizes[2])
+    return _target_arch(Target({"kind": "llvm", "mtriple": codegen.llvm_get_system_triple()}))
 
 
 def _features(target: Target) -> set[str]:
@@ -94,7 +64,7 @@ def software_prefetch_allowed(target: Target) -> bool:
 
 @dataclass(frozen=True)
 class CPUParams:
-    """Facts about one CPU (cluster) plus the derived tile knobs of the schedules."""
+    """Facts about one CPU (cluster) plus the knobs of the schedules (None = derived from the facts)."""
 
     arch: str = "x86_64"
     vector_bits: int = 128  # fixed-width SIMD register (NEON 128, AVX2 256, AVX-512 512)
@@ -103,24 +73,32 @@ class CPUParams:
     l1d_bytes: int = 32 * KiB  # per core
     l2_bytes: int = 512 * KiB  # per core (or per core share of a cluster L2)
     l3_bytes: int = 8 * MiB  # shared last level
+    l1d_ways: int = 8
+    l2_ways: int = 8
+    line_bytes: int = 64
     has_fma: bool = True
+    facts_source: str = "default"  # where the memory facts came from (targets.cpu_facts)
 
     # --- knobs (None = derive) -------------------------------------------------------------
     gemv_rows: int | None = None  # output rows computed together in the GEMV inner loop
     gemv_lanes: int | None = None  # f32 lanes of one GEMV accumulator (logical vector)
     magic_convert: bool | None = None  # exact OR-based int4 -> float conversion (default: AVX-512 only)
     scale_cache: bool | None = None  # GEMV: convert each task's float16 scales to float32 once (default on)
-    gemv_unroll: int | None = None
-    gemv_accumulators: bool | None = None
-    gemv_prefetch: bool | None = None  # GEMV: software-prefetch the next row group (default on)  # GEMV: a separate accumulator per unrolled K step  # K steps unrolled in the GEMV inner loop (shares group scales)
+    gemv_unroll: int | None = None  # K steps unrolled in the GEMV inner loop (shares group scales)
+    gemv_accumulators: bool | None = None  # GEMV: a separate accumulator per unrolled K step
+    gemv_prefetch: bool | None = None  # GEMV: software-prefetch the next row group (default on)
     gemm_rows: int | None = None  # S rows of the GEMM register tile
     gemm_cols: int | None = None  # N columns of the GEMM register tile
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
     gemm_k_block: int | None = None  # K block of the broadcast-form GEMM
+    int8_prefetch_bytes: int | None = None  # int8 GEMV: software prefetch distance in weight bytes (0 = off)
+    int8_gemm_mr: int | None = None  # int8 GEMM: activation rows of the register tile
+    int8_gemm_nrv: int | None = None  # int8 GEMM: dot-product vectors (columns) of the register tile
+    int8_gemm_nt: int | None = None  # int8 GEMM: weight columns per parallel task (panel width)
 
     # ---------------------------------------------------------------------------------------
     @classmethod
-    def from_target(cls, target: Target | dict | None = None, **overrides) -> "CPUParams":
+    def from_target(cls, target: Target | dict | None = None, facts: CPUFacts | None = None, **overrides) -> "CPUParams":
         if target is None:
             target = Target.current(allow_none=True) or Target({"kind": "llvm"})
         if isinstance(target, dict):
@@ -139,24 +117,43 @@ class CPUParams:
             vbits, nregs, has_fma = 128, 32, True
         else:
             vbits, nregs, has_fma = 128, 16, False
+        if facts is None:
+            facts = facts_for(arch, arch == _host_arch())
         cores = target.attrs.get("num-cores", None)
-        host = _is_host(target)
         if cores is None or int(cores) <= 0:
-            cores = os.cpu_count() if host else 4
-        caches = _host_caches() if host else None
-        if caches is None:
-            caches = _ARCH_DEFAULT_CACHES.get(arch, (32 * KiB, 256 * KiB, 4 * MiB))
+            cores = facts.num_cores or os.cpu_count() or 1
         params = cls(
             arch=arch,
             vector_bits=vbits,
             num_vector_regs=nregs,
             num_cores=int(cores),
-            l1d_bytes=caches[0],
-            l2_bytes=caches[1],
-            l3_bytes=caches[2],
+            l1d_bytes=facts.l1d_bytes,
+            l2_bytes=facts.l2_bytes,
+            l3_bytes=facts.l3_bytes,
+            l1d_ways=facts.l1d_ways,
+            l2_ways=facts.l2_ways,
+            line_bytes=facts.line_bytes,
             has_fma=has_fma,
+            facts_source=facts.source,
         )
         return dataclasses.replace(params, **overrides) if overrides else params
+
+    @classmethod
+    def for_build(cls, target: Target | dict, facts: CPUFacts | None = None) -> "CPUParams":
+        """What ``llama-aot compile`` uses: derived from ``facts`` (None: this machine's for a target of its
+        architecture), the software prefetch off where it cannot be emitted (system-lib builds)."""
+        if isinstance(target, dict):
+            target = Target(target)
+        prefetch = None if software_prefetch_allowed(target) else False  # None: the rule's default (on)
+        return cls.from_target(target, facts=facts, gemv_prefetch=prefetch)
+
+    def knobs(self) -> dict:
+        """The knobs set explicitly (not derived)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.default is None and getattr(self, f.name) is not None
+        }
 
     # --- derived quantities -----------------------------------------------------------------
     def lanes(self, dtype_bits: int = 32) -> int:
@@ -224,37 +221,67 @@ class CPUParams:
                     best = (rows, cols)
         return best[0], best[1], lanes
 
-    def gemm_bcast_tile(self) -> tuple[int, int, int]:
-        """(MR rows, NR vectors, f32 lanes) of the broadcast-form register tile: MR x NR accumulators, NR
-        weight vectors and one broadcast x must fit the register file."""
-        lanes = self.lanes(32)
+    def gemm_bcast_tiles(self) -> list[tuple[int, int]]:
+        """(MR rows, NR vectors) register tiles of the broadcast form, best first: MR x NR accumulators, NR
+        weight vectors, one broadcast x and one spare must fit the register file, and there must be at least
+        FMA latency x FMA pipes independent accumulators (BLIS: mr * nr / lanes >= L * N_fma). Best = most
+        accumulators (fewest loads per FMA), then the widest NR (longer contiguous panel rows)."""
         if self.gemm_rows and self.gemm_cols:
-            return self.gemm_rows, self.gemm_cols, lanes
+            return [(self.gemm_rows, self.gemm_cols)]
         regs = self.num_vector_regs
-        best = (1, 1)
+        tiles = []
         for nrv in (4, 2, 1):  # NR a power of two times the lanes: N is a multiple of it
             for mr in range(8, 0, -1):
-                if mr * nrv + nrv + 1 > regs - 1:
-                    continue
-                if mr * nrv > best[0] * best[1]:
-                    best = (mr, nrv)
-        return best[0], best[1], lanes
+                if mr * nrv + nrv + 1 <= regs - 1 and mr * nrv >= min(FMA_LATENCY_X_PORTS, regs // 2):
+                    tiles.append((mr, nrv))
+                    break  # the largest MR for this NR
+        return sorted(tiles, key=lambda t: (-t[0] * t[1], -t[1])) or [(1, 1)]
 
-    def gemm_kc(self, k: int, nr: int) -> int:
-        """K block: the [Kc, NR] weight micro-panel stays in about half of L1."""
-        if self.gemm_k_block:
-            cap = self.gemm_k_block
-        else:
-            cap = max(16, (self.l1d_bytes * 2 // 3) // (nr * 4))
-        kc = 1
-        for d in range(min(cap, k), 0, -1):
-            if k % d == 0 and (d % 8 == 0 or d == k):
-                kc = d
-                break
-        return kc
+    def gemm_bcast_tile(self) -> tuple[int, int, int]:
+        """(MR rows, NR vectors, f32 lanes) of the preferred broadcast-form tile (before the L1 check of
+        ``gemm_bcast_blocking``)."""
+        mr, nrv = self.gemm_bcast_tiles()[0]
+        return mr, nrv, self.lanes(32)
+
+    def gemm_l1_panel_budget(self) -> int:
+        """Bytes of L1d the [Kc, NR] weight micro-panel may take: all ways but two (BLIS, Low et al. 2016:
+        the micro-panel of B stays in L1 while the x rows stream through one way and the stores of the
+        panel fill / epilogue through another), at least half of L1."""
+        ways = max(2, self.l1d_ways)
+        return self.l1d_bytes * max(ways // 2, ways - 2) // ways
+
+    def gemm_kc(self, k: int, nr: int, granularity: int = 8) -> int | None:
+        """K block: the largest divisor of K, a multiple of ``granularity`` (the k-values one packed panel
+        gather produces: 8 for sequential q4, 128 for planar q4), whose [Kc, NR] f32 micro-panel fits
+        ``gemm_l1_panel_budget`` (counted in cache lines). None when even one granule does not fit (the caller
+        takes a narrower NR)."""
+        # one k of the micro-panel occupies whole lines: NR floats, or a full line when they are fewer (a
+        # 16-float row of a 128-byte-line L1d costs the line; cachegrind: Kc 1024 -> 512 halves D1 misses)
+        cap = self.gemm_k_block or self.gemm_l1_panel_budget() // max(nr * 4, self.line_bytes)
+        step = granularity if granularity % 8 == 0 else granularity * 8
+        for d in range(min(cap, k) // step * step, 0, -step):
+            if k % d == 0:
+                return d
+        return k if k <= cap and k % granularity == 0 else None
+
+    def gemm_bcast_blocking(self, k: int, n: int, granularity: int = 8):
+        """(MR, NR vectors, lanes, Kc, Tn) of the broadcast form for a [K, N] weight: the best register tile
+        whose NR divides N and whose micro-panel fits L1 with a Kc of whole panel granules; None if none
+        does (a 32 KiB L1d with 64-wide AVX-512 NR and planar q4's 128-k granule needs NR = 32)."""
+        lanes = self.lanes(32)
+        for mr, nrv in self.gemm_bcast_tiles():
+            nr = nrv * lanes
+            if n % nr:
+                continue
+            kc = self.gemm_kc(k, nr, granularity)
+            if kc is not None:
+                return mr, nrv, lanes, kc, self.gemm_bcast_panel(kc, n, nr)
+        return None
 
     def gemm_bcast_panel(self, kc: int, n: int, nr: int) -> int:
-        """N width of the per-task [Kc, Tn] panel: about half of L2, at least 4 tasks per core."""
+        """N width of the per-task [Kc, Tn] panel: about half of the per-core L2 (the panel is written once
+        and re-read per row tile; the other half holds the padded x tile and the outputs), and at least 4
+        tasks per core so TVM's static split balances."""
         if self.gemm_panel_rows:
             cap = self.gemm_panel_rows
         else:
@@ -277,3 +304,73 @@ class CPUParams:
         rows = min(rows, 64, max(cols, n // max(1, 4 * self.num_cores)))
         rows = max(cols, rows - rows % cols)
         return rows
+
+    # --- int8-activation kernels (int8_gemv.py, int8_gemm.py) --------------------------------
+    def int8_gemv_prefetch_bytes(self) -> int:
+        """Distance of the int8 GEMV's weight prefetch: a quarter of L1d. Each thread streams one row at a
+        time, so the lines in flight are one contiguous window; a quarter of L1d leaves the rest for the
+        int8 activation row (K bytes + scales, reused by every row) and the lines being consumed. It is far
+        above latency x per-core bandwidth (~100 ns x 25 GB/s = 2.5 KB) on every core in the registry.
+        Zen 5 (48 KiB L1d): 12 KiB, what was measured best there (8-16 KiB). 0 = no software prefetch."""
+        if self.int8_prefetch_bytes is not None:
+            return self.int8_prefetch_bytes
+        if self.gemv_prefetch is False:
+            return 0
+        return self.l1d_bytes // 4
+
+    def int8_gemm_panel_cols(self, k: int, n: int, col_multiple: int, max_cols: int = 64) -> int:
+        """Weight columns per parallel task of the int8 GEMM: its panel (K bytes of nibbles-as-u8 per column
+        plus K/32 f32 scales, i.e. 1.125 K bytes) is re-read by every row tile, so it must stay in L2: all
+        ways but one (the streamed activation tile). At most ``max_cols`` and at least 2 tasks per core."""
+        if self.int8_gemm_nt:
+            return self.int8_gemm_nt
+        budget = self.l2_bytes * (self.l2_ways - 1) // max(1, self.l2_ways)
+        nt = max_cols
+        while nt > col_multiple and (nt * k * 9 // 8 > budget or n // nt < 2 * self.num_cores or n % nt):
+            nt //= 2
+        return nt
+
+    # --- what was derived, for the package and `llama-aot targets X --schedules` ---------------
+    def derivations(self, example_k: int = 2048, example_n: int = 2048) -> list[tuple[str, object, str]]:
+        """(knob, value, why) for every rule-level knob; shape-dependent ones for an example [K, N]."""
+        mr, nrv, lanes = self.gemm_bcast_tile()
+        blk_seq = self.gemm_bcast_blocking(example_k, example_n, 8)
+        blk_pl = self.gemm_bcast_blocking(example_k, example_n, 128)
+        dot = self.gemm_tile()
+
+        def src(name):
+            return "set explicitly" if getattr(self, name, None) is not None else None
+
+        def blk(b):
+            return None if b is None else {"mr": b[0], "nr": b[1] * b[2], "kc": b[3], "tn": b[4]}
+
+        return [
+            ("facts", self.facts_source, "where the cache facts came from (SoC file, host sysfs, default)"),
+            ("vector_lanes_f32", self.lanes(32), f"{self.vector_bits}-bit vectors from the target's LLVM features"),
+            ("gemv_lanes", self.gemv_vector_lanes(), src("gemv_lanes") or "max(16, f32 lanes): one logical vector covers two packed int4 words"),
+            ("gemv_rows", self.gemv_row_tile(), src("gemv_rows") or f"rows x (accumulator + 2 temporaries) + x fit {self.num_vector_regs} registers"),
+            ("gemv_unroll", self.gemv_k_unroll(), src("gemv_unroll") or "one 32-wide quantization group per unrolled step (scale loaded once)"),
+            ("gemv_prefetch", self.gemv_prefetch_enabled(), src("gemv_prefetch") or "next row group prefetched (off where TVM cannot emit it: system-lib builds)"),
+            ("gemv_scale_task_bytes", self.l2_bytes // 4, "f32 scales of one GEMV task in a quarter of the per-core L2"),
+            ("gemm_bcast_tile", {"mr": mr, "nr": nrv * lanes}, src("gemm_rows") or "most accumulators that fit the registers with NR weight vectors + 1 broadcast, >= FMA latency x pipes"),
+            ("gemm_l1_panel_budget", self.gemm_l1_panel_budget(), f"L1d {self.l1d_bytes} B x (ways - 2) / ways ({self.l1d_ways} ways): the [Kc, NR] micro-panel"),
+            (f"gemm_bcast_sequential_K{example_k}_N{example_n}", blk(blk_seq), "first tile whose Kc (multiple of 8) fits the L1 budget; Tn: panel in half of L2, >= 4 tasks per core"),
+            (f"gemm_bcast_planar_K{example_k}_N{example_n}", blk(blk_pl), "as above with planar q4's 128-k granule"),
+            ("gemm_dot_tile", {"rows": dot[0], "cols": dot[1]}, "dot form (unpacked weights): accumulators + operands fit the registers, tile < 1 KiB (TVM stack limit)"),
+            (f"gemm_dot_panel_K{example_k}_N{example_n}", self.gemm_panel(example_k, example_n), "dequantized [rows, K] f32 panel in half of L2, >= 4 tasks per core"),
+            ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes)"),
+            (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
+            ("elementwise_parallel_min", 1 << 14, "elements below which a parallel launch (~2-5 us) costs more than the loop"),
+        ]
+
+    def schedule_record(self) -> dict:
+        """What the package records: the facts, the explicit knobs and every derived value."""
+        return {
+            "facts": {
+                k: getattr(self, k)
+                for k in ("arch", "vector_bits", "num_vector_regs", "num_cores", "l1d_bytes", "l1d_ways",
+                          "l2_bytes", "l2_ways", "l3_bytes", "line_bytes", "facts_source")
+            },
+            "knobs": self.knobs(),
+            "derived": {name: value for name, value, _ in self.derivations()},
+        }

@@ -184,6 +184,20 @@ def test_gguf_synthetic_vocab_and_untied(models_dir, tmp_path):
     assert "output.weight" in tensors and "rope_freqs.weight" not in tensors
 
 
+def test_gguf_bytes_per_token(models_dir, tmp_path):
+    """llama.cpp's roofline numerator: all tensors, but only one embedding row when untied."""
+    from bench.e2e import gguf_bytes_per_token
+
+    for name, tied in (("tied_llama3rope", True), ("untied_bf16_sharded", False)):
+        path = peers.write_gguf(models_dir(name, tokenizer=False), tmp_path / f"{name}.gguf", "f32")
+        _, tensors = _reader_fields(path)
+        total = sum(int(t.n_bytes) for t in tensors.values())
+        cfg = CHECKPOINTS[name][0]
+        embd_row = 4 * cfg["hidden_size"]
+        want = total if tied else total - (cfg["vocab_size"] - 1) * embd_row
+        assert gguf_bytes_per_token(path) == want
+
+
 def test_gguf_rejects_nonuniform_layers(models_dir, tmp_path):
     d = models_dir("heterogeneous", tokenizer=False)
     with pytest.raises(ValueError, match="identical layers"):

@@ -65,14 +65,15 @@ def test_quantized_matches_dequantized_reference(name, quant, fp32_bound, checkp
 
 @pytest.mark.parametrize("name", ["tied_llama3rope", "heterogeneous", "odd_shapes"])
 def test_int8_activations_match_activation_quantized_reference(name, checkpoint_dir, compiled):
-    """int8 activations (q4f16, AVX-512 VNNI hosts; prefill GEMM, decode GEMV and lm_head): against the
-    dequantized-weight reference whose projections round their inputs the same way (2.5e-3), and against
-    the same reference without the rounding (its own effect, bounded loosely)."""
-    from schedules.cpu.int8_gemm import int8_dot_isa
+    """int8 activations (q4f16, hosts with an int8 dot product: AVX-512 VNNI, AVX-VNNI, AVX2, dotprod;
+    prefill GEMM, decode GEMV and lm_head): against the dequantized-weight reference whose projections round
+    their inputs the same way (2.5e-3), and against the same reference without the rounding (its own effect,
+    bounded loosely)."""
+    from schedules.cpu.int8_dot import int8_dot_isa
     from compiler.build_target import resolve
 
     if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
-        pytest.skip("needs a CPU with an int8 dot product (AVX-512 VNNI or AArch64 dotprod)")
+        pytest.skip("needs a CPU with an int8 dot product (x86 AVX2, AVX-VNNI or AVX-512 VNNI; AArch64 dotprod)")
     package = compiled(name, "q4f16", int8_activations=True)
     symbols = subprocess.run(["nm", "-D", str(package / "lib" / "model.so")], capture_output=True, text=True).stdout
     for kernel in ("int8_gemm", "int8_gemv"):  # prefill and decode/lm_head
@@ -91,11 +92,11 @@ def test_int8_activations_with_fp16_head(checkpoint_dir, compiled):
     """--keep-embedding-precision with int8 activations (untied, bf16, sharded checkpoint): the layers' q4
     projections round their inputs, the q0f16 lm_head keeps the f32 kernel; the whole package against the
     reference that rounds exactly those, within its noise floor (the lm_head's rounding alone is below it)."""
-    from schedules.cpu.int8_gemm import int8_dot_isa
+    from schedules.cpu.int8_dot import int8_dot_isa
     from compiler.build_target import resolve
 
     if int8_dot_isa(resolve("host", None, None, None).tvm_target()) is None:
-        pytest.skip("needs a CPU with an int8 dot product (AVX-512 VNNI or AArch64 dotprod)")
+        pytest.skip("needs a CPU with an int8 dot product (x86 AVX2, AVX-VNNI or AVX-512 VNNI; AArch64 dotprod)")
     name = "untied_bf16_sharded"
     package = compiled(name, "q4f16", int8_activations=True, keep_embedding_precision=True)
     gen, ours = _run(package)

@@ -64,6 +64,18 @@ def test_cpu_only_library_has_no_device_code(tmp_path):
     cfg = json.loads((out / "llama-aot.json").read_text())
     assert cfg["target"]["device"] == "cpu" and cfg["library"]["device_code"] == {}
     assert cfg["target"]["tvm_host"]["mattr"][:3] == ["+neon", "+dotprod", "+i8mm"]
+    # the SoC's cache facts reached the schedules, and the package says which knobs they gave
+    sched = cfg["schedules"]
+    facts = sched["cpu"]["facts"]
+    assert facts["facts_source"] == "soc:snapdragon-8-gen-3"
+    assert (facts["l1d_bytes"], facts["l1d_ways"], facts["l2_bytes"]) == (64 * 1024, 4, 512 * 1024)
+    assert facts["arch"] == "aarch64" and facts["num_cores"] == 6
+    assert sched["cpu"]["derived"]["gemm_l1_panel_budget"] == 32 * 1024  # 64 KiB x (4 - 2) / 4 ways
+    assert not sched["fallbacks"], sched["fallbacks"]
+    assert sched["cpu"]["derived"]["int8_gemv_prefetch_bytes"] == 0  # system-lib: no software prefetch
+    kernels = sched["kernels"]
+    assert {"cpu.RowReduction", "cpu.Elementwise"} <= set(kernels.values()), kernels
+    assert any(name.startswith("int8_gemv") for name in kernels), kernels  # the dotprod projections
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,8 @@ def test_int8_kernels_use_sdot(kernel, n, k):
     and, for the planar GEMV, the byte transpose as ``tbl``. Their numerics run under qemu in
     tests/native/test_soc_package_native.py (the default phone build)."""
     from compiler.quantization import get_scheme
-    from schedules.cpu.int8_gemm import int8_dot_isa, int8_gemm_func
+    from schedules.cpu.int8_dot import int8_dot_isa
+    from schedules.cpu.int8_gemm import int8_gemm_func
     from schedules.cpu.int8_gemv import int8_gemv_func
 
     assert int8_dot_isa(TARGET) == "dotprod"

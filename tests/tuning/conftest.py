@@ -1,0 +1,45 @@
+"""Fixtures of the tuning tests: the embedded tiny model's tasks for this machine, f32 and int8 activations."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+os.environ.setdefault("TVM_NUM_THREADS", "2")  # the machine is shared
+
+TINY = ROOT / "models" / "tiny-llama3"
+CHUNK = 16  # prefill chunk of the test packages (keys do not depend on it)
+
+
+def options(f32: bool, **kw):
+    from compiler.compile import CompileOptions
+
+    return CompileOptions(prefill_chunk=CHUNK, context_window=256, int8_activations=False if f32 else None, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_tasks():
+    """mode ("f32" | "int8") -> (TuneTarget, tasks, info, options); extracted once per session."""
+    from schedules.tuning.target import resolve
+    from schedules.tuning.tasks import extract_tasks
+
+    made = {}
+
+    def get(mode: str):
+        if mode not in made:
+            opts = options(mode == "f32")
+            tt = resolve(opts)
+            if mode == "int8" and tt.int8_isa is None:
+                pytest.skip("this CPU has no int8 dot product the int8 kernels use")
+            tasks, info = extract_tasks(TINY, opts, tt)
+            made[mode] = (tt, tasks, info, opts)
+        return made[mode]
+
+    return get
