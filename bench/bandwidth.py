@@ -49,22 +49,26 @@ MIN_BUFFER_BYTES = 256 << 20
 LLC_MULTIPLE = 16
 HUGEPAGE = 2 << 20
 LANES, ACCUMULATORS = 16, 4  # int32 lanes per accumulator (64 bytes = one line), independent accumulators
-PREFETCH_BYTES = 12288  # as the int8 GEMV's weight stream (schedules/cpu/int8_gemv.py)
 CHUNK_BYTES = 8 << 20  # timed at a time: about one decode GEMV's weights (4-16 MB at the 1B shape)
 SECONDS = 4.0  # timed per probe, at least: the VM's bandwidth drifts over seconds (bench/README.md)
 FILL = 1  # every int32 word; the sums are checked against it, which keeps the reads honest
 
 
 def llc_bytes() -> int:
-    """Size of the largest cache of cpu0 in sysfs (the last-level cache); 32 MiB if unreadable."""
-    best = 0
-    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (idx / "size").read_text().strip().upper()
-            best = max(best, int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1], 0))
-        except (OSError, ValueError, IndexError):
-            continue
-    return best or 32 << 20
+    """This machine's last-level cache (targets/cpu_facts.py: the L3, else the L2)."""
+    from targets.cpu_facts import CPUFacts
+
+    facts = CPUFacts.host()
+    return facts.l3_bytes or facts.l2_bytes
+
+
+def prefetch_bytes_default() -> int:
+    """The distance the int8 GEMV's weight stream prefetches on this machine (derived from its L1d,
+    schedules/cpu/params.py ``int8_gemv_prefetch_bytes``), so the probe reads the way the kernel does."""
+    from schedules.cpu.params import CPUParams
+    from targets.host import host_target_dict
+
+    return CPUParams.for_build(host_target_dict()).int8_gemv_prefetch_bytes() or 4096
 
 
 def _mem_available() -> int:
@@ -111,16 +115,17 @@ def hugepage_kib() -> int:
     return 0
 
 
-def tvm_read_module(parts: int, words: int, prefetch_bytes: int = PREFETCH_BYTES, locality: int = 0):
+def tvm_read_module(parts: int, words: int, prefetch_bytes: int | None = None, locality: int = 0):
     """Compiled module with ``read(a[parts, words] int32, out[parts, LANES] int32)``: out[p] = lane sums of
-    part p, part p by thread p; one software prefetch per 64-byte line ``prefetch_bytes`` ahead (none if 0)
+    part p, part p by thread p; one software prefetch per 64-byte line ``prefetch_bytes`` ahead (none if 0;
+    None: ``prefetch_bytes_default()``)
     with ``locality`` 0 (``prefetchnta``) .. 3 (``prefetcht0``). ``.inspect_source("asm")`` shows the loop."""
     import tvm
     from tvm.script import tirx as T
     from tvm.target import codegen
 
     step = LANES * ACCUMULATORS
-    ahead = prefetch_bytes // 4
+    ahead = (prefetch_bytes_default() if prefetch_bytes is None else prefetch_bytes) // 4
     assert words % step == 0
 
     @T.prim_func(s_tir=True)
@@ -157,7 +162,7 @@ def _set_tvm_threads(threads: int) -> None:
 
 
 # the TVM read loops tried, as (prefetch bytes ahead, locality): which one streams fastest depends on the CPU
-TVM_KERNELS = {"tvm-hw": (0, 0), "tvm-nta": (PREFETCH_BYTES, 0), "tvm-t0": (PREFETCH_BYTES, 3)}
+TVM_KERNELS = {"tvm-hw": (False, 0), "tvm-nta": (True, 0), "tvm-t0": (True, 3)}  # (software prefetch, locality)
 KERNELS = ("tvm", *TVM_KERNELS, "numpy")  # "tvm": every TVM loop, the best counts
 
 
@@ -177,9 +182,8 @@ def _reader(kernel: str, chunks: np.ndarray, threads: int, prefetch_bytes: int |
         return read_np, lambda: all(int(r) == FILL | FILL << 32 for r in last)
     import tvm
 
-    ahead, locality = TVM_KERNELS[kernel]
-    if ahead and prefetch_bytes is not None:
-        ahead = prefetch_bytes
+    prefetch, locality = TVM_KERNELS[kernel]
+    ahead = (prefetch_bytes or prefetch_bytes_default()) if prefetch else 0
     f = tvm_read_module(threads, chunks.shape[2], ahead, locality)["read"]
     views = [tvm.runtime.from_dlpack(c) for c in chunks]  # zero copy: the kernel reads the buffer itself
     out = tvm.runtime.empty((threads, LANES), "int32", tvm.cpu())
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=SECONDS, help="timed seconds per run, at least")
     p.add_argument("--kernel", default="tvm", help=f"comma list of {', '.join(KERNELS)} (tvm: every TVM loop), "
                    "taking turns; the best counts")
-    p.add_argument("--prefetch-bytes", type=int, default=None, help=f"distance of the prefetching loops ({PREFETCH_BYTES})")
+    p.add_argument("--prefetch-bytes", type=int, default=None, help="distance of the prefetching loops (default: the int8 GEMV's on this machine)")
     p.add_argument("--no-hugepages", action="store_true", help="plain 4 KiB pages (for comparison)")
     p.add_argument("--runs", type=int, default=1, help="independent runs, each in a fresh process")
     p.add_argument("--json", action="store_true", help="one JSON object per run")

@@ -21,25 +21,44 @@ def _cmd_compile(args) -> int:
     from .compile import CompileOptions, compile_model
 
     options = CompileOptions(
-        target=args.target,
+        **_build_options(args),
         vulkan_profile=args.vulkan_profile,
-        soc=args.soc,
-        device=args.device,
         system_lib_prefix=args.system_lib_prefix,
         force_memory=args.force_memory,
-        quant=args.quant,
         context_window=args.context_window,
-        prefill_chunk=args.prefill_chunk,
-        keep_embedding_precision=args.keep_embedding_precision,
-        num_threads=args.threads,
-        int8_activations=False if args.f32_activations else None,
-        cpu_facts=args.cpu_facts,
         tuned_db=args.tuned,
     )
     t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
+
+
+def _build_options(args) -> dict:
+    """The CompileOptions fields compile and tune share (what to build for, how to quantize)."""
+    return dict(
+        target=args.target, soc=args.soc, device=args.device, quant=args.quant, prefill_chunk=args.prefill_chunk,
+        keep_embedding_precision=args.keep_embedding_precision, num_threads=args.threads,
+        int8_activations=False if args.f32_activations else None, cpu_facts=args.cpu_facts,
+    )
+
+
+def _add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments behind ``_build_options``."""
+    p.add_argument("--target", default="host", help="host (this CPU) or vulkan (this CPU + its Vulkan device)")
+    p.add_argument("--soc", default=None, help="build for a phone SoC from `llama-aot targets` (or a .toml path)")
+    p.add_argument("--cpu-facts", default=None, metavar="KEY=VALUE,...",
+                   help="override the cache facts the CPU schedules derive from, e.g. l1d=48K,l2=1M,l3=32M,l1d_ways=12")
+    p.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
+    p.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16 or q4f16 (default q4f16)")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")
+    p.add_argument("--keep-embedding-precision", action="store_true", help="store embedding and lm_head as q0f16")
+    p.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
+    p.add_argument(
+        "--f32-activations", action="store_true",
+        help="keep projection inputs in f32 (default with q4f16 on CPUs with an int8 dot product -- x86 AVX2, "
+        "AVX-VNNI, AVX-512 VNNI or AArch64 dotprod: int8 per group of 32)",
+    )
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -129,11 +148,7 @@ def _cmd_tune(args) -> int:
 
     from .compile import CompileOptions
 
-    options = CompileOptions(
-        target=args.target, soc=args.soc, device=args.device, quant=args.quant, prefill_chunk=args.prefill_chunk,
-        keep_embedding_precision=args.keep_embedding_precision, num_threads=args.threads,
-        int8_activations=False if args.f32_activations else None, cpu_facts=args.cpu_facts,
-    )
+    options = CompileOptions(**_build_options(args))
     kinds = [k for k in args.kinds.split(",") if k] if args.kinds else None
     report = tune(args.model_dir, options, args.db, trials=args.trials, rpc=args.rpc, key=args.key,
                   cost_model=args.cost_model, kinds=kinds, max_tasks=args.max_tasks, seed=args.seed)
@@ -146,9 +161,7 @@ def _cmd_tune(args) -> int:
 def _add_tune_parser(sub) -> None:
     u = sub.add_parser("tune", help="measure our schedules' knobs per kernel for a SoC and keep the best in a database")
     u.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
-    u.add_argument("--target", default="host", help="host: tune on this CPU (default)")
-    u.add_argument("--soc", default=None, help="tune for a SoC from `llama-aot targets` (timed over --rpc, or --cost-model)")
-    u.add_argument("--device", default=None, help="with --soc: cpu (only CPU kernels are tuned)")
+    _add_build_arguments(u)  # as for compile; with --soc the kernels are timed over --rpc, or ranked (--cost-model)
     u.add_argument("--trials", type=int, default=16, help="candidates measured per kernel, the derived one included (default 16)")
     u.add_argument("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC tracker; jobs go to every server under --key")
     u.add_argument("--key", default=None, help="the tracker key of the devices (default: the SoC name)")
@@ -156,12 +169,6 @@ def _add_tune_parser(sub) -> None:
     u.add_argument("--cost-model", action="store_true", help="no device: rank candidates by the analytic cost model")
     u.add_argument("--kinds", default=None, help="only these kernel kinds: dequant_gemv,dequant_gemm,int8_gemv,int8_gemm")
     u.add_argument("--max-tasks", type=int, default=None, help="only the N heaviest kernels")
-    u.add_argument("--quant", default="q4f16")
-    u.add_argument("--prefill-chunk", type=int, default=128)
-    u.add_argument("--keep-embedding-precision", action="store_true")
-    u.add_argument("--threads", type=int, default=None, help="cores the kernels run on (as for compile)")
-    u.add_argument("--f32-activations", action="store_true")
-    u.add_argument("--cpu-facts", default=None, metavar="KEY=VALUE,...")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     u.set_defaults(func=_cmd_tune)
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a Hugging Face Llama 3 checkpoint into a package")
     c.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
     c.add_argument("-o", "--output", required=True, help="package directory to write")
-    c.add_argument("--target", default="host", help="host (this CPU) or vulkan (this CPU + its Vulkan device)")
+    _add_build_arguments(c)
     c.add_argument(
         "--vulkan-profile",
         default=None,
@@ -182,23 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --target vulkan: build for the Vulkan device this profile describes instead of this machine's "
         "(write one with `python -m runtime_stubs.vulkan --profile FILE.json`; shipped: targets/vulkan_profiles)",
     )
-    c.add_argument("--soc", default=None, help="build for a phone SoC from `llama-aot targets` (or a .toml path)")
-    c.add_argument("--cpu-facts", default=None, metavar="KEY=VALUE,...",
-                   help="override the cache facts the CPU schedules derive from, e.g. l1d=48K,l2=1M,l3=32M,l1d_ways=12")
-    c.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
     c.add_argument("--system-lib-prefix", default=None, help="symbol prefix of a phone library (default: from the model dir)")
     c.add_argument("--force-memory", action="store_true", help="build even if the memory plan exceeds the SoC's memory")
-    c.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16 or q4f16 (default q4f16)")
     c.add_argument("--context-window", type=int, default=None, help="max tokens per sequence")
-    c.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")
-    c.add_argument(
-        "--keep-embedding-precision", action="store_true", help="store embedding and lm_head as q0f16"
-    )
-    c.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
-    c.add_argument(
-        "--f32-activations", action="store_true",
-        help="keep projection inputs in f32 (default with q4f16 on CPUs with an int8 dot product, AVX-512 VNNI or AArch64 dotprod: int8 per group of 32)",
-    )
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)

@@ -75,7 +75,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     from .pipeline import build_pipeline
     from schedules.cpu.params import CPUParams
     from schedules.report import collecting
-    from targets.cpu_facts import CPUFacts, parse_overrides
+    from targets.cpu_facts import facts_for_build
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
@@ -85,10 +85,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
     # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
-    facts = CPUFacts.from_soc(bt.soc) if bt.soc is not None else None
-    if options.cpu_facts:
-        facts = (facts or CPUFacts.host()).replace(**parse_overrides(options.cpu_facts))
-    params = None if bt.device_api else CPUParams.for_build(target, facts)
+    params = None if bt.device_api else CPUParams.for_build(target, facts_for_build(bt.soc, options.cpu_facts))
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")

@@ -112,6 +112,15 @@ def facts_for(arch: str, is_host_arch: bool, soc=None) -> CPUFacts:
     return CPUFacts.arch_default(arch)
 
 
+def facts_for_build(soc=None, overrides: str | None = None) -> CPUFacts | None:
+    """The facts a build's CPU schedules get: the SoC's (``--soc``), with ``--cpu-facts`` overrides on top of
+    them or of this machine's; None = let ``facts_for`` decide from the target's architecture."""
+    facts = CPUFacts.from_soc(soc) if soc is not None else None
+    if overrides:
+        facts = (facts or CPUFacts.host()).replace(**parse_overrides(overrides))
+    return facts
+
+
 _OVERRIDE_KEYS = {  # short name -> (field, is a size)
     "l1d": ("l1d_bytes", True), "l2": ("l2_bytes", True), "l3": ("l3_bytes", True),
     "l1d_ways": ("l1d_ways", False), "l2_ways": ("l2_ways", False), "l3_ways": ("l3_ways", False),

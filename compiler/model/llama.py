@@ -86,24 +86,6 @@ def _last_position(x: nn.Tensor) -> nn.Tensor:
     return op.tensor_expr_op(compute, "last_position", [x])
 
 
-def _derived_int8_matmul(scheme, n_out, k_in, rows, params, isa, prefetch, **knobs):
-    """``int8_matmul_func`` with the knobs ``params`` derives for this [K, N] (prefetch distance, GEMM panel
-    width, register tile when set); ``knobs`` (a tuning record's) override them."""
-    from schedules.cpu.int8_dot import ISA_LANES
-    from schedules.cpu.int8_gemm import int8_matmul_func
-
-    ahead_bytes = params.int8_gemv_prefetch_bytes() if prefetch else 0
-    derived = {
-        "prefetch": ahead_bytes > 0,
-        "ahead": max(1, round(ahead_bytes / (k_in // 2))) if ahead_bytes else None,
-        "mr": params.int8_gemm_mr,
-        "nrv": params.int8_gemm_nrv,
-        "nt": params.int8_gemm_panel_cols(k_in, n_out, 16 if ISA_LANES[isa] <= 16 else ISA_LANES[isa]),
-    }
-    derived.update(knobs)
-    return int8_matmul_func(scheme, n_out, k_in, rows, isa=isa, **derived)
-
-
 class LlamaForCausalLM(nn.Module):
     """The whole model; ``dtype`` is the activation dtype (float32 on CPU targets)."""
 
@@ -126,11 +108,12 @@ class LlamaForCausalLM(nn.Module):
             import functools
 
             from schedules.cpu.int8_dot import int8_dot_isa
+            from schedules.cpu.int8_gemm import derived_int8_matmul
             from schedules.cpu.params import CPUParams, software_prefetch_allowed
 
             # the kernels' knobs derived from the target's facts (schedule_params: compile's CPUParams)
             int8_matmul_func = functools.partial(
-                _derived_int8_matmul, params=schedule_params or CPUParams.for_build(target),
+                derived_int8_matmul, params=schedule_params or CPUParams.for_build(target),
                 isa=int8_dot_isa(target), prefetch=software_prefetch_allowed(target),
             )
             # the same kernels, tagged with their tuning key; a `compile --tuned DB` record sets their knobs

@@ -230,3 +230,22 @@ def int8_matmul_func(
     if len(rows) == 2:
         return int8_gemm_func(scheme, n_out, k_in, mr=mr, nrv=nrv, nt=nt, isa=isa)
     return None
+
+
+def derived_int8_matmul(scheme, n_out: int, k_in: int, rows: tuple, params, isa: str, prefetch: bool = True, **knobs):
+    """``int8_matmul_func`` with the knobs ``params`` (schedules/cpu/params.py CPUParams) derives for this
+    [K, N]: the GEMV's prefetch distance, the GEMM's panel width and register tile. ``knobs`` are CPUParams
+    fields (a tuning record's: ``int8_prefetch_bytes``, ``int8_gemm_mr`` ...) that override the derivation.
+    The one builder of the model's int8 kernels, so a tuner measures exactly what compile builds."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    from .int8_gemv import prefetch_rows  # pylint: disable=import-outside-toplevel
+
+    if knobs:
+        params = dataclasses.replace(params, **knobs)
+    nbytes = params.int8_gemv_prefetch_bytes() if prefetch else 0
+    return int8_matmul_func(
+        scheme, n_out, k_in, rows, isa=isa, prefetch=nbytes > 0,
+        ahead=prefetch_rows(nbytes, k_in) if nbytes else None,
+        mr=params.int8_gemm_mr, nrv=params.int8_gemm_nrv, nt=params.int8_gemm_panel_cols(k_in, n_out, 16),
+    )

@@ -27,7 +27,7 @@ the same 4 groups: both halves' dot products go into one int32 accumulator (AVX2
 vectors are added first and widened by one ``vpmaddwd``), then one convert-scale-FMA per block.
 
 Rows are split across threads in contiguous chunks and each thread walks its rows one after the other (a
-single sequential stream), with a software prefetch ``PREFETCH_BYTES`` ahead and two accumulators per row
+single sequential stream), with a software prefetch a derived distance ahead and two accumulators per row
 (even / odd units) to halve the dependent FMA chain.
 """
 
@@ -40,12 +40,17 @@ from .int8_dot import GROUP, ISA_LANES, dot4_sum
 
 BLOCK = 128  # k-values per planar block: 16 words = one 64-byte vector
 _NIBBLES = 0x0F0F0F0F
-# software prefetch distance in weight bytes (whole rows): measured on Zen 5 (2 threads, DRAM-resident
-# weights), one row per tile with the prefetch ~8-16 KB ahead streams at the bandwidth of a plain read;
-# 4-row tiles (4 interleaved streams) reached only ~80% of it. The prefetch is non-temporal (locality 0,
-# prefetchnta): the weights are read once per token, and keeping them out of the outer caches gave
-# 96-99% of the streaming-read bandwidth instead of 80-92% (K 8192 x N 2048: 43 -> 52 GB/s).
-PREFETCH_BYTES = 12288
+# Software prefetch: one row per thread at a time, the prefetch a fixed number of bytes ahead (whole rows,
+# ``prefetch_rows``). The distance is derived from the L1d (schedules/cpu/params.py int8_gemv_prefetch_bytes:
+# a quarter of it; Zen 5's 48 KiB gives 12 KiB, measured best there at 8-16 KiB; 4-row tiles, i.e. 4
+# interleaved streams, reached only ~80% of the bandwidth). The prefetch is non-temporal (locality 0,
+# prefetchnta): the weights are read once per token, and keeping them out of the outer caches gave 96-99% of
+# the streaming-read bandwidth instead of 80-92% on Zen 5 (K 8192 x N 2048: 43 -> 52 GB/s).
+
+
+def prefetch_rows(nbytes: int, k_in: int) -> int:
+    """Rows of K/2 weight bytes that a prefetch ``nbytes`` ahead reaches (at least one)."""
+    return max(1, round(nbytes / (k_in // 2)))
 # vpshufb control: in each 16-byte lane, output byte 4t + u <- input byte 4u + t (4x4 transpose)
 _TRANSPOSE = [16 * c + 4 * u + t for c in range(4) for t in range(4) for u in range(4)]
 
@@ -185,7 +190,7 @@ def int8_gemv_func(
 ):
     """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
     when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``ahead``: how many
-    rows ahead the weight prefetch reaches (default: PREFETCH_BYTES);
+    rows ahead the weight prefetch reaches (default: what this machine's facts derive, see prefetch_rows);
     ``isa``: see ``int8_dot.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
     AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
     if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
@@ -193,7 +198,9 @@ def int8_gemv_func(
     K, N, G = k_in, n_out, k_in // GROUP
     lay = _layout(scheme.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
     if ahead is None:
-        ahead = max(1, round(PREFETCH_BYTES / (k_in // 2)))
+        from .params import CPUParams  # pylint: disable=import-outside-toplevel
+
+        ahead = prefetch_rows(CPUParams.from_target(None).int8_gemv_prefetch_bytes() or 1, k_in)
     V, P = lay.lanes, lay.parts
     KU = K // lay.k_per_unit
     S = 2 if KU % 2 == 0 else 1  # accumulators per row: halves the dependent FMA chain

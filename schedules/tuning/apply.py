@@ -7,8 +7,8 @@ int8 kernel factory the model calls while it is exported. ``activate(options)`` 
 
 * rule kernels: key = rule name + structural hash of the unscheduled function (tasks.rule_key); the record's
   knobs replace CPUParams fields (``dataclasses.replace(params, **knobs)``);
-* int8 kernels: key = ``int8_gemv|int8_gemm/<scheme>/<order>/N../K..``; the knobs become the kernel builders'
-  explicit arguments (``int8_gemv_func(..., ahead=, prefetch=)``, ``int8_gemm_func(..., mr=, nrv=, nt=)``).
+* int8 kernels: key = ``int8_gemv|int8_gemm/<scheme>/<order>/N../K..``; the knobs (CPUParams fields too)
+  replace the params ``schedules.cpu.int8_gemm.derived_int8_matmul`` derives the kernel's arguments from.
 
 Nothing is re-timed here: the records were chosen when tuning, so a compile is deterministic. ``summary()`` is what
 ``llama-aot.json`` records under ``"tuning"``: the database, and for every kernel that used a record its knobs.
@@ -27,7 +27,6 @@ from .tasks import TUNING_ATTR, int8_key, rule_key
 logger = logging.getLogger(__name__)
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("llama_aot_tuning", default=None)
-INT8_GEMV_DEFAULT_PREFETCH = 12288  # int8_gemv.PREFETCH_BYTES when that module does not say
 
 
 class Records:
@@ -145,34 +144,17 @@ def nibble_order(scheme, k_in: int) -> str:
         return "sequential"
 
 
-def int8_knob_args(kind: str, k_in: int, knobs: dict) -> dict:
-    """Keyword arguments of ``int8_matmul_func`` for a record's knobs: ``int8_prefetch_bytes`` -> the GEMV's
-    ``ahead`` rows (0: ``prefetch=False``), ``int8_gemm_mr/nrv/nt`` -> the GEMM's ``mr``, ``nrv``, ``nt``."""
-    kw = {}
-    if kind == "int8_gemv" and knobs.get("int8_prefetch_bytes") is not None:
-        nbytes = int(knobs["int8_prefetch_bytes"])
-        if nbytes <= 0:
-            kw["prefetch"] = False
-        else:
-            kw["ahead"] = max(1, round(nbytes / (k_in // 2)))
-    if kind == "int8_gemm":
-        for knob, arg in (("int8_gemm_mr", "mr"), ("int8_gemm_nrv", "nrv"), ("int8_gemm_nt", "nt")):
-            if knobs.get(knob) is not None:
-                kw[arg] = int(knobs[knob])
-    return kw
+def build_int8(scheme, n_out: int, k_in: int, rows, params, isa: str, prefetch: bool, knobs: dict):
+    """The int8 kernel exactly as the model builds it (``derived_int8_matmul``), with a record's knobs
+    (CPUParams fields; {}: the derived kernel)."""
+    from schedules.cpu.int8_gemm import derived_int8_matmul
 
-
-def build_int8(kind: str, scheme, n_out: int, k_in: int, rows, isa: str, prefetch: bool, knobs: dict):
-    """The int8 kernel as the model builds it, with explicit knobs ({}: the derived kernel)."""
-    from schedules.cpu.int8_gemm import int8_matmul_func
-
-    kw = {"isa": isa, "prefetch": prefetch, **int8_knob_args(kind, k_in, knobs)}
-    return int8_matmul_func(scheme, n_out, k_in, tuple(rows), **kw)
+    return derived_int8_matmul(scheme, n_out, k_in, tuple(rows), params, isa=isa, prefetch=prefetch, **knobs)
 
 
 def tuned_int8_matmul(base):
     """Wrap the model's ``int8_kernel`` factory ``base(scheme, N, K, rows) -> PrimFunc | None`` (a partial of
-    ``int8_matmul_func`` with ``isa`` and ``prefetch``): the same kernels, each tagged with its key (the
+    ``derived_int8_matmul`` with ``params``, ``isa`` and ``prefetch``; record knobs are CPUParams fields): the same kernels, each tagged with its key (the
     ``llama_aot.tuning`` attribute: how tasks.py finds and rebuilds it), built with a record's knobs when a
     ``--tuned`` database is active and has one for that key."""
     keywords = dict(getattr(base, "keywords", {}) or {})
@@ -189,7 +171,7 @@ def tuned_int8_matmul(base):
         knobs = records.lookup(key) if records is not None else None
         if knobs is not None:  # {}: the record says the derived kernel is the best
             try:
-                tuned = base(scheme, n_out, k_in, rows, **int8_knob_args(kind, k_in, knobs)) if knobs else func
+                tuned = base(scheme, n_out, k_in, rows, **knobs) if knobs else func
             except Exception as err:  # pylint: disable=broad-except
                 tuned, why = None, str(err).splitlines()[0] if str(err) else type(err).__name__
             else:

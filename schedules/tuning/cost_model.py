@@ -137,7 +137,8 @@ def _gemm(task, eff: dict, tt) -> float:
 
 def _int8_gemv(task, eff: dict, tt) -> float:
     p = tt.params
-    nbytes = int(eff.get("int8_prefetch_bytes") if eff.get("int8_prefetch_bytes") is not None else 12288)
+    knob = eff.get("int8_prefetch_bytes")
+    nbytes = int(knob) if knob is not None else p.int8_gemv_prefetch_bytes()
     if nbytes <= 0:
         stream = 0.8
     else:

@@ -67,7 +67,7 @@ def scheduled_func(task, knobs: dict, tt):
             # the GEMM is built for symbolic rows [b, s] (only the rank matters to the builder)
             rows = tuple(m["x_shape"]) if task.kind == "int8_gemv" else (tirx.Var("b", "int64"), tirx.Var("s", "int64"))
             try:
-                func = build_int8(task.kind, get_scheme(m["scheme"]), m["n"], m["k"], rows, m["isa"], m["prefetch"], knobs)
+                func = build_int8(get_scheme(m["scheme"]), m["n"], m["k"], rows, tt.params, m["isa"], m["prefetch"], knobs)
             except Exception as err:  # pylint: disable=broad-except
                 raise InvalidCandidate(f"{task.kind} refused {knobs}: {err}") from None
             if func is None:

@@ -182,12 +182,7 @@ def _gemm(task, tt) -> Space:
 
 
 def _int8_gemv(task, tt) -> Space:
-    try:
-        from schedules.cpu import int8_gemv
-
-        derived = int(getattr(int8_gemv, "PREFETCH_BYTES", 12288))
-    except ImportError:
-        derived = 12288
+    derived = tt.params.int8_gemv_prefetch_bytes()
     if not tt.prefetch_allowed or not task.meta.get("prefetch", True):
         return Space("int8_gemv", [])
     return Space("int8_gemv", [Dim("int8_prefetch_bytes", _uniq([derived, 0, 4096, 8192, 16384, 24576, 32768]))])

@@ -62,25 +62,11 @@ def cpu_facts(params) -> dict:
 
 
 def pipeline_params(bt, target, cpu_facts: str | None = None):
-    """The CPUParams compile gives our rules for this build (compiler/compile.py): derived from the SoC's facts
-    for --soc, this machine's otherwise, with --cpu-facts overrides; knobs left as compile sets them."""
+    """The CPUParams compile gives our rules for this build (compiler/compile.py does the same call)."""
     from schedules.cpu.params import CPUParams
+    from targets.cpu_facts import facts_for_build
 
-    if hasattr(CPUParams, "for_build"):
-        from targets.cpu_facts import CPUFacts
-
-        facts = CPUFacts.from_soc(bt.soc) if bt.soc is not None else None
-        if cpu_facts:
-            from targets.cpu_facts import parse_overrides
-
-            facts = (facts or CPUFacts.host()).replace(**parse_overrides(cpu_facts))
-        return CPUParams.for_build(target, facts)
-    from compiler.pipeline import _schedule_rules
-
-    for rule in _schedule_rules(target):
-        if getattr(rule, "params", None) is not None:
-            return rule.params
-    return CPUParams.from_target(target)
+    return CPUParams.for_build(target, facts_for_build(bt.soc, cpu_facts))
 
 
 def resolve(options) -> TuneTarget:
