@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 # cmake/ninja/JDK: native runtime + JNI; glslang/spirv/mesa: Vulkan codegen + lavapipe; pocl: OpenCL on the CPU;
 # valgrind: cachegrind probes of the derived tilings
 APT_PACKAGES="clang lld llvm g++ cmake ninja-build openjdk-17-jdk-headless g++-aarch64-linux-gnu qemu-user \
-  glslang-tools spirv-tools mesa-vulkan-drivers libvulkan-dev vulkan-tools pocl-opencl-icd ocl-icd-opencl-dev valgrind"
+  glslang-tools spirv-tools mesa-vulkan-drivers libvulkan-dev vulkan-tools pocl-opencl-icd ocl-icd-opencl-dev valgrind vulkan-validationlayers"
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null

@@ -79,12 +79,12 @@ def test_bench_profile_argument():
 
 
 def test_bandwidth_probe_structure():
-    r = bandwidth.measure(threads=2, size_bytes=32 << 20, reps=3, chunk_bytes=8 << 20)
+    r = bandwidth.measure(threads=2, size_bytes=32 << 20, reps=3, chunk_bytes=8 << 20, seconds=0)  # exactly 3 passes
     assert r["kernel"] in bandwidth.TVM_KERNELS and set(r["kernels"]) == set(bandwidth.TVM_KERNELS)
     assert r["threads"] == 2 and r["reps"] == 3 and r["buffer_mib"] == 32 and r["chunk_mib"] == 8
     assert r["chunks"] == 4  # 3 passes x 4 chunks, the 3 kernels taking turns: 4 each
     assert r["min_gbps"] <= r["median_gbps"] <= r["gbps"] == max(r["kernels"].values()) and 0 <= r["spread"] < 1
-    n = bandwidth.measure(threads=2, size_bytes=16 << 20, reps=2, kernel="numpy")
+    n = bandwidth.measure(threads=2, size_bytes=16 << 20, reps=2, kernel="numpy", seconds=0)
     assert n["gbps"] > 0 and n["kernel"] == "numpy"
     assert bandwidth.default_buffer_bytes() >= max(256 << 20, 8 * bandwidth.llc_bytes()) or \
         bandwidth.default_buffer_bytes() <= bandwidth._mem_available() // 4

@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 os.environ.setdefault("TVM_NUM_THREADS", "2")  # the machine is shared
 
-TINY = ROOT / "models" / "tiny-llama3"
-CHUNK = 16  # prefill chunk of the test packages (keys do not depend on it)
-
-
-def options(f32: bool, **kw):
-    from compiler.compile import CompileOptions
-
-    return CompileOptions(prefill_chunk=CHUNK, context_window=256, int8_activations=False if f32 else None, **kw)
+from tuning_helpers import TINY, options  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, options
+from tuning_helpers import ROOT, TINY, options
 
 PROMPT = list(range(3, 40))  # longer than the prefill chunk (16) and a KV page
 

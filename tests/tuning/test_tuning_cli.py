@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, TINY
+from tuning_helpers import ROOT, TINY
 
 
 def _tune_cmd(db, report, tasks=3):

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from compiler.errors import LlamaAotError
-from conftest import TINY
+from tuning_helpers import TINY
 from rpc_farm import Farm
 
 KEY = "test-farm"
@@ -124,7 +124,7 @@ def aarch64_session(tmp_path_factory):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tuning_helpers import ROOT
 
     for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64", "clang", "ld.lld"):
         if shutil.which(tool) is None:
@@ -150,7 +150,7 @@ def test_aarch64_server_under_qemu(farm, aarch64_session, tmp_path):
     import sys
 
     from compiler.compile import CompileOptions, compile_model
-    from conftest import ROOT
+    from tuning_helpers import ROOT
     from rpc_farm import free_port
     from schedules.tuning import tune
 

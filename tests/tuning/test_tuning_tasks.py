@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY
+from tuning_helpers import ROOT, TINY
 
 
 def _primfuncs(mod):
@@ -75,7 +75,7 @@ def test_keys_are_stable_across_processes(tiny_tasks):
     """Compile looks records up in another process than tune: the structural hashes must agree."""
     _, tasks, _, _ = tiny_tasks("f32")
     script = (
-        "import json; from conftest import options, TINY;"
+        "import json; from tuning_helpers import options, TINY;"
         "from schedules.tuning.target import resolve; from schedules.tuning.tasks import extract_tasks;"
         "o = options(True); t, _ = extract_tasks(TINY, o, resolve(o)); print(json.dumps([x.key for x in t]))"
     )
