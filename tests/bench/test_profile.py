@@ -92,7 +92,7 @@ def test_bandwidth_probe_structure():
 
 def test_bandwidth_cli_runs_in_processes():
     out = subprocess.run([sys.executable, "-m", "bench.bandwidth", "--size-mb", "16", "--reps", "2", "--runs", "2",
-                          "--kernel", "numpy"],  # numpy: no TVM import and compile per child
+                          "--kernel", "numpy", "--seconds", "0"],  # numpy: no TVM import and compile per child
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
