@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 GPU_APIS = ("opencl", "vulkan", "metal")
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llama3"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
 from .quantization import get_scheme

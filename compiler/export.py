@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 
 def platform_of(host_target: dict) -> str:

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from runtime_stubs.package_format import MANIFEST, PACKAGE_CONFIG
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from compiler.errors import LlamaAotError
+from .errors import LlamaAotError
 
 from .package_format import read_manifest, read_package_config
 from .sampling import sample

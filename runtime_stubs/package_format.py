@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compiler.errors import LlamaAotError
+from .errors import LlamaAotError
 
 PACKAGE_CONFIG = "llama-aot.json"
 MANIFEST = "params/manifest.json"

@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from . import hostdetect
 from .schema import (

@@ -5,7 +5,7 @@ A *fact* is a table ``{ value = ..., source = "...", confirmed = false, note = "
 with ``confirmed = false`` must say in ``note`` why it is an estimate.  CPU clusters are records
 with their own ``source``/``confirmed``/``note``.  See docs/socs.md for the full format.
 
-Every problem raises :class:`compiler.errors.LlamaAotError` with one line naming the file and the
+Every problem raises :class:`runtime_stubs.errors.LlamaAotError` with one line naming the file and the
 key (``<file>: [gpu.apis] ...``) and what to change.  Nothing here imports TVM.
 """
 
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 SCHEMA_VERSION = 1
 GPU_APIS = ("opencl", "vulkan", "metal")

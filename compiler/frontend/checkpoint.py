@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .spec import ModelSpec
 
 INDEX_NAME = "model.safetensors.index.json"

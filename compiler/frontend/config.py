@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .spec import LayerSpec, ModelSpec, RopeScaling
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")

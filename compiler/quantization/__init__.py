@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .base import QuantScheme
 from .group import Q4F16Scheme, Q8F16Scheme, make_q4f16, make_q8f16
 from .q0 import NoQuantScheme, make_q0

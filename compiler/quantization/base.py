@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 ParamSpecs = dict[str, tuple[tuple[int, ...], str]]
 

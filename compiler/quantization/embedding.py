@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm.relax.frontend import nn
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .base import QuantScheme
 from .kernels import TAKE_BLOCK, check_compute_dtype, dequant_take_te, matmul_op, static_last_dim
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .base import PACK_ROW_CHUNK, ParamSpecs, QuantScheme, check_positive_int
 
 _FP16_MAX = 65504.0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .base import QuantScheme
 
 MATMUL_BLOCK = "dequant_matmul"

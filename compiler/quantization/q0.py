@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from .base import PACK_ROW_CHUNK, ParamSpecs, QuantScheme, check_positive_int
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2}

@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("vk_device.cc", "vk_device_api.cc", "vk_module.cc")

@@ -45,7 +45,7 @@ def tune(
     """
     from tqdm import tqdm
 
-    from compiler.errors import LlamaAotError
+    from runtime_stubs.errors import LlamaAotError
 
     from .database import TuningDB
     from .measure import InvalidCandidate, LocalRunner, RPCRunner

@@ -29,7 +29,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 FORMAT = "llama-aot-tuning"
 FORMAT_VERSION = 1

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from .apply import build_int8, suspended
 from .tasks import io_buffers

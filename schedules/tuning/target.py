@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 FMA_UNITS = 2  # FMA pipes per core: Zen 2-5, Intel since Haswell, Cortex-X/A7xx (4 x 128-bit on X4; 2 is conservative)
 

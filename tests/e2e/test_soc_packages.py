@@ -9,7 +9,7 @@ import pytest
 
 from compiler.cli import DEFAULT_MODEL, main
 from compiler.compile import CompileOptions, compile_model
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from targets import list_socs
 
 PHONES = [s for s in list_socs() if not s.is_host]

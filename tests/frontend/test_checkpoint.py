@@ -13,7 +13,7 @@ from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import load_file as torch_load_file
 from safetensors.torch import save_file as torch_save_file
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from compiler.frontend import Checkpoint, LayerSpec, expected_tensors, load_spec
 from compiler.frontend.synthetic import float32_to_bfloat16_bits, write_random_checkpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from compiler.frontend import LayerSpec, ModelSpec, RopeScaling, load_spec
 from compiler.frontend.synthetic import convert_config_layout, llama32_1b_config
 

@@ -10,7 +10,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend import nn  # noqa: E402
 
-from compiler.errors import LlamaAotError  # noqa: E402
+from runtime_stubs.errors import LlamaAotError  # noqa: E402
 from compiler.quantization import SCHEMES, get_scheme  # noqa: E402
 from compiler.quantization.embedding import QuantizedEmbedding  # noqa: E402
 from compiler.quantization.kernels import CAST_BLOCK, MATMUL_BLOCK, TAKE_BLOCK  # noqa: E402

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from compiler.quantization import SCHEMES, get_scheme, select_schemes
 from compiler.quantization import base as qbase
 

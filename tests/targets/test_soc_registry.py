@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from targets.describe import iter_facts, list_text, show_text
 from targets.registry import ENV_VAR, SHIPPED_DIR, SocSpec, list_socs, load_soc
 

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from schedules.tuning.database import TuningDB, db_path, merge_records, read_file
 
 FACTS = {"cpu": {"arch": "x86_64", "vector_bits": 256, "num_cores": 2}, "int8_isa": None}

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 from tuning_helpers import TINY
 from rpc_farm import Farm
 

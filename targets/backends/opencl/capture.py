@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from .source import local_memory_bytes, split_kernels
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from .capture import Kernel, OpenCLBuild, TensorArg
 from .source import emulate_fp16

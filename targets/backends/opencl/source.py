@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 _MARKER = re.compile(r"^// Function: (\S+)[ \t]*$", re.M)
 _FP16_BLOCK = re.compile(r"#ifdef cl_khr_fp16\n.*?#endif[ \t]*\n", re.S)

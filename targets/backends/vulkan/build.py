@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 from .errors import VulkanCodegenError
 from .glsl import GLSLKernel, kernel_to_glsl

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compiler.errors import LlamaAotError
+from runtime_stubs.errors import LlamaAotError
 
 
 class VulkanCodegenError(LlamaAotError):

@@ -1,5 +1,8 @@
 """One exception type for every user-facing failure.
 
+It lives in the runtime, the bottom floor: the runtime ships alone and imports nothing from the
+compiler, and every other room (targets, schedules, compiler, bench) may import the runtime.
+
 The CLI prints ``error: <message>`` on one line and exits non-zero for it; anything
 else is a bug and keeps its traceback.
 """
