@@ -1,5 +1,6 @@
-"""The house has no arrows back up: the runtime ships alone, so it imports nothing from the compiler,
-and the SoC descriptions (targets/) and the schedules do not import the compiler either."""
+"""The house has no arrows back up: the runtime ships alone, so it imports nothing from the compiler;
+the SoC descriptions (targets/) do not import the compiler; the compiler and the tuner import neither
+the benchmarks nor the CLI (the top floor)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def _imported_packages(modules: list[str]) -> set[str]:
 @pytest.mark.parametrize("modules,forbidden", [
     (["runtime_stubs.engine", "runtime_stubs.package_format", "runtime_stubs.vulkan", "runtime_stubs.sampling"],
      {"compiler", "schedules", "targets", "bench"}),
-    (["targets.registry", "targets.cpu_facts", "targets.schema"], {"compiler", "bench"}),
+    (["targets.registry", "targets.cpu_facts", "targets.schema"], {"compiler", "bench", "cli"}),
+    (["compiler.compile", "compiler.pipeline", "compiler.export", "schedules.tuning"], {"bench", "cli"}),
 ])
 def test_lower_floors_do_not_import_upper_ones(modules, forbidden):
     assert _imported_packages(modules) & forbidden == set()

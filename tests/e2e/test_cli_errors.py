@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from compiler.cli import main
+from cli.main import main
 from compiler.frontend.synthetic import write_random_checkpoint
 from model_configs import BASE
 
@@ -81,7 +81,7 @@ def test_bad_checkpoint(case, tmp_path, capsys):
 def test_missing_directory_via_console_script(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "compiler.cli", "compile", str(tmp_path / "nope"), "-o", str(out)],
+        [sys.executable, "-m", "cli", "compile", str(tmp_path / "nope"), "-o", str(out)],
         capture_output=True,
         text=True,
     )

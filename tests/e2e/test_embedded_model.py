@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from compiler.cli import DEFAULT_MODEL, main
+from cli.main import DEFAULT_MODEL, main
 from reference import dequantized_hf_weights, int8_reference, reference_logits, reference_model
 
 PROMPT = (
@@ -35,7 +35,7 @@ def packages(tmp_path_factory):
 def _cli_run(package: Path, *args: str, runtime_only: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1" if runtime_only else "0")
     return subprocess.run(
-        [sys.executable, "-m", "compiler.cli", "run", str(package), *args], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "cli", "run", str(package), *args], capture_output=True, text=True, env=env
     )
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from compiler.cli import DEFAULT_MODEL, main
+from cli.main import DEFAULT_MODEL, main
 from compiler.compile import CompileOptions, compile_model
 from runtime_stubs.errors import LlamaAotError
 from targets import list_socs

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.cli import DEFAULT_MODEL
+from cli.main import DEFAULT_MODEL
 from compiler.compile import CompileOptions, compile_model
 from reference import reference_logits, reference_model
 from runtime_stubs.engine import Engine

@@ -65,7 +65,7 @@ def test_tuned_compile_applies_and_records(tmp_path, tiny_tasks, mode, picks):
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=str(ROOT), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=str(ROOT), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -79,7 +79,7 @@ def _one_line_error(code, stderr, *words):
 
 
 def test_cli_refusals(tmp_path, tiny_tasks, capsys):
-    from compiler.cli import main
+    from cli.main import main
     from schedules.tuning.database import TuningDB
 
     from rpc_farm import free_port

@@ -13,7 +13,7 @@ from tuning_helpers import ROOT, TINY
 
 
 def _tune_cmd(db, report, tasks=3):
-    return [sys.executable, "-m", "compiler.cli", "tune", str(TINY), "--db", str(db), "--trials", "3",
+    return [sys.executable, "-m", "cli", "tune", str(TINY), "--db", str(db), "--trials", "3",
             "--f32-activations", "--kinds", "dequant_gemv", "--max-tasks", str(tasks), "--prefill-chunk", "16",
             "--json", str(report)]
 

@@ -18,7 +18,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llama3
 
 
 def _cmd_compile(args) -> int:
-    from .compile import CompileOptions, compile_model
+    from compiler.compile import CompileOptions, compile_model
 
     options = CompileOptions(
         **_build_options(args),
@@ -146,7 +146,7 @@ def _cmd_targets(args) -> int:
 def _cmd_tune(args) -> int:
     from schedules.tuning import report_text, tune
 
-    from .compile import CompileOptions
+    from compiler.compile import CompileOptions
 
     options = CompileOptions(**_build_options(args))
     kinds = [k for k in args.kinds.split(",") if k] if args.kinds else None
