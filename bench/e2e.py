@@ -25,12 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "models" / "tiny-llama3"
 
 
-def prompt_ids(n: int, vocab: int) -> list[int]:
-    return [(7919 * i + 17) % (vocab - 10) + 5 for i in range(n)]
-
-
 def measure_package(package: Path, prompt_tokens: int, gen_tokens: int, threads: int, reps: int = 2) -> dict:
     """Run in this process (call it in a subprocess for a clean peak RSS)."""
+    from bench.peers import prompt_ids
     from runtime_stubs.engine import Engine, peak_rss_mb
 
     engine = Engine(package, num_threads=threads)

@@ -652,7 +652,7 @@ def _run_checked(cmd: list[str]) -> None:
 
 
 def prompt_ids(n: int, vocab: int) -> list[int]:
-    """Deterministic spread-out token ids (same formula as bench/e2e.py)."""
+    """Deterministic spread-out token ids: the prompt every engine of a bench run gets."""
     return [(7919 * i + 17) % (vocab - 10) + 5 for i in range(n)]
 
 

@@ -320,7 +320,7 @@ def profile_package(package: str | Path, threads: int | None = None, prompt_toke
                     chunks: int = 4) -> dict:
     """``{"decode": ..., "prefill": ...}`` breakdowns (see ``Profiler.breakdown``) of one package, over ``steps``
     decode steps after a ``prompt_tokens`` prompt and over ``chunks`` first prefill chunks."""
-    from bench.e2e import prompt_ids
+    from bench.peers import prompt_ids
     from runtime_stubs.engine import Engine
 
     engine = Engine(package, num_threads=threads)

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-from .registry import SocSpec, list_socs, load_soc
+from .registry import SocSpec, iter_facts, list_socs, load_soc
 from .schema import CpuCluster, Fact
-
-_SECTIONS = ("cpu", "cache", "gpu", "memory")
-
-
-def iter_facts(soc: SocSpec) -> Iterator[tuple[str, Fact | CpuCluster]]:
-    """(dotted key, fact) for every sourced fact of ``soc``, in file order; clusters included."""
-    for section in _SECTIONS:
-        obj = getattr(soc, section)
-        if obj is None:
-            continue
-        for field in obj.__dataclass_fields__:
-            v = getattr(obj, field)
-            if isinstance(v, Fact):
-                yield f"{section}.{field}", v
-            elif field == "clusters":
-                for i, c in enumerate(v):
-                    yield f"cpu.clusters[{i}]", c
-
 
 def _q(confirmed: bool) -> str:
     return "" if confirmed else "?"

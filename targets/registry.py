@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from . import hostdetect
 from .schema import (
     GPU_APIS,
     CacheSpec,
+    CpuCluster,
     CpuSpec,
+    Fact,
     GpuSpec,
     MemorySpec,
     ParsedSoc,
@@ -200,9 +203,25 @@ class SocSpec:
 
     def unconfirmed_facts(self) -> list[str]:
         """Dotted keys of every fact marked ``confirmed = false``."""
-        from .describe import iter_facts  # shared walker
-
         return [key for key, fact in iter_facts(self) if not fact.confirmed]
+
+
+_SECTIONS = ("cpu", "cache", "gpu", "memory")
+
+
+def iter_facts(soc: SocSpec) -> Iterator[tuple[str, Fact | CpuCluster]]:
+    """(dotted key, fact) for every sourced fact of ``soc``, in file order; clusters included."""
+    for section in _SECTIONS:
+        obj = getattr(soc, section)
+        if obj is None:
+            continue
+        for field in obj.__dataclass_fields__:
+            v = getattr(obj, field)
+            if isinstance(v, Fact):
+                yield f"{section}.{field}", v
+            elif field == "clusters":
+                for i, c in enumerate(v):
+                    yield f"cpu.clusters[{i}]", c
 
 
 # ----------------------------------------------------------------------------------------------

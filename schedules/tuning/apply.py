@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 
-from .tasks import TUNING_ATTR, int8_key, rule_key
+from .keys import TUNING_ATTR, int8_key, rule_key
 
 logger = logging.getLogger(__name__)
 

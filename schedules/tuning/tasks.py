@@ -22,21 +22,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-TUNING_ATTR = "llama_aot.tuning"
+from .keys import TUNING_ATTR, rule_key
+
 TUNABLE_RULES = {"DequantGEMV": "dequant_gemv", "DequantGEMM": "dequant_gemm"}
 PHASES = ("decode", "prefill")
 _BATCH_VAR_NAMES = ("b", "batch", "batch_size")
-
-
-def rule_key(rule: str, func) -> str:
-    """Key of a rule-scheduled kernel: rule name + structural hash of the unscheduled PrimFunc."""
-    import tvm_ffi
-
-    return f"{rule}/{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def int8_key(kind: str, scheme: str, order: str, n: int, k: int) -> str:
-    return f"{kind}/{scheme}/{order}/N{n}/K{k}"
 
 
 @dataclass

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runtime_stubs.errors import LlamaAotError
-from targets.describe import iter_facts, list_text, show_text
+from targets.describe import list_text, show_text
+from targets.registry import iter_facts
 from targets.registry import ENV_VAR, SHIPPED_DIR, SocSpec, list_socs, load_soc
 
 REQUIRED = {

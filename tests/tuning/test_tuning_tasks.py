@@ -18,7 +18,7 @@ def _primfuncs(mod):
 
 
 def test_extract_f32_tasks(tiny_tasks):
-    from schedules.tuning.tasks import rule_key
+    from schedules.tuning.keys import rule_key
 
     tt, tasks, info, _ = tiny_tasks("f32")
     layers = len(info["spec"].layers)
