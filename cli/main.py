@@ -68,12 +68,28 @@ def _parse_ids(text: str) -> list[int]:
         raise LlamaAotError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
 
 
+def _cmd_keygen(args) -> int:
+    from runtime_stubs.signing import generate_key
+
+    private, public = generate_key(args.name)
+    print(f"wrote {private} (keep it secret) and {public} (copy it into the --trusted-keys directory of the apps)")
+    return 0
+
+
+def _cmd_sign(args) -> int:
+    from runtime_stubs.signing import sign_package
+
+    print(f"wrote {sign_package(args.package, args.key)}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     import numpy as np
 
     from runtime_stubs.engine import Engine, peak_rss_mb
 
-    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device)
+    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
+                    trusted_keys=args.trusted_keys)
     if args.verbose:
         print(json.dumps(engine.device_description()), file=sys.stderr)
     if args.prompt_ids is not None:
@@ -209,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print generated ids and timings as JSON")
     r.add_argument("--dump-logits", default=None, metavar="PATH.npy", help="save logits of every generated position")
     r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--verify", action="store_true", help="check every weight's sha256 before running")
+    r.add_argument("--verify", action="store_true",
+                   help="hash every weight shard in full (default: sizes and first/last MiB; libraries always in full)")
+    r.add_argument("--trusted-keys", default=None, metavar="DIR",
+                   help="refuse the package unless a public key (*.pub) in DIR signed it (`llama-aot sign`)")
     r.add_argument("--device", default=None, help="Vulkan packages: device index or name substring (default: first)")
     r.add_argument("--verbose", action="store_true", help="print the device and its limits")
     r.set_defaults(func=_cmd_run)
@@ -228,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_targets)
 
     _add_tune_parser(sub)
+
+    k = sub.add_parser("keygen", help="create an ed25519 signing key pair: NAME.key (private) and NAME.pub")
+    k.add_argument("name", help="path prefix of the two files, e.g. keys/release")
+    k.set_defaults(func=_cmd_keygen)
+
+    g = sub.add_parser("sign", help="sign a package (PKG/signature.json) after checking every file in full")
+    g.add_argument("package")
+    g.add_argument("--key", required=True, help="private key from `llama-aot keygen` (NAME.key)")
+    g.set_defaults(func=_cmd_sign)
     return p
 
 

@@ -20,6 +20,7 @@ from runtime_stubs.errors import LlamaAotError
 from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
 from .quantization import get_scheme
+from runtime_stubs.integrity import write_checksums
 from runtime_stubs.package_format import MANIFEST, PACKAGE_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
 
     from schedules.tuning.apply import activate as tuning_records
 
-    with Checkpoint(model_dir) as checkpoint, tuning_records(options) as tuning:
+    # the output lock first: a second compile into the same OUT fails before doing any work
+    with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
+            tuning_records(options) as tuning:
         checkpoint.validate(spec)
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
         model = LlamaForCausalLM(
@@ -119,69 +122,69 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             prefix = options.system_lib_prefix or _symbol_prefix(model_dir.name)
             mod = mod.with_attr("system_lib_prefix", prefix)
 
-        with atomic_output_dir(Path(out), overwrite=options.force) as tmp:
-            with tqdm(total=1, desc=f"compile for {bt.name} ({bt.device_api or 'cpu'})", unit="lib", leave=False) as bar:
-                t0 = time.perf_counter()
-                with collecting() as schedule_report:
-                    executable = _compile(tvm, mod, target, build_pipeline(target, params))
-                library = export_executable(executable, tmp / "lib", bt.host)
-                build_seconds = time.perf_counter() - t0
-                bar.update(1)
-            if platform != "host":
-                library["system_lib_prefix"] = prefix
+        with tqdm(total=1, desc=f"compile for {bt.name} ({bt.device_api or 'cpu'})", unit="lib", leave=False) as bar:
+            t0 = time.perf_counter()
+            with collecting() as schedule_report:
+                executable = _compile(tvm, mod, target, build_pipeline(target, params))
+            library = export_executable(executable, tmp / "lib", bt.host)
+            build_seconds = time.perf_counter() - t0
+            bar.update(1)
+        if platform != "host":
+            library["system_lib_prefix"] = prefix
 
-            plan = weight_plan(spec, scheme, head_scheme)
-            stream = converted_params(checkpoint, plan, param_names, param_dtypes)
-            entries = write_params(
-                tmp, _checked(tqdm(stream, total=len(param_names), desc="convert weights", unit="tensor"), param_shapes)
-            )
-            tokenizer_files = copy_tokenizer(model_dir, tmp)
-            # per decoded token every weight is read once, except the embedding table (one row)
-            embed_bytes = sum(e["nbytes"] for e in entries if e["name"].startswith("embed_tokens."))
-            per_token = weight_bytes - (0 if spec.tie_word_embeddings else embed_bytes)
-            config = {
-                "format_version": FORMAT_VERSION,
-                "model": spec.to_json(),
-                "quantization": {
-                    "name": scheme.name,
-                    "layout": scheme.layout(),
-                    "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
+        plan = weight_plan(spec, scheme, head_scheme)
+        stream = converted_params(checkpoint, plan, param_names, param_dtypes)
+        entries = write_params(
+            tmp, _checked(tqdm(stream, total=len(param_names), desc="convert weights", unit="tensor"), param_shapes)
+        )
+        tokenizer_files = copy_tokenizer(model_dir, tmp)
+        # per decoded token every weight is read once, except the embedding table (one row)
+        embed_bytes = sum(e["nbytes"] for e in entries if e["name"].startswith("embed_tokens."))
+        per_token = weight_bytes - (0 if spec.tie_word_embeddings else embed_bytes)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": spec.to_json(),
+            "quantization": {
+                "name": scheme.name,
+                "layout": scheme.layout(),
+                "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
+            },
+            "activation_dtype": dtype,
+            # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
+            # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
+            "projection_activations": "int8_group32" if int8_activations else dtype,
+            "target": bt.describe(),
+            "context_window": context_window,
+            "prefill_chunk": options.prefill_chunk,
+            "weights": {"bytes": weight_bytes, "bytes_read_per_decoded_token": per_token},
+            "memory_plan": plan_mem,
+            "library": library,
+            "runtime": {
+                # iOS links the static archive into the app: the model is found as a system library
+                "library": library.get("library")
+                or library.get("shared_library")
+                or f"system:{library['system_lib_prefix']}",
+                "params_manifest": MANIFEST,
+                "num_kv_caches": len(model.groups),
+                "kv_cache_layers": [ids for _, ids in model.groups],
+                "page_size": PAGE_SIZE,
+                "functions": {
+                    "embed": "embed",
+                    "prefill": "prefill",
+                    "decode": "decode",
+                    "create_kv_cache": [f"create_paged_kv_cache_{g}" for g in range(len(model.groups))],
                 },
-                "activation_dtype": dtype,
-                # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
-                # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
-                "projection_activations": "int8_group32" if int8_activations else dtype,
-                "target": bt.describe(),
-                "context_window": context_window,
-                "prefill_chunk": options.prefill_chunk,
-                "weights": {"bytes": weight_bytes, "bytes_read_per_decoded_token": per_token},
-                "memory_plan": plan_mem,
-                "library": library,
-                "runtime": {
-                    # iOS links the static archive into the app: the model is found as a system library
-                    "library": library.get("library")
-                    or library.get("shared_library")
-                    or f"system:{library['system_lib_prefix']}",
-                    "params_manifest": MANIFEST,
-                    "num_kv_caches": len(model.groups),
-                    "kv_cache_layers": [ids for _, ids in model.groups],
-                    "page_size": PAGE_SIZE,
-                    "functions": {
-                        "embed": "embed",
-                        "prefill": "prefill",
-                        "decode": "decode",
-                        "create_kv_cache": [f"create_paged_kv_cache_{g}" for g in range(len(model.groups))],
-                    },
-                },
-                "tokenizer": tokenizer_files,
-                **({"tuning": tuning.summary()} if tuning is not None else {}),  # records used per kernel
-                # the facts and derived knobs of the CPU schedules, the rule each kernel got, any fallback
-                "schedules": {"cpu": params.schedule_record() if params else None, **schedule_report.to_json()},
-                # no timings or paths in the package: the same inputs give the same bytes (timings: stderr)
-                "compile": {"tvm_version": tvm.__version__, "llama_aot_version": _version()},
-            }
-            with open(tmp / PACKAGE_CONFIG, "w") as f:
-                json.dump(config, f, indent=1)
+            },
+            "tokenizer": tokenizer_files,
+            **({"tuning": tuning.summary()} if tuning is not None else {}),  # records used per kernel
+            # the facts and derived knobs of the CPU schedules, the rule each kernel got, any fallback
+            "schedules": {"cpu": params.schedule_record() if params else None, **schedule_report.to_json()},
+            # no timings or paths in the package: the same inputs give the same bytes (timings: stderr)
+            "compile": {"tvm_version": tvm.__version__, "llama_aot_version": _version()},
+        }
+        with open(tmp / PACKAGE_CONFIG, "w") as f:
+            json.dump(config, f, indent=1)
+        write_checksums(tmp)  # last: lists every other file (runtime_stubs/integrity.py)
     logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
 

@@ -10,13 +10,16 @@ Layout:
   OUT/params/shard-NNNNN.bin    raw little-endian tensor bytes, each tensor 64-byte aligned
   OUT/tokenizer.json ...        copied from the checkpoint when present
 
-The package is assembled in a sibling temporary directory and renamed into place at the end,
-so a failed compile never leaves a half-written OUT behind.
+The package is assembled in a sibling temporary directory and swapped into place at the end, under
+a lock, so a failed, killed or concurrent compile never leaves a half-written or mixed OUT behind.
+OUT/checksums.json (runtime_stubs/integrity.py) is written last and lists every other file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -40,26 +43,81 @@ TOKENIZER_FILES = (
 ALIGN = 64
 
 
+def _siblings(out: Path, kind: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.{kind}-*"))
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """One compile per output directory at a time: a second one fails at once (no waiting, no mix).
+
+    flock on a sibling lock file, removed when the compile ends; the kernel drops the lock of a
+    killed compile, and the next one takes the file over."""
+    path = out.with_name(f".{out.name}.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LlamaAotError(
+                f"another llama-aot compile is writing {out} (it holds {path}); wait for it to finish or pass another -o"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the previous holder removed the file while we opened it: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``out`` only if the block succeeds."""
+    """Yield a temporary sibling directory that replaces ``out`` only if the block succeeds.
+
+    A compile killed at any point (SIGKILL included) leaves the old package or none, never a mix:
+    the swap is one atomic rename.  Leftovers of a killed compile (its temporary sibling, the lock
+    file) are removed by the next compile into the same ``out``."""
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise LlamaAotError(f"output directory {out} already exists; remove it or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    with _output_lock(out):
+        if out.exists():
+            if not overwrite:
+                raise LlamaAotError(f"output directory {out} already exists; remove it or pass --force")
+            if not out.is_dir() or (any(out.iterdir()) and not (out / PACKAGE_CONFIG).is_file()):
+                raise LlamaAotError(f"{out} exists and is not a llama-aot package; pass another -o (it is never replaced)")
+        for stale in _siblings(out, "tmp") + _siblings(out, "old"):  # a killed compile's; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a package is as readable as any other output
+        if not out.exists():
+            tmp.rename(out)
+        elif _exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old package
+        else:  # no atomic swap here: a kill between the two renames leaves no package (never a mix)
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_params(

@@ -68,8 +68,33 @@ def pass_list(target: tvm.target.Target, params=None) -> list[tuple[str, tvm.tra
         ("LowerRuntimeBuiltin", relax.transform.LowerRuntimeBuiltin()),
         ("ComputePrimValue", relax.transform.ComputePrimValue()),
         ("VMShapeLower", relax.transform.VMShapeLower()),  # symbolic shapes -> VM shape heap
+        ("CanonicalShapeFuncs", canonical_shape_funcs),  # same model -> same bytes (see its docstring)
         ("AttachGlobalSymbol", relax.transform.AttachGlobalSymbol()),
     ]
+
+
+@tvm.transform.module_pass(opt_level=0, name="CanonicalShapeFuncs")
+def canonical_shape_funcs(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+    """Sort the stores of each VM shape function by shape-heap slot.
+
+    VMShapeLower emits the stores of one shape function in the iteration order of a hash map keyed by
+    expressions whose hashes follow their addresses, so two compiles of the same model could write
+    them in a different order (same values, different bytes in lib/model.so).  The stores of one
+    shape function are independent (each reads only slots that the shape matching filled), so
+    sorting them by slot changes nothing but the order."""
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not isinstance(func.body, tvm.tirx.SeqStmt):
+            continue
+        stores = list(func.body.seq)
+        if len(stores) < 2 or not all(isinstance(st, tvm.tirx.BufferStore) for st in stores):
+            continue
+        if not all(st.buffer.same_as(stores[0].buffer) for st in stores) or len(func.params) != 1:
+            continue  # a shape function writes one buffer: its only parameter, the shape heap
+        if not all(len(st.indices) == 1 and isinstance(st.indices[0], tvm.tirx.IntImm) for st in stores):
+            continue
+        ordered = sorted(stores, key=lambda st: int(st.indices[0].value))
+        mod[gv] = func.with_body(tvm.tirx.SeqStmt(ordered))
+    return mod
 
 
 def build_pipeline(target: tvm.target.Target, params=None) -> tvm.transform.Pass:

@@ -17,7 +17,9 @@ import numpy as np
 
 from .errors import LlamaAotError
 
+from .integrity import verify_package
 from .package_format import read_manifest, read_package_config
+from .signing import verify_signature
 from .sampling import sample
 
 
@@ -98,9 +100,12 @@ class Engine:
         num_threads: int | None = None,
         verify: bool = False,
         vulkan_device: str | None = None,
+        trusted_keys: str | Path | None = None,
     ):
         """``num_threads``: CPU threads (default: TVM_NUM_THREADS, else one per physical core);
-        ``vulkan_device``: index or name substring of the Vulkan device (default: the first)."""
+        ``vulkan_device``: index or name substring of the Vulkan device (default: the first);
+        ``verify``: hash every weight shard in full (default: sizes + first/last MiB, libraries in full);
+        ``trusted_keys``: a directory of ed25519 public keys: refuse a package none of them signed."""
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)
         elif "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
@@ -111,13 +116,16 @@ class Engine:
         self._tvm = tvm
         self.package_dir = Path(package_dir)
         self.config = read_package_config(self.package_dir)
+        if trusted_keys is not None:  # a signature vouches for checksums.json: then every byte is checked
+            verify_signature(self.package_dir, trusted_keys)
+        verify_package(self.package_dir, full=verify or trusted_keys is not None)  # before any code is loaded
         rt = self.config["runtime"]
         lib_path = self.package_dir / rt["library"]
         if not lib_path.is_file():
             raise LlamaAotError(f"{lib_path} is missing; recompile the package")
         self.device = self._open_device(self.config["target"].get("device", "cpu"), vulkan_device)
         self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
-        self.params = self._load_params(verify)
+        self.params = self._load_params()
         self.context_window = int(self.config["context_window"])
         self.prefill_chunk = int(self.config["prefill_chunk"])
         self.page_size = int(rt["page_size"])
@@ -171,9 +179,8 @@ class Engine:
 
         return {"device": "vulkan", **vulkan.device_info(0)}
 
-    def _load_params(self, verify: bool) -> list:
-        import hashlib
-
+    def _load_params(self) -> list:
+        """Weights as memory maps of the shards (verify_package has checked their sizes and hashes)."""
         entries = read_manifest(self.package_dir)
         params = []
         for e in entries:
@@ -185,8 +192,6 @@ class Engine:
                 arr = np.memmap(path, dtype=e["dtype"], mode="r", offset=e["offset"], shape=(count,))
             except ValueError:
                 raise LlamaAotError(f"weight shard {path} is truncated; recompile the package") from None
-            if verify and hashlib.sha256(memoryview(arr).cast("B")).hexdigest() != e["sha256"]:
-                raise LlamaAotError(f"{e['name']} in {path} fails its sha256 check; the package is corrupted")
             params.append(self._tvm.runtime.tensor(arr.reshape(e["shape"]), self.device))
             del arr
         return params

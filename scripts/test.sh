@@ -14,4 +14,7 @@ if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
-python3 -m pytest tests -q "$@"
+# one worker per core (at most 4: each holds a TVM compiler, ~2 GB); a test file stays on one worker so
+# the session fixtures its tests share (compiled packages, native builds) are built once per worker
+WORKERS=$(python3 -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))")
+python3 -m pytest tests -q -n "$WORKERS" --dist loadfile "$@"
