@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ def _cmd_compile(args) -> int:
         vulkan_profile=args.vulkan_profile,
         system_lib_prefix=args.system_lib_prefix,
         force_memory=args.force_memory,
+        max_memory=_parse_bytes(args.max_memory, "--max-memory") if args.max_memory else None,
         context_window=args.context_window,
         tuned_db=args.tuned,
     )
@@ -59,6 +61,13 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
         help="keep projection inputs in f32 (default with q4f16 on CPUs with an int8 dot product -- x86 AVX2, "
         "AVX-VNNI, AVX-512 VNNI or AArch64 dotprod: int8 per group of 32)",
     )
+
+
+def _parse_bytes(text: str, flag: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise LlamaAotError(f"{flag} must be a size like 6G, 512M or 1048576, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -207,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--system-lib-prefix", default=None, help="symbol prefix of a phone library (default: from the model dir)")
     c.add_argument("--force-memory", action="store_true", help="build even if the memory plan exceeds the SoC's memory")
+    c.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="refuse up front if compiling would need more memory than SIZE (e.g. 6G, 512M)")
     c.add_argument("--context-window", type=int, default=None, help="max tokens per sequence")
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")

@@ -42,6 +42,7 @@ class CompileOptions:
     num_threads: int | None = None
     system_lib_prefix: str | None = None  # phones: symbol prefix so several models link into one app
     force_memory: bool = False  # build even when the memory plan exceeds the SoC's usable memory
+    max_memory: int | None = None  # bytes: refuse up front when compiling would need more (--max-memory)
     force: bool = True  # replace an existing OUT
     # projections (prefill GEMM, decode GEMV, lm_head) with int8 activations (q4f16 on CPUs with an int8 dot
     # product: AVX-512 VNNI, AArch64 dotprod; schedules/cpu/int8_gemm.py, int8_gemv.py); None = wherever
@@ -72,7 +73,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     from .export import export_executable, platform_of
     from .memory_plan import memory_plan
     from .model.llama import LlamaForCausalLM
-    from .model.weights import converted_params, weight_plan
+    from .model.weights import conversion_peak_bytes, converted_params, weight_plan
     from .pipeline import build_pipeline
     from schedules.cpu.params import CPUParams
     from schedules.report import collecting
@@ -117,6 +118,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     f"{bt.soc.name} has about {usable / 1e9:.2f} GB usable; use a smaller --quant or "
                     f"--context-window, or --force-memory"
                 )
+        plan = weight_plan(spec, scheme, head_scheme)
+        _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, param_shapes, param_dtypes))
         platform = platform_of(bt.host)
         if platform != "host":
             prefix = options.system_lib_prefix or _symbol_prefix(model_dir.name)
@@ -132,7 +135,6 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         if platform != "host":
             library["system_lib_prefix"] = prefix
 
-        plan = weight_plan(spec, scheme, head_scheme)
         stream = converted_params(checkpoint, plan, param_names, param_dtypes)
         entries = write_params(
             tmp, _checked(tqdm(stream, total=len(param_names), desc="convert weights", unit="tensor"), param_shapes)
@@ -187,6 +189,22 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         write_checksums(tmp)  # last: lists every other file (runtime_stubs/integrity.py)
     logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
+
+
+def _check_compile_memory(max_memory: int | None, conversion_bytes: int) -> None:
+    """Compiling needs this process's memory now (TVM, the Relax model) plus the weight conversion's
+    working set (weights.conversion_peak_bytes); TVM's own growth while compiling is small next to it
+    (docs/reliability.md, "Compile memory").  Refuse before any long work if --max-memory is lower."""
+    import psutil
+
+    need = psutil.Process().memory_info().rss + conversion_bytes
+    logger.info("compile memory estimate: %.2f GB", need / 1e9)
+    if max_memory is not None and need > max_memory:
+        raise LlamaAotError(
+            f"compiling this model needs about {need / 1e9:.2f} GB (the weight conversion alone "
+            f"{conversion_bytes / 1e9:.2f} GB) but --max-memory is {max_memory / 1e9:.2f} GB; raise --max-memory "
+            "or compile on a machine with more memory"
+        )
 
 
 def _version() -> str:

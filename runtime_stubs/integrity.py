@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from .errors import LlamaAotError
+from .messages import plain
 
 CHECKSUMS = "checksums.json"
 SIGNATURE = "signature.json"
@@ -85,10 +86,11 @@ def read_checksums(package_dir: Path) -> dict:
                 raise ValueError(f"bad record for {rel!r}")
             if not all(isinstance(rec.get(k), str) for k in ("sha256", "head_sha256", "tail_sha256")):
                 raise ValueError(f"bad record for {rel!r}")
-            if rel.startswith("/") or ".." in Path(rel).parts:
-                raise ValueError(f"path {rel!r} leaves the package")
+            if rel.startswith("/") or ".." in Path(rel).parts or "\0" in rel or len(rel) > 1024 \
+                    or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(rel).parts):
+                raise ValueError(f"path {rel!r} is not a file of the package")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
-        raise LlamaAotError(f"{path} is corrupted ({str(e)[:80]}); recompile the package") from None
+        raise LlamaAotError(f"{path} is corrupted ({plain(str(e)[:80])}); recompile the package") from None
     return doc
 
 
@@ -109,7 +111,7 @@ def verify_package(package_dir: Path, full: bool = False) -> dict:
     for rel, rec in files.items():
         path = root / rel
         if not path.is_file():
-            raise LlamaAotError(f"{path} is missing; the package is incomplete: recompile or re-copy it")
+            raise LlamaAotError(f"{root}/{plain(rel)} is missing; the package is incomplete: recompile or re-copy it")
         size = os.path.getsize(path)
         if size != rec["bytes"]:
             what = "truncated" if size < rec["bytes"] else "longer than recorded"

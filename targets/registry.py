@@ -239,6 +239,10 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise LlamaAotError(f"{path}: invalid TOML ({e}); fix the syntax") from None
+    except UnicodeDecodeError as e:
+        raise LlamaAotError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except RecursionError:
+        raise LlamaAotError(f"{path}: invalid TOML (arrays or tables nested too deeply); fix the syntax") from None
     except OSError as e:
         raise LlamaAotError(f"{path}: cannot read ({e.strerror}); check the path") from None
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from runtime_stubs.errors import LlamaAotError
+from runtime_stubs.messages import plain, shown
 
 SCHEMA_VERSION = 1
 GPU_APIS = ("opencl", "vulkan", "metal")
@@ -26,6 +27,11 @@ DETECT_KINDS = ("host",)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _MATTR_RE = re.compile(r"^[+-][a-z0-9][a-z0-9._-]*$")
 _VK_VERSION_RE = re.compile(r"^[1-9]\.[0-9]+$")
+
+# Far beyond any SoC fact (counts, KiB, bytes; GHz, GB, GB/s): a larger value is a typo or a corrupt file,
+# and would overflow TVM's int32 target attributes or int(GB * 1e9) later.
+MAX_INT = 2**31 - 1
+MAX_NUMBER = 1e9
 
 T = TypeVar("T")
 
@@ -146,9 +152,9 @@ def _check_keys(ctx: _Ctx, key: str, table: dict, required: tuple, optional: tup
     allowed = set(required) | set(optional)
     for k in table:
         if k not in allowed:
-            where = f"{key}.{k}" if key else k
+            where = f"{key}.{plain(k)}" if key else plain(k)
             raise ctx.fail(
-                where, f"unknown key '{k}'; expected one of: {', '.join(sorted(allowed))}"
+                where, f"unknown key {shown(k)}; expected one of: {', '.join(sorted(allowed))}"
             )
 
 
@@ -160,7 +166,7 @@ def _table(ctx: _Ctx, key: str, v: Any) -> dict:
 
 def _str(ctx: _Ctx, key: str, v: Any, *, allow_empty: bool = False) -> str:
     if not isinstance(v, str):
-        raise ctx.fail(key, f"must be a string, got {type(v).__name__} {v!r}")
+        raise ctx.fail(key, f"must be a string, got {type(v).__name__} {shown(v)}")
     if not allow_empty and not v.strip():
         raise ctx.fail(key, "must not be empty")
     return v
@@ -168,24 +174,28 @@ def _str(ctx: _Ctx, key: str, v: Any, *, allow_empty: bool = False) -> str:
 
 def _positive_int(ctx: _Ctx, key: str, v: Any, *, allow_zero: bool = False) -> int:
     if not _is_int(v):
-        raise ctx.fail(key, f"must be an integer, got {type(v).__name__} {v!r}")
+        raise ctx.fail(key, f"must be an integer, got {type(v).__name__} {shown(v)}")
     if v < 0 or (v == 0 and not allow_zero):
         need = "zero or positive" if allow_zero else "positive"
-        raise ctx.fail(key, f"must be {need}, got {v}")
+        raise ctx.fail(key, f"must be {need}, got {shown(v)}")
+    if v > MAX_INT:
+        raise ctx.fail(key, f"{shown(v)} is implausibly large (more than {MAX_INT}); fix the value")
     return v
 
 
 def _positive_num(ctx: _Ctx, key: str, v: Any) -> float:
     if not _is_num(v):
-        raise ctx.fail(key, f"must be a number, got {type(v).__name__} {v!r}")
+        raise ctx.fail(key, f"must be a number, got {type(v).__name__} {shown(v)}")
     if not v > 0:
-        raise ctx.fail(key, f"must be positive, got {v}")
+        raise ctx.fail(key, f"must be positive, got {shown(v)}")
+    if not v <= MAX_NUMBER:  # inf, or an int too large for a float
+        raise ctx.fail(key, f"{shown(v)} is implausibly large (more than {MAX_NUMBER:g}); fix the value")
     return float(v)
 
 
 def _bool(ctx: _Ctx, key: str, v: Any) -> bool:
     if not isinstance(v, bool):
-        raise ctx.fail(key, f"must be true or false, got {v!r}")
+        raise ctx.fail(key, f"must be true or false, got {shown(v)}")
     return v
 
 
@@ -204,7 +214,7 @@ def _fact(ctx: _Ctx, key: str, raw: Any, check: Callable[[_Ctx, str, Any], Any])
     if not isinstance(raw, dict):
         raise ctx.fail(
             key,
-            f"must be a fact table {{ value = ..., source = \"...\" }}, got {raw!r}",
+            f"must be a fact table {{ value = ..., source = \"...\" }}, got {shown(raw)}",
         )
     _check_keys(ctx, key, raw, ("value",), ("source", "confirmed", "note"))
     source, confirmed, note = _provenance(ctx, key, raw)
@@ -215,7 +225,7 @@ def _fact(ctx: _Ctx, key: str, raw: Any, check: Callable[[_Ctx, str, Any], Any])
 def _list_of(item_check: Callable[[_Ctx, str, Any], Any], *, non_empty: bool = True):
     def check(ctx: _Ctx, key: str, v: Any) -> tuple:
         if not isinstance(v, list):
-            raise ctx.fail(key, f"must be a list, got {type(v).__name__} {v!r}")
+            raise ctx.fail(key, f"must be a list, got {type(v).__name__} {shown(v)}")
         if non_empty and not v:
             raise ctx.fail(key, "must not be empty")
         return tuple(item_check(ctx, f"{key}[{i}]", x) for i, x in enumerate(v))
@@ -227,7 +237,7 @@ def _one_of(choices: tuple[str, ...], what: str):
     def check(ctx: _Ctx, key: str, v: Any) -> str:
         _str(ctx, key, v)
         if v not in choices:
-            raise ctx.fail(key, f"unknown {what} '{v}'; use one of: {', '.join(choices)}")
+            raise ctx.fail(key, f"unknown {what} {shown(v)}; use one of: {', '.join(choices)}")
         return v
 
     return check
@@ -235,8 +245,8 @@ def _one_of(choices: tuple[str, ...], what: str):
 
 def _mattr_item(ctx: _Ctx, key: str, v: Any) -> str:
     _str(ctx, key, v)
-    if not _MATTR_RE.match(v):
-        raise ctx.fail(key, f"bad LLVM feature '{v}'; write it as +name or -name, e.g. +dotprod")
+    if not _MATTR_RE.fullmatch(v):
+        raise ctx.fail(key, f"bad LLVM feature {shown(v)}; write it as +name or -name, e.g. +dotprod")
     return v
 
 
@@ -253,8 +263,8 @@ def _power_of_two(ctx: _Ctx, key: str, v: Any) -> int:
 
 def _vk_version(ctx: _Ctx, key: str, v: Any) -> str:
     _str(ctx, key, v)
-    if not _VK_VERSION_RE.match(v):
-        raise ctx.fail(key, f"write the Vulkan version as MAJOR.MINOR, e.g. \"1.3\", got {v!r}")
+    if not _VK_VERSION_RE.fullmatch(v):
+        raise ctx.fail(key, f"write the Vulkan version as MAJOR.MINOR, e.g. \"1.3\", got {shown(v)}")
     return v
 
 
@@ -404,11 +414,11 @@ def parse_soc(data: dict, origin: str, *, expected_name: str | None = None) -> P
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise ctx.fail(
-            "schema_version", f"is {version!r}; this llama-aot reads schema_version = {SCHEMA_VERSION}"
+            "schema_version", f"is {shown(version)}; this llama-aot reads schema_version = {SCHEMA_VERSION}"
         )
     name = _str(ctx, "name", data["name"])
-    if not _NAME_RE.match(name):
-        raise ctx.fail("name", f"'{name}' must be lower-case letters, digits, '-' and '.'")
+    if not _NAME_RE.fullmatch(name):
+        raise ctx.fail("name", f"{shown(name)} must be lower-case letters, digits, '-' and '.'")
     if expected_name is not None and name != expected_name:
         raise ctx.fail(
             "name", f"is '{name}' but the file is named '{expected_name}.toml'; make them the same"

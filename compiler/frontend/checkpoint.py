@@ -11,6 +11,8 @@ memory while converting stays near the largest tensor.
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from runtime_stubs.errors import LlamaAotError
+from runtime_stubs.messages import plain, shown, shown_list
 from .spec import ModelSpec
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -25,6 +28,7 @@ SINGLE_NAME = "model.safetensors"
 
 # safetensors dtype code -> (our dtype name, numpy dtype used to read the raw bytes).
 # Only the first three can be read() as float32; the rest are named for error messages.
+READ_CHUNK = 1 << 22  # values converted at a time by Checkpoint.read (16 MiB of float32)
 _FLOAT_DTYPES = {
     "F32": ("float32", np.dtype("<f4")),
     "F16": ("float16", np.dtype("<f2")),
@@ -102,9 +106,13 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     except OSError as e:
         raise LlamaAotError(f"cannot read {path}: {e.strerror or e}; check the file exists and is readable") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise LlamaAotError(f"{path} is corrupt: its safetensors header has the key {shown(e.key)} twice; {fix}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise LlamaAotError(f"{path} is corrupt: its safetensors header is not valid JSON; {fix}") from None
+    except RecursionError:
+        raise LlamaAotError(f"{path} is corrupt: its safetensors header is nested too deeply to be a tensor table; {fix}") from None
     if not isinstance(header, dict):
         raise LlamaAotError(f"{path} is corrupt: its safetensors header is not a JSON object; {fix}")
 
@@ -113,7 +121,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     meta = header.pop("__metadata__", None) or {}
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
-        bad = f"{path} is corrupt: bad header entry for tensor {name!r}"
+        bad = f"{path} is corrupt: bad header entry for tensor {shown(name)}"
         if not isinstance(entry, dict):
             raise LlamaAotError(f"{bad}; {fix}")
         code, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -126,21 +134,47 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
             or not all(_is_nonneg_int(o) for o in offs)
             or offs[0] > offs[1]
         ):
-            raise LlamaAotError(f"{bad} ({entry!r}); {fix}")
+            raise LlamaAotError(f"{bad} ({shown(entry)}); {fix}")
         begin, end = offs
         if end > data_size:
             raise LlamaAotError(
-                f"{path} is truncated or corrupt: tensor {name!r} ends at byte {data_start + end} "
+                f"{path} is truncated or corrupt: tensor {shown(name)} ends at byte {shown(data_start + end)} "
                 f"but the file has {size} bytes; {fix}"
             )
         itemsize = _FLOAT_DTYPES[code][1].itemsize if code in _FLOAT_DTYPES else _OTHER_DTYPES.get(code, (None, 0))[1]
-        if itemsize and (end - begin) != int(np.prod(shape, dtype=np.int64)) * itemsize:
+        needed = math.prod(shape) * itemsize  # Python ints: no int64 wrap-around for dims like 2**32 x 2**32
+        if itemsize and (end - begin) != needed:
             raise LlamaAotError(
-                f"{bad}: shape {shape} of {code} needs {int(np.prod(shape, dtype=np.int64)) * itemsize} bytes "
+                f"{bad}: shape {shown(shape)} of {code} needs {shown(needed)} bytes "
                 f"but data_offsets span {end - begin}; {fix}"
             )
         tensors[name] = TensorInfo(path, code, tuple(shape), data_start + begin, end - begin)
+    _check_no_overlap(path, tensors, fix)
     return tensors, meta if isinstance(meta, dict) else {}
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+def _check_no_overlap(path: Path, tensors: dict[str, TensorInfo], fix: str) -> None:
+    """Two tensors sharing bytes means a corrupt header (the reference writer packs them back to back)."""
+    spans = sorted((t.start, t.start + t.nbytes, name) for name, t in tensors.items() if t.nbytes)
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise LlamaAotError(
+                f"{path} is corrupt: tensors {shown(n0)} (bytes {b0}-{e0}) and {shown(n1)} (bytes {b1}-{e1}) overlap; {fix}"
+            )
 
 
 class Checkpoint:
@@ -174,15 +208,21 @@ class Checkpoint:
                 weight_map = data["weight_map"]
                 if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                     raise TypeError
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError):
                 raise LlamaAotError(f"{index} is corrupt (needs a JSON object with a 'weight_map'); re-download the checkpoint") from None
+            bad = next((v for v in weight_map.values() if not _is_file_name(v)), None)
+            if bad is not None:
+                raise LlamaAotError(
+                    f"{index} is corrupt: its weight_map names the shard {shown(bad)}, which is not a file name "
+                    "in the checkpoint folder; re-download the checkpoint"
+                )
             self._weight_map: dict[str, str] = weight_map
             files = [self.model_dir / f for f in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise LlamaAotError(
                     f"{self.model_dir} is missing {len(missing)} shard(s) listed in {INDEX_NAME}: "
-                    f"{_list(missing)}; download all shards"
+                    f"{shown_list(missing, quote=False)}; download all shards"
                 )
             return files
         single = self.model_dir / SINGLE_NAME
@@ -193,7 +233,7 @@ class Checkpoint:
             return found
         if len(found) > 1:
             raise LlamaAotError(
-                f"{self.model_dir} has {len(found)} .safetensors files ({_list([p.name for p in found])}) "
+                f"{self.model_dir} has {len(found)} .safetensors files ({shown_list([p.name for p in found], quote=False)}) "
                 f"but no {INDEX_NAME}; add the index or keep only the model's weights file"
             )
         hint = ""
@@ -207,7 +247,7 @@ class Checkpoint:
             f = self.model_dir / fname
             if name not in by_file[f]:
                 raise LlamaAotError(
-                    f"{INDEX_NAME} says tensor {name!r} is in {fname} but that shard does not hold it; "
+                    f"{INDEX_NAME} says tensor {shown(name)} is in {plain(fname)} but that shard does not hold it; "
                     "the index and shards are from different downloads - re-download the checkpoint"
                 )
             self._tensors[name] = by_file[f][name]
@@ -216,7 +256,7 @@ class Checkpoint:
             if stray:
                 raise LlamaAotError(
                     f"shard {f.name} holds {len(stray)} tensor(s) {INDEX_NAME} does not map to it "
-                    f"({_list(stray)}); the index and shards are inconsistent - re-download the checkpoint"
+                    f"({shown_list(stray, quote=False)}); the index and shards are inconsistent - re-download the checkpoint"
                 )
 
     # ------------------------------------------------------------------ API
@@ -242,24 +282,24 @@ class Checkpoint:
         t = self._get(name)
         if t.code not in _FLOAT_DTYPES:
             raise LlamaAotError(
-                f"tensor {name!r} in {t.file.name} has dtype {t.dtype}; llama-aot reads float32/float16/bfloat16 weights only"
+                f"tensor {shown(name)} in {t.file.name} has dtype {plain(t.dtype)}; llama-aot reads float32/float16/bfloat16 weights only"
             )
         raw_dtype = _FLOAT_DTYPES[t.code][1]
         count = t.nbytes // raw_dtype.itemsize
         f = self._handle(t.file)
         f.seek(t.start)
-        raw = np.fromfile(f, dtype=raw_dtype, count=count)
-        if raw.size != count:
-            raise LlamaAotError(f"{t.file} is truncated: could not read tensor {name!r}; re-download this file")
-        if t.code == "BF16":
-            out = raw.astype(np.uint32)
-            del raw
-            out <<= 16
-            out = out.view(np.float32)
-        elif t.code == "F16":
-            out = raw.astype(np.float32)
-        else:
-            out = raw.astype(np.float32, copy=False)  # already a fresh array from fromfile
+        # converted READ_CHUNK values at a time into the float32 result: peak memory is the result (4 bytes
+        # per value) plus one chunk, not the raw tensor and its conversion side by side
+        out = np.empty(count, dtype=np.float32)
+        for start in range(0, count, READ_CHUNK):
+            n = min(READ_CHUNK, count - start)
+            raw = np.fromfile(f, dtype=raw_dtype, count=n)
+            if raw.size != n:
+                raise LlamaAotError(f"{t.file} is truncated: could not read tensor {name!r}; re-download this file")
+            if t.code == "BF16":
+                out[start : start + n].view(np.uint32)[:] = raw.astype(np.uint32) << 16
+            else:
+                out[start : start + n] = raw
         return out.reshape(t.shape)
 
     def validate(self, spec: ModelSpec) -> None:
@@ -281,7 +321,7 @@ class Checkpoint:
         if extra:
             raise LlamaAotError(
                 f"checkpoint {self.model_dir} has {len(extra)} tensor(s) config.json does not describe: "
-                f"{_list(extra)}; use the config.json that belongs to these weights "
+                f"{shown_list(extra, quote=False)}; use the config.json that belongs to these weights "
                 "(pruned models: see docs/pruned-config.md)"
             )
         for name, shape in expected.items():
@@ -295,7 +335,7 @@ class Checkpoint:
             t = self._tensors[name]
             if t.code not in _FLOAT_DTYPES:
                 raise LlamaAotError(
-                    f"tensor {name} has dtype {t.dtype}; llama-aot reads float32/float16/bfloat16 weights only "
+                    f"tensor {name} has dtype {plain(t.dtype)}; llama-aot reads float32/float16/bfloat16 weights only "
                     "(already-quantized checkpoints are not supported)"
                 )
 
@@ -322,7 +362,7 @@ class Checkpoint:
         try:
             return self._tensors[name]
         except KeyError:
-            raise LlamaAotError(f"tensor {name!r} is not in checkpoint {self.model_dir}; run validate() against the spec first") from None
+            raise LlamaAotError(f"tensor {shown(name)} is not in checkpoint {self.model_dir}; run validate() against the spec first") from None
 
     def _handle(self, path: Path) -> BinaryIO:
         f = self._handles.get(path)
@@ -339,8 +379,18 @@ def _is_nonneg_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _is_file_name(v: str) -> bool:
+    """A plain file name inside the checkpoint folder: no directories, no NUL, encodable, at most 255 bytes."""
+    if v in ("", ".", "..") or "/" in v or "\\" in v or "\x00" in v:
+        return False
+    try:
+        return len(v.encode(sys.getfilesystemencoding(), "surrogateescape")) <= 255
+    except UnicodeEncodeError:
+        return False
+
+
 def _natural_key(name: str):
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+    return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in name.split(".")]
 
 
 def _list(items: list[str], limit: int = 3) -> str:

@@ -20,10 +20,12 @@ gives no eos ids (LlamaConfig would invent Llama 2's 1 and 2, which are wrong fo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from runtime_stubs.errors import LlamaAotError
+from runtime_stubs.messages import shown
 from .spec import LayerSpec, ModelSpec, RopeScaling
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
@@ -48,6 +50,11 @@ LLAMA3_ROPE_FIELDS = (
     "original_max_position_embeddings",
 )
 
+# Upper bounds far beyond any Llama (405B: 126 layers, 16384 hidden, 128256 vocab): a larger value is a
+# corrupt file, and would otherwise surface later as a MemoryError or an int32 overflow in TVM.
+MAX_LAYERS = 4096
+MAX_SIZE = 2**31 - 1
+
 _MISSING = object()
 
 
@@ -65,6 +72,8 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LlamaAotError(f"cannot parse {path}: {_one_line(e)}; fix or re-download config.json") from None
+    except RecursionError:
+        raise LlamaAotError(f"cannot parse {path}: nested too deeply for a config; fix or re-download config.json") from None
     if not isinstance(cfg, dict):
         raise LlamaAotError(f"{path} is not a JSON object; fix or re-download config.json")
     try:
@@ -80,7 +89,7 @@ def spec_from_config(cfg: dict) -> ModelSpec:
 
     hidden_size = _pos_int(cfg, "hidden_size")
     intermediate_size = _pos_int(cfg, "intermediate_size")
-    num_layers = _pos_int(cfg, "num_hidden_layers")
+    num_layers = _pos_int(cfg, "num_hidden_layers", maximum=MAX_LAYERS)
     num_heads = _pos_int(cfg, "num_attention_heads")
     vocab_size = _pos_int(cfg, "vocab_size")
     num_kv_heads = _pos_int(cfg, "num_key_value_heads", default=num_heads)
@@ -125,14 +134,14 @@ def _check_architecture(cfg: dict) -> None:
     else:
         ok = cfg.get("model_type") == "llama"
     if not ok:
-        shown = archs if archs is not None else f"absent, model_type={cfg.get('model_type')!r}"
-        raise LlamaAotError(f"not a Llama checkpoint: architectures={shown} ; llama-aot compiles LlamaForCausalLM only")
+        what = shown(archs) if archs is not None else f"absent, model_type={shown(cfg.get('model_type'))}"
+        raise LlamaAotError(f"not a Llama checkpoint: architectures={what} ; llama-aot compiles LlamaForCausalLM only")
 
 
 def _check_unsupported_features(cfg: dict) -> None:
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
-        raise LlamaAotError(f"unsupported hidden_act {act!r}; llama-aot compiles Llama 3 (silu) only")
+        raise LlamaAotError(f"unsupported hidden_act {shown(act)}; llama-aot compiles Llama 3 (silu) only")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key, False):
             raise LlamaAotError(f"{key}=true is not supported; llama-aot compiles bias-free Llama 3 checkpoints only")
@@ -165,11 +174,11 @@ def _layer_specs(cfg: dict, num_layers: int, default: LayerSpec) -> tuple[LayerS
         unknown = sorted(set(entry) - set(LAYER_SHAPE_KEYS) - set(LAYER_SHAPE_OPTIONAL_KEYS))
         if unknown:
             allowed = ", ".join(LAYER_SHAPE_KEYS + LAYER_SHAPE_OPTIONAL_KEYS)
-            raise LlamaAotError(f"{where} has unknown key(s) {unknown}; allowed keys: {allowed}")
+            raise LlamaAotError(f"{where} has unknown key(s) {shown(unknown)}; allowed keys: {allowed}")
         if "source_layer" in entry:
             src = entry["source_layer"]
             if not _is_int(src) or src < 0:
-                raise LlamaAotError(f"{where}.source_layer must be a non-negative integer, got {src!r}")
+                raise LlamaAotError(f"{where}.source_layer must be a non-negative integer, got {shown(src)}")
         vals = {}
         for key in LAYER_SHAPE_KEYS:
             vals[key] = _pos_int(entry, key, default=getattr(default, key), where=where)
@@ -182,7 +191,7 @@ def _rope(cfg: dict) -> tuple[float, RopeScaling | None]:
     params = cfg.get("rope_parameters")
     if params is not None:
         if not isinstance(params, dict):
-            raise LlamaAotError(f"rope_parameters must be an object, got {params!r}")
+            raise LlamaAotError(f"rope_parameters must be an object, got {shown(params)}")
         where = "rope_parameters"
         theta = params.get("rope_theta", cfg.get("rope_theta", _MISSING))
         scaling = params
@@ -193,32 +202,33 @@ def _rope(cfg: dict) -> tuple[float, RopeScaling | None]:
     if theta is _MISSING:
         theta = 10000.0
     if not _is_number(theta) or theta <= 0:
-        raise LlamaAotError(f"rope_theta must be a positive number, got {theta!r}")
+        raise LlamaAotError(f"rope_theta must be a positive number, got {shown(theta)}")
 
     if scaling is None:
         return float(theta), None
     if not isinstance(scaling, dict):
-        raise LlamaAotError(f"{where} must be an object or null, got {scaling!r}")
+        raise LlamaAotError(f"{where} must be an object or null, got {shown(scaling)}")
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type is None or rope_type == "default":
         return float(theta), None
     if rope_type != "llama3":
-        raise LlamaAotError(f"unsupported rope type {rope_type!r} in {where}; llama-aot supports 'default' and 'llama3'")
+        raise LlamaAotError(f"unsupported rope type {shown(rope_type)} in {where}; llama-aot supports 'default' and 'llama3'")
     fields = {}
     for key in LLAMA3_ROPE_FIELDS:
         if key not in scaling:
             raise LlamaAotError(f"{where} (rope_type 'llama3') is missing required key '{key}'")
         v = scaling[key]
         if not _is_number(v) or v <= 0:
-            raise LlamaAotError(f"{where}.{key} must be a positive number, got {v!r}")
+            raise LlamaAotError(f"{where}.{key} must be a positive number, got {shown(v)}")
         fields[key] = v
     if fields["high_freq_factor"] <= fields["low_freq_factor"]:
         raise LlamaAotError(
-            f"{where}: high_freq_factor {fields['high_freq_factor']} must be greater than low_freq_factor {fields['low_freq_factor']}"
+            f"{where}: high_freq_factor {shown(fields['high_freq_factor'])} must be greater than "
+            f"low_freq_factor {shown(fields['low_freq_factor'])}"
         )
     omp = fields["original_max_position_embeddings"]
     if not _is_int(omp):
-        raise LlamaAotError(f"{where}.original_max_position_embeddings must be an integer, got {omp!r}")
+        raise LlamaAotError(f"{where}.original_max_position_embeddings must be an integer, got {shown(omp)}")
     return float(theta), RopeScaling(
         factor=float(fields["factor"]),
         low_freq_factor=float(fields["low_freq_factor"]),
@@ -236,7 +246,7 @@ def _dtype(cfg: dict) -> str:
         return "float32"
     name = value[len("torch."):] if isinstance(value, str) and value.startswith("torch.") else value
     if name not in SUPPORTED_DTYPES:
-        raise LlamaAotError(f"unsupported dtype {value!r} ({key}); llama-aot reads {', '.join(SUPPORTED_DTYPES)} checkpoints")
+        raise LlamaAotError(f"unsupported dtype {shown(value)} ({key}); llama-aot reads {', '.join(SUPPORTED_DTYPES)} checkpoints")
     return name
 
 
@@ -244,8 +254,8 @@ def _token_id(cfg: dict, key: str) -> int | None:
     v = cfg.get(key)
     if v is None:
         return None
-    if not _is_int(v) or v < 0:
-        raise LlamaAotError(f"{key} must be a non-negative integer or null, got {v!r}")
+    if not _is_int(v) or v < 0 or v > MAX_SIZE:
+        raise LlamaAotError(f"{key} must be a non-negative integer or null, got {shown(v)}")
     return int(v)
 
 
@@ -255,8 +265,8 @@ def _eos_ids(cfg: dict) -> tuple[int, ...]:
         return ()
     items = v if isinstance(v, list) else [v]
     for x in items:
-        if not _is_int(x) or x < 0:
-            raise LlamaAotError(f"eos_token_id must be an integer or a list of integers, got {v!r}")
+        if not _is_int(x) or x < 0 or x > MAX_SIZE:
+            raise LlamaAotError(f"eos_token_id must be an integer or a list of integers, got {shown(v)}")
     return tuple(int(x) for x in items)
 
 
@@ -268,10 +278,16 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or float, not bool, finite as a float (JSON also allows NaN, Infinity and ints like 10**400)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
-def _pos_int(d: dict, key: str, default: Any = _MISSING, where: str | None = None) -> int:
+def _pos_int(d: dict, key: str, default: Any = _MISSING, where: str | None = None, maximum: int = MAX_SIZE) -> int:
     name = f"{where}.{key}" if where else key
     v = d.get(key, _MISSING)
     if v is _MISSING or (v is None and default is not _MISSING):
@@ -282,7 +298,9 @@ def _pos_int(d: dict, key: str, default: Any = _MISSING, where: str | None = Non
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not _is_int(v) or v <= 0:
-        raise LlamaAotError(f"{name} must be a positive integer, got {v!r}")
+        raise LlamaAotError(f"{name} must be a positive integer, got {shown(v)}")
+    if v > maximum:
+        raise LlamaAotError(f"{name} is {shown(v)}, more than {maximum}: config.json is corrupt; fix or re-download it")
     return v
 
 
@@ -291,7 +309,7 @@ def _pos_float(d: dict, key: str, default: float) -> float:
     if v is None:
         return default
     if not _is_number(v) or v <= 0:
-        raise LlamaAotError(f"{key} must be a positive number, got {v!r}")
+        raise LlamaAotError(f"{key} must be a positive number, got {shown(v)}")
     return float(v)
 
 
@@ -300,7 +318,7 @@ def _bool(d: dict, key: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise LlamaAotError(f"{key} must be true or false, got {v!r}")
+        raise LlamaAotError(f"{key} must be true or false, got {shown(v)}")
     return v
 
 

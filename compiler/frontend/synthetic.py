@@ -56,6 +56,17 @@ def llama32_1b_config(vocab_size: int = 128256) -> dict:
     }
 
 
+def llama31_8b_config(vocab_size: int = 128256) -> dict:
+    """config.json values of meta-llama/Llama-3.1-8B(-Instruct), published layout."""
+    return dict(
+        llama32_1b_config(vocab_size),
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_key_value_heads=8, head_dim=128,
+        tie_word_embeddings=False,
+        rope_scaling={"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    )
+
+
 def convert_config_layout(config: dict, layout: str, dtype: str | None = None) -> dict:
     """Rewrite a config dict (either layout) into ``layout`` ("published" | "transformers5").
 

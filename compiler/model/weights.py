@@ -68,3 +68,26 @@ def converted_params(
             current_prefix = prefix
         arr = packed.pop(suffix)
         yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False)), fields.get(suffix, {})
+
+
+def conversion_peak_bytes(checkpoint, plan: dict[str, WeightSource], param_shapes: dict[str, tuple],
+                          param_dtypes: dict[str, str]) -> int:
+    """The largest working set of ``converted_params``: one module's float32 source (twice when its HF
+    tensors are concatenated: the parts and the result), its packed arrays, one read chunk, and the
+    temporaries of one packed row block (PACK_ROW_CHUNK rows x K: |w|, the quotient, its rounding and
+    clip, the nibble words and their shifted copy: six 4-byte arrays at most at once)."""
+    from ..frontend.checkpoint import READ_CHUNK
+    from ..quantization.base import PACK_ROW_CHUNK
+
+    packed: dict[str, int] = {}
+    for name, shape in param_shapes.items():
+        prefix = name.rsplit(".", 1)[0]
+        packed[prefix] = packed.get(prefix, 0) + int(np.prod(shape, dtype=np.int64)) * np.dtype(param_dtypes[name]).itemsize
+    peak = 0
+    for prefix, source in plan.items():
+        shapes = [checkpoint.info(n)[0] for n in source.hf_names]
+        src = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes) * 4
+        n = sum(int(shape[0]) for shape in shapes)
+        rows = 0 if source.scheme is None else min(PACK_ROW_CHUNK, n) * int(shapes[0][-1]) * 4 * 6
+        peak = max(peak, src * (2 if len(shapes) > 1 else 1) + packed.get(prefix, 0) + rows)
+    return peak + READ_CHUNK * 6  # the float32 chunk and its raw 16-bit source

@@ -24,12 +24,14 @@ import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from runtime_stubs.errors import LlamaAotError
+from runtime_stubs.messages import plain, shown, shown_list
 
 FORMAT = "llama-aot-tuning"
 FORMAT_VERSION = 1
@@ -164,25 +166,23 @@ def check_record(record: dict, path: Path) -> None:
 
 def check_header(path: Path, stored: dict, expected: dict) -> None:
     """One-line refusals of a database from another SoC, other facts or another TVM version."""
-    if stored.get("format") != FORMAT or int(stored.get("format_version", -1)) != FORMAT_VERSION:
+    if stored.get("format") != FORMAT or stored.get("format_version") != FORMAT_VERSION:
         raise LlamaAotError(f"{path} is not a llama-aot tuning database (format {FORMAT} v{FORMAT_VERSION}); remove it or use another --db")
     if stored.get("soc") != expected["soc"]:
         raise LlamaAotError(
-            f"{path} holds records for SoC {stored.get('soc')!r}, not {expected['soc']!r}: use the database of "
+            f"{path} holds records for SoC {shown(stored.get('soc'))}, not {expected['soc']!r}: use the database of "
             f"{expected['soc']!r} (another --db directory) or re-tune"
         )
     if stored.get("tvm_version") != expected["tvm_version"]:
         raise LlamaAotError(
-            f"{path} was tuned with TVM {stored.get('tvm_version')}, this is TVM {expected['tvm_version']}: kernel "
+            f"{path} was tuned with TVM {plain(stored.get('tvm_version'))}, this is TVM {expected['tvm_version']}: kernel "
             f"keys and code differ between versions; re-tune into a new --db directory"
         )
     if stored.get("facts_fingerprint") != expected["facts_fingerprint"]:
-        changed = sorted(
-            k for k in set(stored.get("facts", {})) | set(expected["facts"])
-            if stored.get("facts", {}).get(k) != expected["facts"].get(k)
-        )
+        facts = stored.get("facts") if isinstance(stored.get("facts"), dict) else {}
+        changed = sorted(k for k in set(facts) | set(expected["facts"]) if facts.get(k) != expected["facts"].get(k))
         raise LlamaAotError(
-            f"{path} was tuned for other CPU facts ({', '.join(changed) or 'fingerprint'} differ, e.g. another "
+            f"{path} was tuned for other CPU facts ({shown_list(changed, quote=False) or 'fingerprint'} differ, e.g. another "
             f"--threads); tune again with these options into another --db directory"
         )
 
@@ -195,16 +195,54 @@ def read_file(path: Path) -> tuple[dict, dict[str, dict]]:
         raise LlamaAotError(f"tuning database {path} is corrupted (not UTF-8 text); delete it and re-tune") from None
     except ValueError as e:
         raise LlamaAotError(f"tuning database {path} is corrupted ({e}); delete it and re-tune") from None
+    except RecursionError:
+        raise LlamaAotError(f"tuning database {path} is corrupted (nested too deeply); delete it and re-tune") from None
     except OSError as e:
         raise LlamaAotError(f"cannot read tuning database {path}: {e.strerror}") from None
     if not isinstance(data, dict) or not isinstance(data.get("header"), dict) or not isinstance(data.get("records"), list):
         raise LlamaAotError(f"tuning database {path} is corrupted (no header/records); delete it and re-tune")
     records = {}
-    for rec in data["records"]:
+    for i, rec in enumerate(data["records"]):
         if not isinstance(rec, dict) or any(f not in rec for f in RECORD_FIELDS) or not isinstance(rec["knobs"], dict):
             raise LlamaAotError(f"tuning database {path} is corrupted (a record lacks {'/'.join(RECORD_FIELDS)}); delete it and re-tune")
+        problem = _record_problem(rec)
+        if problem:
+            raise LlamaAotError(f"tuning database {path} is corrupted (record {i}: {problem}); delete it and re-tune")
         records[rec["key"]] = rec
     return data["header"], records
+
+
+def _is_time(v) -> bool:
+    """A time in microseconds as stored: a finite number >= 0 (JSON also allows NaN, Infinity, 1e999)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v) and v >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _record_problem(rec: dict) -> str | None:
+    """What makes a record (which has every RECORD_FIELDS key and dict knobs) unusable by merge/done/compile."""
+    if not isinstance(rec["key"], str) or not rec["key"]:
+        return f"key {shown(rec['key'])} is not a kernel key"
+    if not isinstance(rec["kind"], str) or not isinstance(rec.get("label", ""), str):
+        return "kind and label must be strings"
+    for f in ("derived_us", "tuned_us"):
+        if not _is_time(rec[f]):
+            return f"{f} {shown(rec[f])} is not a time"
+    if not isinstance(rec["trials"], int) or isinstance(rec["trials"], bool) or rec["trials"] < 0:
+        return f"trials {shown(rec['trials'])} is not a count"
+    if not isinstance(rec.get("predicted", False), bool):
+        return f"predicted {shown(rec['predicted'])} is not true/false"
+    history = rec.get("history", [])
+    if not isinstance(history, list):
+        return "history is not a list"
+    for h in history:
+        if (not isinstance(h, list) or len(h) < 2 or not isinstance(h[0], dict)
+                or not all(x is None or _is_time(x) for x in h[1:3])):
+            return f"history entry {shown(h)} is not [knobs, us, predicted_us]"
+    return None
 
 
 def write_atomic(path: Path, data: dict) -> None:

@@ -57,6 +57,8 @@ CASES = {
     "unknown_vulkan_profile": (None, ["--target", "vulkan", "--vulkan-profile", "no-such-gpu"], "nvidia-hopper"),
     "vulkan_profile_without_vulkan": (None, ["--vulkan-profile", "nvidia-hopper"], "--target vulkan"),
     "vulkan_profile_not_vulkan": (None, ["--target", "vulkan", "--vulkan-profile", "{profile_dir}/cuda.json"], "kind"),
+    "max_memory_too_low": (None, ["--max-memory", "1M"], "needs about"),
+    "max_memory_unreadable": (None, ["--max-memory", "lots"], "size like 6G"),
 }
 
 
@@ -89,6 +91,17 @@ def test_missing_directory_via_console_script(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
     assert not out.exists()
+
+
+def test_existing_non_package_directory_is_never_replaced(tmp_path, capsys):
+    src = write_random_checkpoint(tmp_path / "ckpt", dict(BASE, tie_word_embeddings=True), seed=1)
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert main(["compile", str(src), "-o", str(out)]) == 2
+    assert "is not a llama-aot package" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "home"]
 
 
 def test_failed_compile_keeps_previous_output(tmp_path, capsys):

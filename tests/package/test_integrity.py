@@ -123,3 +123,18 @@ def test_write_is_deterministic(pkg):
     write_checksums(pkg)
     assert (pkg / CHECKSUMS).read_bytes() == first
     assert json.loads(first)["sample_bytes"] == SAMPLE_BYTES
+
+
+@pytest.mark.parametrize("manifest", [
+    b'{"params": 5}', b"[]", b'{"params": [{"name": "x"}]}', b"\xff", b"[" * 50000,
+    b'{"params": [{"name": "x", "dtype": "float32", "shape": [-1], "file": "s", "offset": 0, "nbytes": 4, "sha256": ""}]}',
+    b'{"params": [{"name": "x", "dtype": "float32", "shape": [1], "file": "../s", "offset": 0, "nbytes": 4, "sha256": ""}]}',
+])
+def test_corrupted_params_manifest(pkg, manifest):
+    """Fuzz findings (scripts/fuzz_loaders.py, target "package"): KeyError/TypeError/RecursionError before."""
+    from runtime_stubs.package_format import read_manifest
+
+    (pkg / "params" / "manifest.json").write_bytes(manifest)
+    with pytest.raises(LlamaAotError) as err:
+        read_manifest(pkg)
+    assert "\n" not in str(err.value)
