@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from runtime_stubs import interrupt
 from runtime_stubs.errors import LlamaAotError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llama3"
@@ -272,11 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt.install()
     try:
         return args.func(args)
     except LlamaAotError as e:
+        if interrupt.requested():
+            print("error: interrupted", file=sys.stderr)
+            return 130
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if not interrupt.is_interrupt(e):
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -203,9 +203,9 @@ class Engine:
             path = self.package_dir / "tokenizer.json"
             if not path.is_file():
                 raise LlamaAotError(f"{path} is missing: pass token ids with --prompt-ids instead of a text prompt")
-            from tokenizers import Tokenizer
+            from .tokenizer import load_tokenizer
 
-            self._tokenizer = Tokenizer.from_file(str(path))
+            self._tokenizer = load_tokenizer(path)
         return self._tokenizer
 
     def encode(self, text: str) -> list[int]:

@@ -322,7 +322,8 @@ def mutate_tree(rng: random.Random, obj: Any, pool: list[str]) -> Any:
         if isinstance(node, bool):
             return put(not node)
         if isinstance(node, int):
-            return put(rng.choice([node + 1, node - 1, -node, node * 2, 0, rng.choice(INT_EDGES), float(node)]))
+            return put(rng.choice([node + 1, node - 1, -node, node * 2, 0, rng.choice(INT_EDGES),
+                                   float(node) if abs(node) < 2**1000 else 1e308]))
         if isinstance(node, float):
             return put(rng.choice(FLOAT_EDGES + [node * 1e300, -node, int(node) if math.isfinite(node) else 0]))
         if isinstance(node, str):
@@ -380,7 +381,7 @@ def tree_mutation(rng: random.Random, name: str, data: bytes, pool: list[str]) -
         for _ in range(rng.choice([1, 1, 2, 3])):
             obj = mutate_tree(rng, obj, pool)
         return dumps(obj, rng)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, ArithmeticError, TypeError):  # the mutation engine, not a loader
         return None
 
 
@@ -448,7 +449,10 @@ def make_input(target: Target, corpus: list[Files], pools: list[str], blobs: lis
     for _ in range(rng.choice([1, 1, 1, 2, 2, 3, 5, 8])):
         r = rng.random()
         if target.mutators and r < 0.45:
-            files = rng.choice(target.mutators)(rng, files, corpus)
+            try:
+                files = rng.choice(target.mutators)(rng, dict(files), corpus)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, ArithmeticError):
+                pass  # a structure-aware mutator meeting an input already mutated out of shape: skip it
             continue
         names = sorted(files)
         if not names:
@@ -690,7 +694,7 @@ def mutate_safetensors(rng: random.Random, files: Files, corpus: list[Files]) ->
         shape = e.get("shape") if isinstance(e.get("shape"), list) else []
         e["shape"] = rng.choice([
             shape + [1], shape + [2], shape[:-1], [], [0], [-1], [2**32, 2**32], [2**63], [2**64], [2**31, 2**31, 4],
-            [1.5], ["4"], [[4]], [None], [1] * 1000, [x * 2 for x in shape], list(reversed(shape)), "8", None,
+            [1.5], ["4"], [[4]], [None], [1] * 1000, [x * 2 if isinstance(x, int) else x for x in shape], list(reversed(shape)), "8", None,
             [0, 2**70], [2**64, 0]])
     elif op == 2 and t:  # dtype
         e["dtype"] = rng.choice(["F32", "F16", "BF16", "F64", "I64", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
@@ -1113,9 +1117,10 @@ def main(argv: list[str] | None = None) -> int:
     set_memory_limit(args.memory_gib)
     results = []
     for n in names:
-        results.append(fuzz_target(n, TARGETS[n], inputs=args.inputs, seconds=args.minutes * 60, seed=args.seed,
-                                   findings_dir=args.findings, timeout_s=args.timeout_s,
-                                   progress=not args.no_progress))
+        r = fuzz_target(n, TARGETS[n], inputs=args.inputs, seconds=args.minutes * 60, seed=args.seed,
+                        findings_dir=args.findings, timeout_s=args.timeout_s, progress=not args.no_progress)
+        results.append(r)
+        print(f"[{n}] done: {r.inputs} inputs, {r.seconds:.0f} s, {len(r.findings)} findings", file=sys.stderr)
     print()
     print(_table(results))
     for r in results:

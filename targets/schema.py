@@ -421,7 +421,7 @@ def parse_soc(data: dict, origin: str, *, expected_name: str | None = None) -> P
         raise ctx.fail("name", f"{shown(name)} must be lower-case letters, digits, '-' and '.'")
     if expected_name is not None and name != expected_name:
         raise ctx.fail(
-            "name", f"is '{name}' but the file is named '{expected_name}.toml'; make them the same"
+            "name", f"is {shown(name)} but the file is named '{expected_name}.toml'; make them the same"
         )
     detect = data.get("detect")
     if detect is not None:

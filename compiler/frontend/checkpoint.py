@@ -148,6 +148,8 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
                 f"{bad}: shape {shown(shape)} of {code} needs {shown(needed)} bytes "
                 f"but data_offsets span {end - begin}; {fix}"
             )
+        if math.prod(d for d in shape if d) * max(itemsize, 1) >= 2**63:  # e.g. [0, 2**70]: numpy cannot shape it
+            raise LlamaAotError(f"{bad}: shape {shown(shape)} is too large for any tensor; {fix}")
         tensors[name] = TensorInfo(path, code, tuple(shape), data_start + begin, end - begin)
     _check_no_overlap(path, tensors, fix)
     return tensors, meta if isinstance(meta, dict) else {}

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from runtime_stubs import interrupt
+
 
 def tune(
     model_dir,
@@ -102,6 +104,8 @@ def tune(
                 else:
                     rec = Search(task, space, tt, runner, trials, flush, workdir, progress=step, seed=seed).run()
             except InvalidCandidate as err:
+                if interrupt.requested():
+                    raise KeyboardInterrupt from err
                 rows.append({"key": task.key, "label": task.label, "error": str(err)})
                 bar.close()
                 continue
@@ -114,11 +118,13 @@ def tune(
             rows.append({**{k: rec[k] for k in ("key", "kind", "label", "derived_us", "tuned_us", "trials")},
                          "knobs": rec["knobs"], "wall_s": rec.get("wall_s"), "kept_us": kept["tuned_us"],
                          "calls": task.calls})
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not interrupt.is_interrupt(err):
+            raise
         overall.close()
         print(f"interrupted: {len(db.records)} records kept in {db.path} (written after each kernel); "
               f"the same command resumes", file=sys.stderr)
-        raise
+        raise KeyboardInterrupt from err
     finally:
         overall.close()
         if workdir is not None:

@@ -36,6 +36,7 @@ from runtime_stubs.messages import plain, shown, shown_list
 FORMAT = "llama-aot-tuning"
 FORMAT_VERSION = 1
 RECORD_FIELDS = ("key", "kind", "knobs", "derived_us", "tuned_us", "trials")
+MAX_DEPTH = 16  # {"records": [record: {"history": [entry: [knobs: {...}]]}]} is 6 levels
 
 
 def llama_aot_version() -> str:
@@ -201,6 +202,8 @@ def read_file(path: Path) -> tuple[dict, dict[str, dict]]:
         raise LlamaAotError(f"cannot read tuning database {path}: {e.strerror}") from None
     if not isinstance(data, dict) or not isinstance(data.get("header"), dict) or not isinstance(data.get("records"), list):
         raise LlamaAotError(f"tuning database {path} is corrupted (no header/records); delete it and re-tune")
+    if _too_deep(data):  # json.loads allows ~1000 levels; comparing or deep-copying them (merge) would not
+        raise LlamaAotError(f"tuning database {path} is corrupted (nested too deeply); delete it and re-tune")
     records = {}
     for i, rec in enumerate(data["records"]):
         if not isinstance(rec, dict) or any(f not in rec for f in RECORD_FIELDS) or not isinstance(rec["knobs"], dict):
@@ -210,6 +213,20 @@ def read_file(path: Path) -> tuple[dict, dict[str, dict]]:
             raise LlamaAotError(f"tuning database {path} is corrupted (record {i}: {problem}); delete it and re-tune")
         records[rec["key"]] = rec
     return data["header"], records
+
+
+def _too_deep(value, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` deep (iteratively: no recursion)."""
+    todo = [(value, 0)]
+    while todo:
+        v, depth = todo.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            todo.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, depth + 1) for x in v)
+    return False
 
 
 def _is_time(v) -> bool:

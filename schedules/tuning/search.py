@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from runtime_stubs import interrupt
+
 from .cost_model import predict_us
 from .measure import InvalidCandidate, Job, Timing, build, make_inputs
 
@@ -52,6 +54,8 @@ class Search:
                     self._libs[tag] = build(self.task, knobs, self.tt, self.workdir)
                 lib, path = self._libs[tag]
             except InvalidCandidate as err:
+                if interrupt.requested():  # a Ctrl-C inside TVM's build reads as a refused candidate
+                    raise KeyboardInterrupt from err
                 out.append((knobs, None, str(err)))
                 continue
             self._next_id += 1

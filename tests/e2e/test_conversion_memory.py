@@ -15,7 +15,7 @@ CONFIG = dict(
 )
 
 SCRIPT = r"""
-import json, resource, sys
+import json, sys, threading
 import numpy as np
 from compiler.frontend import Checkpoint, load_spec
 from compiler.model.weights import conversion_peak_bytes, converted_params, weight_plan
@@ -42,10 +42,30 @@ with Checkpoint(src) as ck:
         else:
             shapes.update({f"{prefix}.{sfx}": shape for sfx, (shape, _) in source.scheme.param_specs(n, k).items()})
     estimate = conversion_peak_bytes(ck, plan, shapes, dtypes)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def status_kb(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+    # the growth over the RSS right now: ru_maxrss would hide it under an earlier peak (imports, validation)
+    before = status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        sampled = None
+    except OSError:  # no clear_refs: sample the RSS instead
+        sampled, done = [before], threading.Event()
+        def sample():
+            while not done.wait(0.005):
+                sampled.append(status_kb("VmRSS"))
+        threading.Thread(target=sample, daemon=True).start()
     entries = write_params(__import__("pathlib").Path(out), converted_params(ck, plan, names, dtypes))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"delta_mb": (after - before) / 1024, "params": len(entries), "estimate_mb": estimate / 2**20}))
+    if sampled is None:
+        peak = status_kb("VmHWM")
+    else:
+        done.set(); peak = max(sampled + [status_kb("VmRSS")])
+print(json.dumps({"delta_mb": (peak - before) / 1024, "params": len(entries), "estimate_mb": estimate / 2**20}))
 """
 
 

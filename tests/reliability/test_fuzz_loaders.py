@@ -157,11 +157,17 @@ def test_shape_product_past_int64(tmp_path, shape):
     assert "needs" in msg and "bytes but data_offsets span 0" in msg
 
 
-def test_zero_size_shape_with_huge_dim_is_an_empty_tensor(tmp_path):
-    f = tmp_path / "model.safetensors"
-    f.write_bytes(st_bytes({"w": F32([0, 2**70], 0, 0)}))
-    tensors, _ = read_safetensors_header(f)
-    assert tensors["w"].nbytes == 0
+@pytest.mark.parametrize("shape", [[0, 2**70], [0, 2**40, 2**40]])
+def test_zero_size_shape_with_huge_dims(tmp_path, shape):
+    """Found by the full run: an empty tensor whose other dims numpy cannot represent passed the header check
+    and read() raised ValueError ("Maximum allowed dimension exceeded") in reshape."""
+    assert "is too large for any tensor" in header_error(tmp_path, st_bytes({"w": F32(shape, 0, 0)}))
+
+
+def test_zero_size_tensor_reads(tmp_path):
+    d = ck_dir(tmp_path, model__safetensors=st_bytes({"w": F32([0, 3], 0, 0), "v": F32([1], 0, 4)}, b"\0" * 4))
+    with Checkpoint(d) as ck:
+        assert ck.read("w").shape == (0, 3) and ck.read("v").shape == (1,)
 
 
 def test_long_entry_is_cut_in_the_message(tmp_path):  # was a 30 KB message
@@ -403,6 +409,7 @@ def test_soc_nested_too_deeply(tmp_path):  # was RecursionError
     ('"+neon"', '"+neon\\n"', "bad LLVM feature '+neon\\n'"),
     ('[cache]', '[cache]\n"a\\nb" = 1', "unknown key 'a\\nb'"),
     ('os = "android"', 'os = "x\\n' + "y" * 3000 + '"', "unknown os 'x\\ny"),
+    ('name = "snapdragon-8-gen-3"', 'name = "' + "x" * 5000 + '"', "[name] is 'xxx"),
 ])
 def test_soc_hostile_values(tmp_path, old, new, words):
     """inf / 1e300 GB passed the schema and raised OverflowError in usable_memory_bytes; a key or value with a
@@ -448,6 +455,20 @@ def test_db_bad_record_fields(tmp_path, field, value, words):
     p = _db(tmp_path, lambda r: r.update({field: value}))
     msg = one_line_error(read_file, p)
     assert "corrupted (record 0:" in msg and words in msg
+
+
+@pytest.mark.parametrize("where", ["label", "knobs", "header"])
+def test_db_nested_record(tmp_path, where):
+    """Found by the full run: a record value nested 500 deep parsed, then merge_records' deepcopy raised
+    RecursionError."""
+    deep = {}
+    for _ in range(500):
+        deep = {"a": deep} if where == "knobs" else [deep]
+    if where == "header":
+        p = _db(tmp_path, header_change=lambda h: h.update(extra=deep))
+    else:
+        p = _db(tmp_path, lambda r: r.update({where: {"x": deep} if where == "knobs" else deep}))
+    assert "corrupted (nested too deeply)" in one_line_error(read_file, p)
 
 
 @pytest.mark.parametrize("value", ["llama3", {}, None, 1.5])
