@@ -1,4 +1,7 @@
-"""Replacements for TVM KV-cache kernels that are wrong on some GPUs.
+"""Replacements for TVM KV-cache kernels: ones that are wrong on some GPUs, ones that are slow on CPUs.
+
+CPU: :func:`ragged_prefill_cpu`, :func:`paged_prefill_cpu`, :func:`paged_decode_cpu` and
+:func:`fused_rope_cpu` replace TVM's scalar kernels (see :func:`fast_cpu_attention`). GPU:
 
 ``merge_state_inplace`` (TVM's ``_merge_state_inplace``, symbol ``tir_attention_merge_state``)
 combines two partial attention results over disjoint key sets, in place::
@@ -403,6 +406,214 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     return _inline_lets(batch_decode_paged_kv)
 
 
+
+def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, page_size=16,
+                      sliding_window_size=1024, rows_per_tile=4, keys_per_pass=2):
+    """Drop-in for TVM's ``_attention_prefill_cpu`` (a prefill chunk attending to the paged cache).
+
+    The paged KV cache runs it for every prefill chunk after the first (the chunk over the cached
+    prefix; the chunk over itself is :func:`ragged_prefill_cpu`; the two are merged). TVM's kernel is
+    scalar, one query head at a time, and walks the whole page pool (``max_num_pages * page_size``
+    slots, masked) for every query row. This one is a flash-attention tile loop:
+
+    * work items are (KV head, tile of ``rows_per_tile`` query rows), in parallel; a tile holds
+      ``QV = rows_per_tile * h_q / h_kv`` query vectors (every head of the group), staged once
+      transposed (``qT[d, QV]``, scaled to log2 units) so that everything after runs along QV;
+    * keys go a block of ``page_size`` at a time, read straight from their pages: scores
+      ``sT[KB, QV]`` take one broadcast of a K element per head-dim step for ``UJ`` keys at once
+      (each qT vector load feeds UJ multiply-adds);
+    * the online softmax is then elementwise over the QV lanes (no horizontal reductions): block max,
+      ``exp2`` through ``fast_math.exp2_poly``, rescale of the running sums;
+    * ``o[QV, d] += p . V`` per query vector, vectorized along the head dim, accumulated in a small
+      buffer of its own (its own stack slot, so LLVM keeps it in registers across the keys).
+
+    ``rows_per_tile`` and ``keys_per_pass`` come from ``CPUParams.attention_prefill_tile`` (registers, L2). Masks are TVM's
+    (``_causal_or_sliding_cross_mask``; the sliding window's sink/offset mapping of key positions to
+    page slots); masked keys weigh exactly 0. Numerics: base-2 online softmax starting from a phantom
+    key of score -5e4 and value 0 (TVM's ``m = -5e4, d = 1``), lse in log2.
+    """
+    from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
+
+    GS = h_q // h_kv
+    RQ = int(rows_per_tile)
+    QV = RQ * GS
+    KB = page_size
+    P = page_size
+    UJ = keys_per_pass  # keys per scores pass: UJ * ceil(QV / lanes) accumulators
+    assert KB % UJ == 0, (KB, UJ)
+    SW = sliding_window_size if sliding_window else 0
+    NEG = -5e4
+    global_symbol = "batch_prefill_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
+    # pylint: disable=invalid-name,too-many-locals
+
+    def kv_len_of(page_indptr, length_info, b):
+        n_pages = page_indptr[b + 1] - page_indptr[b]
+        if sliding_window:
+            used = (n_pages - 1) * P + length_info[0, b] - length_info[1, b] + length_info[2, b]
+        else:
+            used = (n_pages - 1) * P + length_info[b]
+        return T.if_then_else(n_pages > 0, used, 0)
+
+    def slot_of(j, length_info, b):
+        """Key position -> position in the sequence's pages (sinks first, then the window)."""
+        if not sliding_window:
+            return j
+        return T.if_then_else(j < length_info[2, b], j, j - length_info[2, b] + length_info[1, b])
+
+    def visible(causal, row, col, kv_len, qo_len):
+        full = T.if_then_else(causal > 0, col < kv_len - qo_len + row + 1, col < kv_len)
+        if SW == 0:
+            return full
+        past = T.max(SW - row - 1, 0)
+        return T.if_then_else(causal > 0, tirx.all(col < kv_len, col >= T.max(kv_len - past, 0)), full)
+
+    def kv_at(pages, loc, j, which, hk, dd):
+        """Element ``dd`` of the block's key/value ``j``: ``loc[j]`` = (page, slot), found once per block."""
+        return T.Cast("float32", pages[loc[j, 0], which, hk, loc[j, 1], dd])
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv_cpu(
+        var_q: T.handle,  # [total_len, h_q, d]
+        var_q_indptr: T.handle,  # [batch_size + 1]
+        var_pages: T.handle,  # [max_num_pages, 2, h_kv, page_size, d]
+        var_page_indptr: T.handle,  # [batch_size + 1]
+        var_page_values: T.handle,  # [nnz_pages]
+        var_length_info: T.handle,  # [b], or [3, b] with a sliding window
+        var_k_rope_pos_offset: T.handle,  # [b]
+        var_q_rope_position: T.handle,  # [total_len]
+        var_output: T.handle,  # [total_len, h_q, d]
+        var_lse: T.handle,  # [total_len, h_q]
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": global_symbol})
+        batch_size = T.int32()
+        total_len = T.int32()
+        nnz_pages = T.int32()
+        max_num_pages = T.int32()
+        q_indptr_elem_offset = T.int32()
+        page_indptr_elem_offset = T.int32()
+        page_values_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        length_info_elem_offset = T.int32()
+
+        q = T.match_buffer(var_q, (total_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=page_indptr_elem_offset)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=page_values_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=q_rope_position_elem_offset)
+        output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
+        length_info = T.match_buffer(var_length_info, (3, batch_size) if sliding_window else (batch_size,), "int32",
+                                     elem_offset=length_info_elem_offset)
+
+        for b in T.serial(batch_size):
+            for item in T.parallel(h_kv * T.ceildiv(q_indptr[b + 1] - q_indptr[b], RQ)):
+                with T.sblock("attn"):
+                    T.reads()  # opaque: the regions would name the Lets below
+                    T.writes()
+                    qT = T.sblock_alloc_buffer((d, QV), "float32")
+                    o = T.sblock_alloc_buffer((QV, d), "float32")
+                    sT = T.sblock_alloc_buffer((KB, QV), "float32")
+                    sacc = T.sblock_alloc_buffer((UJ, QV), "float32")
+                    oacc = T.sblock_alloc_buffer((d,), "float32")
+                    kr = T.sblock_alloc_buffer((d,), "float32")
+                    loc = T.sblock_alloc_buffer((KB, 2), "int32")
+                    m = T.sblock_alloc_buffer((QV,), "float32")
+                    mb = T.sblock_alloc_buffer((QV,), "float32")
+                    den = T.sblock_alloc_buffer((QV,), "float32")
+                    alpha = T.sblock_alloc_buffer((QV,), "float32")
+                    hk: T.let[T.int32] = item % h_kv
+                    r0: T.let[T.int32] = item // h_kv * RQ
+                    q0: T.let[T.int32] = q_indptr[b]
+                    qo_len: T.let[T.int32] = q_indptr[b + 1] - q0
+                    n_rows: T.let[T.int32] = T.min(RQ, qo_len - r0)
+                    first: T.let[T.int32] = page_indptr[b]
+                    kv_len: T.let[T.int32] = kv_len_of(page_indptr, length_info, b)
+                    # the tile's query vectors, transposed and scaled (rows past the chunk: zeros)
+                    for r in T.serial(RQ):
+                        for g in T.serial(GS):
+                            for dd in T.serial(d):
+                                qT[dd, r * GS + g] = T.if_then_else(
+                                    r < n_rows,
+                                    T.if_then_else(
+                                        rotary_mode == 1,
+                                        T.Cast("float32", _rope(q, q_rope_position[q0 + r0 + T.min(r, n_rows - 1)], d, rope_theta, rope_scale, (q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd), dtype, rope_scaling)),
+                                        T.Cast("float32", q[q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd]),
+                                    ) * (sm_scale * LOG2E),
+                                    T.float32(0),
+                                )
+                    for l in T.vectorized(QV):
+                        m[l] = T.float32(NEG)
+                        den[l] = T.float32(1)
+                    for qv in T.serial(QV):
+                        for dd in T.vectorized(d):
+                            o[qv, dd] = T.float32(0)
+                    for kb in T.serial(T.ceildiv(kv_len, KB)):
+                        # where the block's keys live (clamped into the sequence; masked past kv_len)
+                        for j in T.serial(KB):
+                            loc[j, 0] = page_values[first + slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) // P]
+                            loc[j, 1] = slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) % P
+                        # scores sT[j, qv], UJ keys per pass
+                        for jj in T.serial(KB // UJ):
+                            for u in T.unroll(UJ):
+                                for l in T.vectorized(QV):
+                                    sacc[u, l] = T.float32(0)
+                            if rotary_mode == 1:
+                                for u in T.serial(UJ):
+                                    for dd in T.serial(d):
+                                        kr[dd] = T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + T.min(kb * KB + jj * UJ + u, kv_len - 1), d, rope_theta, rope_scale, (page_values[first + slot_of(T.min(kb * KB + jj * UJ + u, kv_len - 1), length_info, b) // P], 0, hk, slot_of(T.min(kb * KB + jj * UJ + u, kv_len - 1), length_info, b) % P, dd), dtype, rope_scaling))
+                                    for dd in T.serial(d):
+                                        for l in T.vectorized(QV):
+                                            sacc[u, l] = sacc[u, l] + kr[dd] * qT[dd, l]
+                            else:
+                                for dd in T.serial(d):
+                                    for u in T.unroll(UJ):
+                                        for l in T.vectorized(QV):
+                                            sacc[u, l] = sacc[u, l] + kv_at(pages, loc, jj * UJ + u, 0, hk, dd) * qT[dd, l]
+                            for u in T.unroll(UJ):
+                                for l in T.vectorized(QV):
+                                    sT[jj * UJ + u, l] = T.if_then_else(visible(causal, r0 + l // GS, kb * KB + jj * UJ + u, kv_len, qo_len), sacc[u, l], T.float32(NEG))
+                        # online softmax over the block, elementwise along the query vectors
+                        for l in T.vectorized(QV):
+                            mb[l] = m[l]
+                        for j in T.serial(KB):
+                            for l in T.vectorized(QV):
+                                mb[l] = T.max(mb[l], sT[j, l])
+                        for l in T.vectorized(QV):
+                            alpha[l] = exp2_poly(m[l] - mb[l])
+                            den[l] = den[l] * alpha[l]
+                            m[l] = mb[l]
+                        for j in T.serial(KB):
+                            for l in T.vectorized(QV):
+                                sT[j, l] = T.if_then_else(sT[j, l] > T.float32(NEG), exp2_poly(sT[j, l] - mb[l]), T.float32(0))
+                                den[l] = den[l] + sT[j, l]
+                        # o += p . V, one query vector at a time
+                        for qv in T.serial(QV):
+                            for dd in T.vectorized(d):
+                                oacc[dd] = o[qv, dd] * alpha[qv]
+                            for j in T.serial(KB):
+                                for dd in T.vectorized(d):
+                                    oacc[dd] = oacc[dd] + sT[j, qv] * kv_at(pages, loc, j, 1, hk, dd)
+                            for dd in T.vectorized(d):
+                                o[qv, dd] = oacc[dd]
+                    for r in T.serial(n_rows):
+                        for g in T.serial(GS):
+                            for dd in T.vectorized(d):
+                                output[q0 + r0 + r, hk * GS + g, dd] = T.Cast(dtype, o[r * GS + g, dd] / den[r * GS + g])
+                            lse[q0 + r0 + r, hk * GS + g] = m[r * GS + g] + T.log2(den[r * GS + g])
+
+    from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
+
+    return _inline_lets(batch_prefill_paged_kv_cpu)
+
+
 def fused_rope_cpu(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling, rotary_dim=None):
     """Drop-in for TVM's ``llama_rope_with_position_map`` (split fused qkv into q, k, v and rotate q and k),
     or None where its rope type is not the Llama (rotate-half) form handled here.
@@ -475,22 +686,35 @@ def fused_rope_cpu(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rop
 
 
 @contextlib.contextmanager
-def fast_cpu_attention(target: Target):
-    """While active, TIRPagedKVCache built for a CPU ``target`` uses :func:`ragged_prefill_cpu` and
-    :func:`paged_decode_cpu` (head dims that are multiples of 16, no sliding window; TVM's otherwise) and
-    :func:`fused_rope_cpu` (Llama-form RoPE)."""
+def fast_cpu_attention(target: Target, params=None):
+    """While active, TIRPagedKVCache built for a CPU ``target`` uses :func:`ragged_prefill_cpu`,
+    :func:`paged_prefill_cpu` (tiles from ``params``, the build's ``CPUParams``) and
+    :func:`paged_decode_cpu` (head dims that are multiples of 16; decode: no sliding window; TVM's
+    kernels otherwise) and :func:`fused_rope_cpu` (Llama-form RoPE)."""
     from tvm.relax.frontend.nn.llm import kv_cache  # pylint: disable=import-outside-toplevel
 
     if Target(target).kind.name != "llvm":
         yield
         return
+    if params is None:
+        from schedules.cpu.params import CPUParams  # pylint: disable=import-outside-toplevel
+
+        params = CPUParams.for_build(Target(target))
     original_prefill = kv_cache._attention_prefill_ragged_cpu
+    original_paged_prefill = kv_cache._attention_prefill_cpu
     original_decode = kv_cache._attention_decode_cpu
 
     def make_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
         if d_qk % 16 or d_v % 16:
             return original_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling)
         return ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling)
+
+    def make_paged_prefill(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
+        if d % 16 or page_size % 8:
+            return original_paged_prefill(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size, sliding_window_size)
+        rows, keys = params.attention_prefill_tile(d, h_q // h_kv)
+        return paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size, sliding_window_size,
+                                 rows_per_tile=rows, keys_per_pass=keys)
 
     def make_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16):
         if d % 16 or sliding_window:
@@ -503,11 +727,13 @@ def fast_cpu_attention(target: Target):
         return fused_rope_cpu(*args, **kwargs) or original_rope(*args, **kwargs)
 
     kv_cache._attention_prefill_ragged_cpu = make_prefill
+    kv_cache._attention_prefill_cpu = make_paged_prefill
     kv_cache._attention_decode_cpu = make_decode
     kv_cache.llama_rope_with_position_map = make_rope
     try:
         yield
     finally:
         kv_cache._attention_prefill_ragged_cpu = original_prefill
+        kv_cache._attention_prefill_cpu = original_paged_prefill
         kv_cache._attention_decode_cpu = original_decode
         kv_cache.llama_rope_with_position_map = original_rope

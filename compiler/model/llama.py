@@ -102,6 +102,7 @@ class LlamaForCausalLM(nn.Module):
         self.spec = spec
         self.dtype = dtype
         self.target = target
+        self.schedule_params = schedule_params
         self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
         self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
@@ -170,7 +171,7 @@ class LlamaForCausalLM(nn.Module):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
             # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups;
             # fast_cpu_attention: TVM's CPU attention kernels are scalar (kv_kernels.py)
-            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_attention(self.target):
+            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_attention(self.target, self.schedule_params):
                 return self._new_cache(
                     g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
                 )

@@ -95,6 +95,7 @@ class CPUParams:
     int8_gemm_mr: int | None = None  # int8 GEMM: activation rows of the register tile
     int8_gemm_nrv: int | None = None  # int8 GEMM: dot-product vectors (columns) of the register tile
     int8_gemm_nt: int | None = None  # int8 GEMM: weight columns per parallel task (panel width)
+    attn_query_vectors: int | None = None  # prefill attention: query vectors (rows x group heads) per tile
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -330,6 +331,26 @@ class CPUParams:
             nt //= 2
         return nt
 
+    # --- prefill attention over the paged cache (compiler/model/kv_kernels.py) -----------------
+    def attention_prefill_tile(self, head_dim: int, group_size: int) -> tuple[int, int]:
+        """(query rows per tile, keys per scores pass) of ``paged_prefill_cpu``.
+
+        The scores of a tile are ``sT[key, QV]`` with the QV query vectors along the SIMD lanes; one
+        scores pass keeps ``keys_per_pass x QV / lanes`` accumulators in registers while one K element is
+        broadcast per head-dim step. Half the vector registers hold accumulators (the rest: the qT
+        vectors being loaded, the broadcast), so QV = regs/2 x lanes with one key per pass: the widest
+        tile whose accumulators still fit, which amortizes the per-block work (key locations, mask,
+        softmax) over the most query vectors. AVX2: 8 x 8 = 64 (measured best of 16-128 on Zen 3,
+        1.8x the 16-vector tile); AVX-512: 16 x 16 = 256 capped below; NEON: 16 x 4 = 64.
+        The tile's state (qT and o, 2 x QV x head_dim f32) is re-read for every key block, so QV halves
+        until it fits a quarter of the per-core L2 (the rest streams the K/V pages)."""
+        lanes = self.lanes(32)
+        qv = self.attn_query_vectors or max(lanes, self.num_vector_regs // 2 * lanes)
+        while not self.attn_query_vectors and qv > lanes and 2 * qv * head_dim * 4 > self.l2_bytes // 4:
+            qv //= 2
+        rows = max(1, qv // max(1, group_size))
+        return rows, 1
+
     # --- what was derived, for the package and `llama-aot targets X --schedules` ---------------
     def derivations(self, example_k: int = 2048, example_n: int = 2048) -> list[tuple[str, object, str]]:
         """(knob, value, why) for every rule-level knob; shape-dependent ones for an example [K, N]."""
@@ -360,6 +381,7 @@ class CPUParams:
             (f"gemm_dot_panel_K{example_k}_N{example_n}", self.gemm_panel(example_k, example_n), "dequantized [rows, K] f32 panel in half of L2, >= 4 tasks per core"),
             ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes)"),
             (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
+            ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until 2 x QV x head_dim f32 fit L2 / 4"),
             ("elementwise_parallel_min", 1 << 14, "elements below which a parallel launch (~2-5 us) costs more than the loop"),
         ]
 

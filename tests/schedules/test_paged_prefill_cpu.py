@@ -1,0 +1,184 @@
+"""compiler/model/kv_kernels.paged_prefill_cpu (a prefill chunk over the paged cache, what our CPU builds use)
+against a numpy attention written here, and against TVM's own kernel where TVM defines the semantics (sliding
+window with sinks, RoPE inside the kernel); its tiles derived from the facts of every SoC in the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from sched_helpers import host_target
+from tvm.relax.frontend.nn.llm import kv_cache as kvc
+
+from compiler.model.kv_kernels import paged_prefill_cpu
+
+TARGET = host_target()
+PAGE = 16
+DEV = tvm.cpu()
+
+
+def _build(func):
+    func = func.with_attr("global_symbol", "main")
+    with TARGET:
+        return tvm.compile(tvm.IRModule({"main": func}), target=TARGET)["main"]
+
+
+def _case(rng, h_kv, h_q, d, seqs, spare_pages=3):
+    """seqs: [(q_len, kv_len)]. Pages of all sequences shuffled in one pool (plus unused ones)."""
+    n_pages = [-(-kv // PAGE) for _, kv in seqs]
+    pool = sum(n_pages) + spare_pages
+    pages = rng.standard_normal((pool, 2, h_kv, PAGE, d)).astype(np.float32)
+    perm = rng.permutation(pool).astype(np.int32)
+    page_lists, at = [], 0
+    for n in n_pages:
+        page_lists.append(perm[at : at + n])
+        at += n
+    q = rng.standard_normal((sum(ql for ql, _ in seqs), h_q, d)).astype(np.float32)
+    return q, pages, page_lists
+
+
+def _call(fn, q, pages, page_lists, length_info, causal, sm, rotary_mode, theta, total, q_indptr=None):
+    h_q = q.shape[1]
+    out = tvm.runtime.tensor(np.zeros_like(q), DEV)
+    lse = tvm.runtime.tensor(np.zeros((total, h_q), np.float32), DEV)
+    page_indptr = np.cumsum([0] + [len(p) for p in page_lists]).astype(np.int32)
+    values = np.concatenate(page_lists).astype(np.int32)
+    args = [q, q_indptr, pages, page_indptr, values, length_info, np.zeros(len(page_lists), np.int32),
+            np.arange(total, dtype=np.int32)]
+    fn(*[tvm.runtime.tensor(a, DEV) for a in args], out, lse, causal, rotary_mode, 1.0, theta, float(sm))
+    return out.numpy(), lse.numpy()
+
+
+def _reference(q_rows, keys, values, visible, sm):
+    """q_rows [n, D], keys/values [L, D], visible [n, L] -> (out [n, D], lse in log2 [n]) in float64."""
+    s = np.where(visible, q_rows.astype(np.float64) @ keys.astype(np.float64).T * sm, -np.inf)
+    mx = s.max(1, keepdims=True)
+    e = np.exp(s - mx)
+    return (e @ values) / e.sum(1, keepdims=True), (mx[:, 0] + np.log(e.sum(1))) / np.log(2)
+
+
+@pytest.mark.parametrize("h_kv,h_q,d,rows,keys", [
+    (2, 8, 64, 16, 1),  # the derived AVX2 tile: 64 query vectors
+    (2, 8, 64, 3, 2),  # a tile that is not a power of two, two keys per pass
+    (4, 4, 32, 1, 4),  # no GQA, one row per tile
+    (1, 8, 128, 8, 1),  # one KV head, head_dim 128
+])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_matches_numpy(h_kv, h_q, d, rows, keys, causal):
+    rng = np.random.default_rng(h_q * 100 + d + rows + causal)
+    seqs = [(37, 300), (5, 16), (1, 1), (20, 129)]  # partial tiles, a one-key sequence, partial last pages
+    q, pages, page_lists = _case(rng, h_kv, h_q, d, seqs)
+    q_indptr = np.cumsum([0] + [ql for ql, _ in seqs]).astype(np.int32)
+    last = np.array([kv - (-(-kv // PAGE) - 1) * PAGE for _, kv in seqs], np.int32)
+    fn = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", False, {}, PAGE, rows_per_tile=rows, keys_per_pass=keys))
+    sm = 1.0 / np.sqrt(d)
+    out, lse = _call(fn, q, pages, page_lists, last, causal, sm, 0, 1e4, q.shape[0], q_indptr)
+    for b, (ql, kv) in enumerate(seqs):
+        keys_b = np.concatenate([pages[p, 0] for p in page_lists[b]], axis=1)[:, :kv]  # [h_kv, kv, d]
+        vals_b = np.concatenate([pages[p, 1] for p in page_lists[b]], axis=1)[:, :kv]
+        rows_b = np.arange(ql)[:, None]
+        cols = np.arange(kv)[None, :]
+        visible = cols < kv - ql + rows_b + 1 if causal else np.ones((ql, kv), bool)
+        for h in range(h_q):
+            sl = slice(q_indptr[b], q_indptr[b + 1])
+            ref, ref_lse = _reference(q[sl, h], keys_b[h // (h_q // h_kv)], vals_b[h // (h_q // h_kv)], visible, sm)
+            np.testing.assert_allclose(out[sl, h], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[sl, h], ref_lse, atol=2e-5, rtol=1e-5)
+
+
+def _sliding_case(rng, h_kv, h_q, d):
+    seqs = [(9, 100), (3, 33)]
+    q, pages, page_lists = _case(rng, h_kv, h_q, d, seqs)
+    q_indptr = np.cumsum([0] + [ql for ql, _ in seqs]).astype(np.int32)
+    last = np.array([kv - (-(-kv // PAGE) - 1) * PAGE for _, kv in seqs], np.int32)
+    # [last page len, where the window starts in the pages, sink length] per sequence
+    length_info = np.stack([last, np.array([21, 5], np.int32), np.array([4, 2], np.int32)]).astype(np.int32)
+    return seqs, q, pages, page_lists, q_indptr, length_info
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+def test_sliding_window_matches_numpy(causal):
+    """The sliding-window variant: key j of kv_len = slots - offset + sinks is slot j below the sink length and
+    slot j - sinks + offset after it; with causal, row r sees the last max(W - r - 1, 0) keys (TVM's
+    `_causal_or_sliding_cross_mask`: the rest of its window is the chunk itself, in the ragged kernel)."""
+    h_kv, h_q, d, window = 2, 8, 64, 6  # rows 5.. of the 9-row chunk see none of the cache
+    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(11 + causal), h_kv, h_q, d)
+    fn = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", True, {}, PAGE, sliding_window_size=window,
+                                  rows_per_tile=4, keys_per_pass=1))
+    sm = 1.0 / np.sqrt(d)
+    out, lse = _call(fn, q, pages, page_lists, info, causal, sm, 0, 1e4, q.shape[0], q_indptr)
+    blind = 0
+    for b, (ql, _) in enumerate(seqs):
+        n_slots = (len(page_lists[b]) - 1) * PAGE + info[0, b]
+        offset, sinks = info[1, b], info[2, b]
+        kv = n_slots - offset + sinks
+        slots = np.array([j if j < sinks else j - sinks + offset for j in range(kv)])
+        keys_b = np.concatenate([pages[p, 0] for p in page_lists[b]], axis=1)[:, slots]
+        vals_b = np.concatenate([pages[p, 1] for p in page_lists[b]], axis=1)[:, slots]
+        rows_b, cols = np.arange(ql)[:, None], np.arange(kv)[None, :]
+        visible = (cols >= np.maximum(kv - np.maximum(window - rows_b - 1, 0), 0)) if causal else np.ones((ql, kv), bool)
+        for h in range(h_q):
+            sl = slice(q_indptr[b], q_indptr[b + 1])
+            seen = visible.any(1)
+            ref, ref_lse = _reference(q[sl, h][seen], keys_b[h // 4], vals_b[h // 4], visible[seen], sm)
+            np.testing.assert_allclose(out[sl, h][seen], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[sl, h][seen], ref_lse, atol=2e-5, rtol=1e-5)
+            # a row that sees none of the cache: output 0 and lse -5e4, so the merge gives it weight 0
+            assert np.all(out[sl, h][~seen] == 0) and np.all(lse[sl, h][~seen] == -5e4)
+        blind += int((~visible.any(1)).sum())
+    assert causal == 0 or blind > 0
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_rope_in_kernel_matches_tvm_kernel(sliding):
+    """RoPE inside the kernel (rotary mode 1): same results as TVM's scalar kernel, whose RoPE is the
+    definition (non-causal: TVM's kernel reads a stale running max when a row's first key is masked)."""
+    h_kv, h_q, d = 2, 8, 64
+    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(5 + sliding), h_kv, h_q, d)
+    length_info = info if sliding else info[0].copy()
+    theirs = _build(kvc._attention_prefill_cpu(h_kv, h_q, d, "float32", sliding, {}, PAGE, sliding_window_size=40))
+    ours = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", sliding, {}, PAGE, sliding_window_size=40,
+                                    rows_per_tile=4, keys_per_pass=1))
+    sm = 1.0 / np.sqrt(d)
+    ref = _call(theirs, q, pages, page_lists, length_info, 0, sm, 1, 1e4, q.shape[0], q_indptr)
+    got = _call(ours, q, pages, page_lists, length_info, 0, sm, 1, 1e4, q.shape[0], q_indptr)
+    np.testing.assert_allclose(got[0], ref[0], atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got[1], ref[1], atol=2e-4, rtol=1e-5)
+
+
+def _registry_tiles():
+    from tvm.target import Target
+
+    from schedules.cpu.params import CPUParams
+    from targets import list_socs
+    from targets.cpu_facts import CPUFacts
+
+    tiles = {}
+    for soc in list_socs():
+        if soc.is_host:
+            continue
+        params = CPUParams.for_build(Target(soc.tvm_host_target()), CPUFacts.from_soc(soc))
+        tiles.setdefault(params.attention_prefill_tile(64, 4), soc.name)
+    tiles.setdefault(CPUParams.for_build(TARGET).attention_prefill_tile(64, 4), "host")
+    return tiles
+
+
+def test_registry_tiles_build_and_match():
+    """Every tile the registry's SoCs (and this host) derive builds and computes the same attention (the tile
+    only changes the loop structure, so the host runs each)."""
+    tiles = _registry_tiles()
+    assert tiles
+    rng = np.random.default_rng(3)
+    seqs = [(40, 200)]
+    q, pages, page_lists = _case(rng, 2, 8, 64, seqs)
+    q_indptr = np.array([0, 40], np.int32)
+    last = np.array([200 - 12 * PAGE], np.int32)
+    sm = 0.125
+    keys_b = np.concatenate([pages[p, 0] for p in page_lists[0]], axis=1)[:, :200]
+    vals_b = np.concatenate([pages[p, 1] for p in page_lists[0]], axis=1)[:, :200]
+    for (rows, keys), who in tiles.items():
+        fn = _build(paged_prefill_cpu(2, 8, 64, "float32", False, {}, PAGE, rows_per_tile=rows, keys_per_pass=keys))
+        out, _ = _call(fn, q, pages, page_lists, last, 0, sm, 0, 1e4, 40, q_indptr)
+        for h in range(8):
+            ref, _ = _reference(q[:, h], keys_b[h // 4], vals_b[h // 4], np.ones((40, 200), bool), sm)
+            np.testing.assert_allclose(out[:, h], ref, atol=2e-5, rtol=1e-4, err_msg=f"tile {rows}x{keys} of {who}")
