@@ -239,14 +239,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--workdir", default=str(ROOT / ".work" / "bench"))
     p.add_argument("--json-out", default=None)
+    p.add_argument("--long", default=None, type=_lengths, metavar="N,N,...",
+                   help="long prompts instead: prefill of one N-token prompt and decode after it, for each N, next to "
+                        "llama.cpp Q4_0 (bench/long_context.py)")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="with --long: the packages' prefill chunk")
     p.add_argument("--profile", action="store_true",
                    help="also print where one decode step and one prefill chunk of each package spend their time, "
                         "by kernel category (bench/profile.py)")
 
 
+def _lengths(text: str) -> list[int]:
+    from bench.long_context import parse_lengths
+
+    return parse_lengths(text)
+
+
 def main(args) -> int:
     from bench.profile import format_profile
 
+    if args.long:
+        from bench.long_context import main as long_main
+
+        return long_main(args)
     rows = run(args)
     print(format_table(rows))
     for r in (r for r in rows if "profile" in r):

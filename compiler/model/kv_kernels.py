@@ -147,118 +147,6 @@ def race_free_merge_state(target: Target):
         kv_cache._merge_state_inplace = original
 
 
-def ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
-    """Drop-in for TVM's ``_attention_prefill_ragged_cpu`` (attention of a prefill chunk over its own keys).
-
-    TVM's kernel is one serial scalar loop nest (one thread) and scores every masked key too; on the
-    1B shape it took 21% of a 128-token prefill. This one: heads in parallel, each query row scores only
-    its causally visible keys (vector accumulators along the head dim), then a two-pass softmax and the
-    P.V sum vectorized along the head dim. Masked keys contribute exactly 0 here instead of
-    ``2^(-5e4 - m)`` (a difference far below float32 resolution). In-kernel RoPE (rotary_mode 1; our
-    cache applies RoPE before attention, mode 0) is kept, on a scalar path.
-    """
-    from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
-
-    group_size = h_q // h_kv
-    lanes = 16
-    # pylint: disable=invalid-name,too-many-locals
-
-    @T.prim_func(s_tir=True)
-    def batch_prefill_ragged_kv(
-        var_q: T.handle,  # [total_len, h_q, d_qk]
-        var_q_indptr: T.handle,  # [batch_size + 1]
-        var_k: T.handle,  # [total_len, h_kv, d_qk]
-        var_v: T.handle,  # [total_len, h_kv, d_v]
-        var_kv_indptr: T.handle,  # [batch_size + 1]
-        var_q_rope_position: T.handle,  # [total_q_len]
-        var_k_rope_pos_offset: T.handle,  # [b]
-        var_output: T.handle,  # [total_len, h_q, d_v]
-        var_lse: T.handle,  # [total_len, h_q]
-        causal: T.int32,
-        rotary_mode: T.int32,
-        rope_scale: T.float32,
-        rope_theta: T.float32,
-        sm_scale: T.float32,
-    ):
-        T.func_attr({"tirx.is_scheduled": True})
-        batch_size = T.int32()
-        qo_len = T.int32()
-        kv_len = T.int32()
-        q_indptr_elem_offset = T.int32()
-        kv_indptr_elem_offset = T.int32()
-        q_rope_position_elem_offset = T.int32()
-        k_rope_pos_offset_elem_offset = T.int32()
-
-        q = T.match_buffer(var_q, (qo_len, h_q, d_qk), dtype)
-        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
-        k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
-        v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
-        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
-        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_position_elem_offset)
-        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
-        output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
-        lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
-
-        for b in T.serial(batch_size):
-            for h in T.parallel(h_q):
-                with T.sblock("attn"):
-                    T.reads()  # opaque: the regions would name the Lets below
-                    T.writes()
-                    qv = T.sblock_alloc_buffer((d_qk,), "float32")
-                    acc = T.sblock_alloc_buffer((lanes,), "float32")
-                    o = T.sblock_alloc_buffer((d_v,), "float32")
-                    s = T.sblock_alloc_buffer((kv_len,), "float32")
-                    m = T.sblock_alloc_buffer((1,), "float32")
-                    den = T.sblock_alloc_buffer((1,), "float32")
-                    q_len: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
-                    k_len: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                    hk: T.let[T.int32] = h // group_size
-                    for qi in T.serial(q_len):
-                        row: T.let[T.int32] = q_indptr[b] + qi
-                        n_keys: T.let[T.int32] = T.if_then_else(
-                            causal > 0, T.min(T.max(k_len - q_len + qi + 1, 0), k_len), k_len
-                        )
-                        m[0] = T.float32(-5e4)
-                        if rotary_mode == 1:
-                            for dd in T.serial(d_qk):
-                                qv[dd] = T.Cast("float32", _rope(q, q_rope_position[row], d_qk, rope_theta, rope_scale, (row, h, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
-                            for j in T.serial(n_keys):
-                                s[j] = T.float32(0)
-                                for dd in T.serial(d_qk):
-                                    s[j] = s[j] + qv[dd] * T.Cast("float32", _rope(k, k_rope_pos_offset[b] + j, d_qk, rope_theta, rope_scale, (kv_indptr[b] + j, hk, dd), dtype, rope_scaling))
-                                m[0] = T.max(m[0], s[j])
-                        else:
-                            for dd in T.vectorized(d_qk):
-                                qv[dd] = T.Cast("float32", q[row, h, dd]) * (sm_scale * LOG2E)
-                            for j in T.serial(n_keys):
-                                for l in T.vectorized(lanes):
-                                    acc[l] = T.float32(0)
-                                for c in T.serial(d_qk // lanes):
-                                    for l in T.vectorized(lanes):
-                                        acc[l] = acc[l] + qv[c * lanes + l] * T.Cast("float32", k[kv_indptr[b] + j, hk, c * lanes + l])
-                                s[j] = T.float32(0)
-                                for l in T.serial(lanes):
-                                    s[j] = s[j] + acc[l]
-                                m[0] = T.max(m[0], s[j])
-                        den[0] = T.float32(0)
-                        for j in T.serial(n_keys):
-                            s[j] = T.exp2(s[j] - m[0])
-                            den[0] = den[0] + s[j]
-                        for dd in T.vectorized(d_v):
-                            o[dd] = T.float32(0)
-                        for j in T.serial(n_keys):
-                            for dd in T.vectorized(d_v):
-                                o[dd] = o[dd] + s[j] * T.Cast("float32", v[kv_indptr[b] + j, hk, dd])
-                        for dd in T.vectorized(d_v):
-                            output[row, h, dd] = T.Cast(dtype, o[dd] / den[0])
-                        lse[row, h] = m[0] + T.log2(den[0])
-
-    # the RoPE's float Lets inside a parallel loop break TVM 0.27's LLVM codegen: inline them
-    from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
-
-    return _inline_lets(batch_prefill_ragged_kv)
-
-
 def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
@@ -407,30 +295,28 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
 
 
 
-def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, page_size=16,
-                      sliding_window_size=1024, rows_per_tile=4, keys_per_pass=2):
-    """Drop-in for TVM's ``_attention_prefill_cpu`` (a prefill chunk attending to the paged cache).
+def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_size, sliding_window_size,
+                        rows_per_tile, keys_per_pass):
+    """The tile loop of :func:`paged_prefill_cpu` and :func:`ragged_prefill_cpu`, as a ``T.macro``.
 
-    The paged KV cache runs it for every prefill chunk after the first (the chunk over the cached
-    prefix; the chunk over itself is :func:`ragged_prefill_cpu`; the two are merged). TVM's kernel is
-    scalar, one query head at a time, and walks the whole page pool (``max_num_pages * page_size``
-    slots, masked) for every query row. This one is a flash-attention tile loop:
+    One call computes one work item: a KV head and a tile of ``rows_per_tile`` query rows, i.e.
+    ``QV = rows_per_tile * h_q / h_kv`` query vectors (every head of the group):
 
-    * work items are (KV head, tile of ``rows_per_tile`` query rows), in parallel; a tile holds
-      ``QV = rows_per_tile * h_q / h_kv`` query vectors (every head of the group), staged once
-      transposed (``qT[d, QV]``, scaled to log2 units) so that everything after runs along QV;
-    * keys go a block of ``page_size`` at a time, read straight from their pages: scores
-      ``sT[KB, QV]`` take one broadcast of a K element per head-dim step for ``UJ`` keys at once
-      (each qT vector load feeds UJ multiply-adds);
-    * the online softmax is then elementwise over the QV lanes (no horizontal reductions): block max,
+    * the tile's queries are staged once transposed (``qT[d, QV]``, scaled to log2 units) so that
+      everything after runs along QV;
+    * keys go a block of ``KB`` at a time (``loc[j]``: where key ``j`` of the block lives, found once
+      per block: a page and slot, or a row of the ragged K/V); scores ``sT[KB, QV]`` take one broadcast
+      of a K element per head-dim step for ``UJ`` keys at once (each qT vector load feeds UJ
+      multiply-adds); under a causal mask (no window) the blocks past the tile's last visible key are
+      not visited;
+    * the online softmax is elementwise over the QV lanes (no horizontal reductions): block max,
       ``exp2`` through ``fast_math.exp2_poly``, rescale of the running sums;
     * ``o[QV, d] += p . V`` per query vector, vectorized along the head dim, accumulated in a small
       buffer of its own (its own stack slot, so LLVM keeps it in registers across the keys).
 
-    ``rows_per_tile`` and ``keys_per_pass`` come from ``CPUParams.attention_prefill_tile`` (registers, L2). Masks are TVM's
-    (``_causal_or_sliding_cross_mask``; the sliding window's sink/offset mapping of key positions to
-    page slots); masked keys weigh exactly 0. Numerics: base-2 online softmax starting from a phantom
-    key of score -5e4 and value 0 (TVM's ``m = -5e4, d = 1``), lse in log2.
+    Masks are TVM's (``_causal_or_sliding_cross_mask``; with a sliding window, the sink/offset mapping
+    of key positions to page slots); masked keys weigh exactly 0. Numerics: base-2 online softmax
+    from a phantom key of score -5e4 and value 0 (TVM's ``m = -5e4, d = 1``), lse in log2.
     """
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
@@ -439,24 +325,15 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
     QV = RQ * GS
     KB = page_size
     P = page_size
-    UJ = keys_per_pass  # keys per scores pass: UJ * ceil(QV / lanes) accumulators
+    UJ = int(keys_per_pass)  # keys per scores pass: UJ * ceil(QV / lanes) accumulators
     assert KB % UJ == 0, (KB, UJ)
-    SW = sliding_window_size if sliding_window else 0
+    SW = sliding_window_size or 0
     NEG = -5e4
-    global_symbol = "batch_prefill_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
     # pylint: disable=invalid-name,too-many-locals
-
-    def kv_len_of(page_indptr, length_info, b):
-        n_pages = page_indptr[b + 1] - page_indptr[b]
-        if sliding_window:
-            used = (n_pages - 1) * P + length_info[0, b] - length_info[1, b] + length_info[2, b]
-        else:
-            used = (n_pages - 1) * P + length_info[b]
-        return T.if_then_else(n_pages > 0, used, 0)
 
     def slot_of(j, length_info, b):
         """Key position -> position in the sequence's pages (sinks first, then the window)."""
-        if not sliding_window:
+        if not SW:
             return j
         return T.if_then_else(j < length_info[2, b], j, j - length_info[2, b] + length_info[1, b])
 
@@ -467,9 +344,151 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
         past = T.max(SW - row - 1, 0)
         return T.if_then_else(causal > 0, tirx.all(col < kv_len, col >= T.max(kv_len - past, 0)), full)
 
-    def kv_at(pages, loc, j, which, hk, dd):
-        """Element ``dd`` of the block's key/value ``j``: ``loc[j]`` = (page, slot), found once per block."""
-        return T.Cast("float32", pages[loc[j, 0], which, hk, loc[j, 1], dd])
+    def kv_at(k_src, v_src, loc, j, which, hk, dd):
+        """Element ``dd`` of the block's key (which 0) or value (1) ``j``."""
+        if paged:
+            return T.Cast("float32", k_src[loc[j, 0], which, hk, loc[j, 1], dd])
+        src = k_src if which == 0 else v_src
+        return T.Cast("float32", src[loc[j, 0], hk, dd])
+
+    def key_rope(k_src, loc, pos, j, hk, dd, rope_theta, rope_scale):
+        index = (loc[j, 0], 0, hk, loc[j, 1], dd) if paged else (loc[j, 0], hk, dd)
+        return T.Cast("float32", _rope(k_src, pos, d, rope_theta, rope_scale, index, dtype, rope_scaling))
+
+    @T.macro
+    def tile(q, q_indptr, k_src, v_src, page_values, length_info, k_rope_pos_offset, q_rope_position, output, lse,
+             b, item, first, kv_len, causal, rotary_mode, rope_scale, rope_theta, sm_scale):
+        with T.sblock("attn"):
+            T.reads()  # opaque: the regions would name the Lets below
+            T.writes()
+            qT = T.sblock_alloc_buffer((d, QV), "float32")
+            o = T.sblock_alloc_buffer((QV, d), "float32")
+            sT = T.sblock_alloc_buffer((KB, QV), "float32")
+            sacc = T.sblock_alloc_buffer((UJ, QV), "float32")
+            oacc = T.sblock_alloc_buffer((d,), "float32")
+            kr = T.sblock_alloc_buffer((d,), "float32")
+            loc = T.sblock_alloc_buffer((KB, 2), "int32")
+            m = T.sblock_alloc_buffer((QV,), "float32")
+            mb = T.sblock_alloc_buffer((QV,), "float32")
+            den = T.sblock_alloc_buffer((QV,), "float32")
+            alpha = T.sblock_alloc_buffer((QV,), "float32")
+            hk: T.let[T.int32] = item % h_kv
+            q0: T.let[T.int32] = q_indptr[b]
+            qo_len: T.let[T.int32] = q_indptr[b + 1] - q0
+            n_tiles: T.let[T.int32] = T.ceildiv(qo_len, RQ)
+            # tiles in zigzag order (0, n-1, 1, n-2, ...): the parallel loop hands each thread a
+            # contiguous range of items, and under a causal mask a tile's work grows with its rows
+            t: T.let[T.int32] = item // h_kv
+            r0: T.let[T.int32] = T.if_then_else(t % 2 == 0, t // 2, n_tiles - 1 - t // 2) * RQ
+            n_rows: T.let[T.int32] = T.min(RQ, qo_len - r0)
+            # keys past the tile's last visible one (causal, no window) are never visited
+            n_keys: T.let[T.int32] = T.if_then_else(
+                tirx.all(causal > 0, SW == 0), T.max(0, T.min(kv_len, kv_len - qo_len + r0 + n_rows)), kv_len
+            )
+            for r in T.serial(RQ):
+                for g in T.serial(GS):
+                    for dd in T.serial(d):
+                        qT[dd, r * GS + g] = T.if_then_else(
+                            r < n_rows,
+                            T.if_then_else(
+                                rotary_mode == 1,
+                                T.Cast("float32", _rope(q, q_rope_position[q0 + r0 + T.min(r, n_rows - 1)], d, rope_theta, rope_scale, (q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd), dtype, rope_scaling)),
+                                T.Cast("float32", q[q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd]),
+                            ) * (sm_scale * LOG2E),
+                            T.float32(0),
+                        )
+            for l in T.vectorized(QV):
+                m[l] = T.float32(NEG)
+                den[l] = T.float32(1)
+            for qv in T.serial(QV):
+                for dd in T.vectorized(d):
+                    o[qv, dd] = T.float32(0)
+            for kb in T.serial(T.ceildiv(n_keys, KB)):
+                # where the block's keys live (clamped into the sequence; masked past kv_len)
+                for j in T.serial(KB):
+                    if paged:
+                        loc[j, 0] = page_values[first + slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) // P]
+                        loc[j, 1] = slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) % P
+                    else:
+                        loc[j, 0] = first + T.min(kb * KB + j, kv_len - 1)
+                        loc[j, 1] = 0
+                # scores sT[j, qv], UJ keys per pass
+                for jj in T.serial(KB // UJ):
+                    for u in T.unroll(UJ):
+                        for l in T.vectorized(QV):
+                            sacc[u, l] = T.float32(0)
+                    if rotary_mode == 1:
+                        for u in T.serial(UJ):
+                            for dd in T.serial(d):
+                                kr[dd] = key_rope(k_src, loc, k_rope_pos_offset[b] + T.min(kb * KB + jj * UJ + u, kv_len - 1), jj * UJ + u, hk, dd, rope_theta, rope_scale)
+                            for dd in T.serial(d):
+                                for l in T.vectorized(QV):
+                                    sacc[u, l] = sacc[u, l] + kr[dd] * qT[dd, l]
+                    else:
+                        for dd in T.serial(d):
+                            for u in T.unroll(UJ):
+                                for l in T.vectorized(QV):
+                                    sacc[u, l] = sacc[u, l] + kv_at(k_src, v_src, loc, jj * UJ + u, 0, hk, dd) * qT[dd, l]
+                    for u in T.unroll(UJ):
+                        for l in T.vectorized(QV):
+                            sT[jj * UJ + u, l] = T.if_then_else(visible(causal, r0 + l // GS, kb * KB + jj * UJ + u, kv_len, qo_len), sacc[u, l], T.float32(NEG))
+                # online softmax over the block, elementwise along the query vectors
+                for l in T.vectorized(QV):
+                    mb[l] = m[l]
+                for j in T.serial(KB):
+                    for l in T.vectorized(QV):
+                        mb[l] = T.max(mb[l], sT[j, l])
+                for l in T.vectorized(QV):
+                    alpha[l] = exp2_poly(m[l] - mb[l])
+                    den[l] = den[l] * alpha[l]
+                    m[l] = mb[l]
+                for j in T.serial(KB):
+                    for l in T.vectorized(QV):
+                        sT[j, l] = T.if_then_else(sT[j, l] > T.float32(NEG), exp2_poly(sT[j, l] - mb[l]), T.float32(0))
+                        den[l] = den[l] + sT[j, l]
+                # o += p . V, one query vector at a time
+                for qv in T.serial(QV):
+                    for dd in T.vectorized(d):
+                        oacc[dd] = o[qv, dd] * alpha[qv]
+                    for j in T.serial(KB):
+                        for dd in T.vectorized(d):
+                            oacc[dd] = oacc[dd] + sT[j, qv] * kv_at(k_src, v_src, loc, j, 1, hk, dd)
+                    for dd in T.vectorized(d):
+                        o[qv, dd] = oacc[dd]
+            for r in T.serial(n_rows):
+                for g in T.serial(GS):
+                    for dd in T.vectorized(d):
+                        output[q0 + r0 + r, hk * GS + g, dd] = T.Cast(dtype, o[r * GS + g, dd] / den[r * GS + g])
+                    lse[q0 + r0 + r, hk * GS + g] = m[r * GS + g] + T.log2(den[r * GS + g])
+
+    return tile
+
+
+def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, page_size=16,
+                      sliding_window_size=1024, rows_per_tile=4, keys_per_pass=2):
+    """Drop-in for TVM's ``_attention_prefill_cpu`` (a prefill chunk attending to the paged cache).
+
+    The paged KV cache runs it for every prefill chunk after the first (the chunk over the cached
+    prefix; the chunk over itself is :func:`ragged_prefill_cpu`; the two are merged). TVM's kernel is
+    scalar, one query head at a time, and walks the whole page pool (``max_num_pages * page_size``
+    slots, masked) for every query row. This one runs the tiles of :func:`_flash_prefill_tile` in
+    parallel, reading keys straight from their pages one page per block. ``rows_per_tile`` and
+    ``keys_per_pass`` come from ``CPUParams.attention_prefill_tile`` (registers, L2).
+    """
+    RQ = int(rows_per_tile)
+    P = page_size
+    tile = _flash_prefill_tile(True, h_kv, h_q, d, dtype, rope_scaling, page_size,
+                               sliding_window_size if sliding_window else 0, rows_per_tile, keys_per_pass)
+    global_symbol = "batch_prefill_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
+    # pylint: disable=invalid-name,too-many-locals
+
+    def kv_len_of(page_indptr, length_info, b):
+        n_pages = page_indptr[b + 1] - page_indptr[b]
+        if sliding_window:
+            used = (n_pages - 1) * P + length_info[0, b] - length_info[1, b] + length_info[2, b]
+        else:
+            used = (n_pages - 1) * P + length_info[b]
+        return T.if_then_else(n_pages > 0, used, 0)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -515,103 +534,73 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
 
         for b in T.serial(batch_size):
             for item in T.parallel(h_kv * T.ceildiv(q_indptr[b + 1] - q_indptr[b], RQ)):
-                with T.sblock("attn"):
-                    T.reads()  # opaque: the regions would name the Lets below
-                    T.writes()
-                    qT = T.sblock_alloc_buffer((d, QV), "float32")
-                    o = T.sblock_alloc_buffer((QV, d), "float32")
-                    sT = T.sblock_alloc_buffer((KB, QV), "float32")
-                    sacc = T.sblock_alloc_buffer((UJ, QV), "float32")
-                    oacc = T.sblock_alloc_buffer((d,), "float32")
-                    kr = T.sblock_alloc_buffer((d,), "float32")
-                    loc = T.sblock_alloc_buffer((KB, 2), "int32")
-                    m = T.sblock_alloc_buffer((QV,), "float32")
-                    mb = T.sblock_alloc_buffer((QV,), "float32")
-                    den = T.sblock_alloc_buffer((QV,), "float32")
-                    alpha = T.sblock_alloc_buffer((QV,), "float32")
-                    hk: T.let[T.int32] = item % h_kv
-                    r0: T.let[T.int32] = item // h_kv * RQ
-                    q0: T.let[T.int32] = q_indptr[b]
-                    qo_len: T.let[T.int32] = q_indptr[b + 1] - q0
-                    n_rows: T.let[T.int32] = T.min(RQ, qo_len - r0)
-                    first: T.let[T.int32] = page_indptr[b]
-                    kv_len: T.let[T.int32] = kv_len_of(page_indptr, length_info, b)
-                    # the tile's query vectors, transposed and scaled (rows past the chunk: zeros)
-                    for r in T.serial(RQ):
-                        for g in T.serial(GS):
-                            for dd in T.serial(d):
-                                qT[dd, r * GS + g] = T.if_then_else(
-                                    r < n_rows,
-                                    T.if_then_else(
-                                        rotary_mode == 1,
-                                        T.Cast("float32", _rope(q, q_rope_position[q0 + r0 + T.min(r, n_rows - 1)], d, rope_theta, rope_scale, (q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd), dtype, rope_scaling)),
-                                        T.Cast("float32", q[q0 + r0 + T.min(r, n_rows - 1), hk * GS + g, dd]),
-                                    ) * (sm_scale * LOG2E),
-                                    T.float32(0),
-                                )
-                    for l in T.vectorized(QV):
-                        m[l] = T.float32(NEG)
-                        den[l] = T.float32(1)
-                    for qv in T.serial(QV):
-                        for dd in T.vectorized(d):
-                            o[qv, dd] = T.float32(0)
-                    for kb in T.serial(T.ceildiv(kv_len, KB)):
-                        # where the block's keys live (clamped into the sequence; masked past kv_len)
-                        for j in T.serial(KB):
-                            loc[j, 0] = page_values[first + slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) // P]
-                            loc[j, 1] = slot_of(T.min(kb * KB + j, kv_len - 1), length_info, b) % P
-                        # scores sT[j, qv], UJ keys per pass
-                        for jj in T.serial(KB // UJ):
-                            for u in T.unroll(UJ):
-                                for l in T.vectorized(QV):
-                                    sacc[u, l] = T.float32(0)
-                            if rotary_mode == 1:
-                                for u in T.serial(UJ):
-                                    for dd in T.serial(d):
-                                        kr[dd] = T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + T.min(kb * KB + jj * UJ + u, kv_len - 1), d, rope_theta, rope_scale, (page_values[first + slot_of(T.min(kb * KB + jj * UJ + u, kv_len - 1), length_info, b) // P], 0, hk, slot_of(T.min(kb * KB + jj * UJ + u, kv_len - 1), length_info, b) % P, dd), dtype, rope_scaling))
-                                    for dd in T.serial(d):
-                                        for l in T.vectorized(QV):
-                                            sacc[u, l] = sacc[u, l] + kr[dd] * qT[dd, l]
-                            else:
-                                for dd in T.serial(d):
-                                    for u in T.unroll(UJ):
-                                        for l in T.vectorized(QV):
-                                            sacc[u, l] = sacc[u, l] + kv_at(pages, loc, jj * UJ + u, 0, hk, dd) * qT[dd, l]
-                            for u in T.unroll(UJ):
-                                for l in T.vectorized(QV):
-                                    sT[jj * UJ + u, l] = T.if_then_else(visible(causal, r0 + l // GS, kb * KB + jj * UJ + u, kv_len, qo_len), sacc[u, l], T.float32(NEG))
-                        # online softmax over the block, elementwise along the query vectors
-                        for l in T.vectorized(QV):
-                            mb[l] = m[l]
-                        for j in T.serial(KB):
-                            for l in T.vectorized(QV):
-                                mb[l] = T.max(mb[l], sT[j, l])
-                        for l in T.vectorized(QV):
-                            alpha[l] = exp2_poly(m[l] - mb[l])
-                            den[l] = den[l] * alpha[l]
-                            m[l] = mb[l]
-                        for j in T.serial(KB):
-                            for l in T.vectorized(QV):
-                                sT[j, l] = T.if_then_else(sT[j, l] > T.float32(NEG), exp2_poly(sT[j, l] - mb[l]), T.float32(0))
-                                den[l] = den[l] + sT[j, l]
-                        # o += p . V, one query vector at a time
-                        for qv in T.serial(QV):
-                            for dd in T.vectorized(d):
-                                oacc[dd] = o[qv, dd] * alpha[qv]
-                            for j in T.serial(KB):
-                                for dd in T.vectorized(d):
-                                    oacc[dd] = oacc[dd] + sT[j, qv] * kv_at(pages, loc, j, 1, hk, dd)
-                            for dd in T.vectorized(d):
-                                o[qv, dd] = oacc[dd]
-                    for r in T.serial(n_rows):
-                        for g in T.serial(GS):
-                            for dd in T.vectorized(d):
-                                output[q0 + r0 + r, hk * GS + g, dd] = T.Cast(dtype, o[r * GS + g, dd] / den[r * GS + g])
-                            lse[q0 + r0 + r, hk * GS + g] = m[r * GS + g] + T.log2(den[r * GS + g])
+                tile(q, q_indptr, pages, pages, page_values, length_info, k_rope_pos_offset, q_rope_position, output,
+                     lse, b, item, page_indptr[b], kv_len_of(page_indptr, length_info, b), causal, rotary_mode,
+                     rope_scale, rope_theta, sm_scale)
 
     from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
 
     return _inline_lets(batch_prefill_paged_kv_cpu)
+
+
+def ragged_prefill_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, rows_per_tile=4, keys_per_pass=2):
+    """Drop-in for TVM's ``_attention_prefill_ragged_cpu`` (attention of a prefill chunk over its own keys).
+
+    TVM's kernel is one serial scalar loop nest (one thread) and scores every masked key too. This one
+    runs the tiles of :func:`_flash_prefill_tile` in parallel over the chunk's contiguous K/V rows,
+    ``page_size`` keys per block, visiting only the blocks a tile's causal mask leaves visible.
+    In-kernel RoPE (rotary_mode 1; our cache applies RoPE before attention, mode 0) is kept.
+    """
+    RQ = int(rows_per_tile)
+    tile = _flash_prefill_tile(False, h_kv, h_q, d, dtype, rope_scaling, page_size, 0, rows_per_tile, keys_per_pass)
+    # pylint: disable=invalid-name,too-many-locals
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_ragged_kv(
+        var_q: T.handle,  # [total_len, h_q, d]
+        var_q_indptr: T.handle,  # [batch_size + 1]
+        var_k: T.handle,  # [total_len, h_kv, d]
+        var_v: T.handle,  # [total_len, h_kv, d]
+        var_kv_indptr: T.handle,  # [batch_size + 1]
+        var_q_rope_position: T.handle,  # [total_q_len]
+        var_k_rope_pos_offset: T.handle,  # [b]
+        var_output: T.handle,  # [total_len, h_q, d]
+        var_lse: T.handle,  # [total_len, h_q]
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True})
+        batch_size = T.int32()
+        qo_len = T.int32()
+        kv_len = T.int32()
+        q_indptr_elem_offset = T.int32()
+        kv_indptr_elem_offset = T.int32()
+        q_rope_position_elem_offset = T.int32()
+        k_rope_pos_offset_elem_offset = T.int32()
+
+        q = T.match_buffer(var_q, (qo_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_indptr_elem_offset)
+        k = T.match_buffer(var_k, (kv_len, h_kv, d), dtype)
+        v = T.match_buffer(var_v, (kv_len, h_kv, d), dtype)
+        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_indptr_elem_offset)
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=q_rope_position_elem_offset)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=k_rope_pos_offset_elem_offset)
+        output = T.match_buffer(var_output, (qo_len, h_q, d), dtype)
+        lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
+
+        for b in T.serial(batch_size):
+            for item in T.parallel(h_kv * T.ceildiv(q_indptr[b + 1] - q_indptr[b], RQ)):
+                tile(q, q_indptr, k, v, None, None, k_rope_pos_offset, q_rope_position, output, lse, b, item,
+                     kv_indptr[b], kv_indptr[b + 1] - kv_indptr[b], causal, rotary_mode, rope_scale, rope_theta,
+                     sm_scale)
+
+    # the RoPE's float Lets inside a parallel loop break TVM 0.27's LLVM codegen: inline them
+    from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
+
+    return _inline_lets(batch_prefill_ragged_kv)
 
 
 def fused_rope_cpu(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling, rotary_dim=None):
@@ -705,9 +694,10 @@ def fast_cpu_attention(target: Target, params=None):
     original_decode = kv_cache._attention_decode_cpu
 
     def make_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
-        if d_qk % 16 or d_v % 16:
+        if d_qk % 16 or d_v != d_qk:
             return original_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling)
-        return ragged_prefill_cpu(h_kv, h_q, d_qk, d_v, dtype, rope_scaling)
+        rows, keys = params.attention_prefill_tile(d_qk, h_q // h_kv)
+        return ragged_prefill_cpu(h_kv, h_q, d_qk, dtype, rope_scaling, rows_per_tile=rows, keys_per_pass=keys)
 
     def make_paged_prefill(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
         if d % 16 or page_size % 8:

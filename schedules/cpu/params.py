@@ -333,21 +333,30 @@ class CPUParams:
 
     # --- prefill attention over the paged cache (compiler/model/kv_kernels.py) -----------------
     def attention_prefill_tile(self, head_dim: int, group_size: int) -> tuple[int, int]:
-        """(query rows per tile, keys per scores pass) of ``paged_prefill_cpu``.
+        """(query rows per tile, keys per scores pass) of ``paged_prefill_cpu`` / ``ragged_prefill_cpu``.
 
         The scores of a tile are ``sT[key, QV]`` with the QV query vectors along the SIMD lanes; one
-        scores pass keeps ``keys_per_pass x QV / lanes`` accumulators in registers while one K element is
-        broadcast per head-dim step. Half the vector registers hold accumulators (the rest: the qT
-        vectors being loaded, the broadcast), so QV = regs/2 x lanes with one key per pass: the widest
-        tile whose accumulators still fit, which amortizes the per-block work (key locations, mask,
-        softmax) over the most query vectors. AVX2: 8 x 8 = 64 (measured best of 16-128 on Zen 3,
-        1.8x the 16-vector tile); AVX-512: 16 x 16 = 256 capped below; NEON: 16 x 4 = 64.
-        The tile's state (qT and o, 2 x QV x head_dim f32) is re-read for every key block, so QV halves
-        until it fits a quarter of the per-core L2 (the rest streams the K/V pages)."""
+        scores pass broadcasts one K element per head-dim step and multiply-adds it into QV / lanes
+        accumulators, reading the tile's staged queries ``qT[head_dim, QV]`` once per key. Two limits:
+
+        * registers: half the vector registers hold accumulators (the rest: the qT vectors being
+          loaded, the broadcast), so QV <= regs / 2 x lanes with one key per pass: the widest tile
+          amortizes the per-block work (key locations, mask, softmax) over the most query vectors;
+        * L1d: qT (QV x head_dim f32) is re-read for every key, so it must stay in L1d next to the
+          scores block and the K/V rows streaming through: QV x head_dim x 4 <= L1d / 2.
+
+        QV is the largest power of two within both (at least one vector). Measured (1B heads, 512-row
+        chunk, 2 threads): Zen 3 (AVX2, 16 regs, L1d 32 KiB) -> 64, the best of 16-128 (1.8x the
+        16-vector tile); Emerald Rapids (AVX-512, 32 regs, L1d 48 KiB) -> 64, the best of 16-256
+        (256, the register limit alone, is 1.6x slower: its 64 KiB qT spills to L2). NEON (32 regs,
+        4 lanes) -> 64."""
         lanes = self.lanes(32)
-        qv = self.attn_query_vectors or max(lanes, self.num_vector_regs // 2 * lanes)
-        while not self.attn_query_vectors and qv > lanes and 2 * qv * head_dim * 4 > self.l2_bytes // 4:
-            qv //= 2
+        if self.attn_query_vectors:
+            qv = self.attn_query_vectors
+        else:
+            qv = max(lanes, self.num_vector_regs // 2 * lanes)
+            while qv > lanes and qv * head_dim * 4 > self.l1d_bytes // 2:
+                qv //= 2
         rows = max(1, qv // max(1, group_size))
         return rows, 1
 
@@ -381,7 +390,7 @@ class CPUParams:
             (f"gemm_dot_panel_K{example_k}_N{example_n}", self.gemm_panel(example_k, example_n), "dequantized [rows, K] f32 panel in half of L2, >= 4 tasks per core"),
             ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes)"),
             (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
-            ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until 2 x QV x head_dim f32 fit L2 / 4"),
+            ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until the staged queries (QV x head_dim f32) fit L1d / 2"),
             ("elementwise_parallel_min", 1 << 14, "elements below which a parallel launch (~2-5 us) costs more than the loop"),
         ]
 

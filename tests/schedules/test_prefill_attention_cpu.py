@@ -1,5 +1,5 @@
-"""compiler/model/kv_kernels.paged_prefill_cpu (a prefill chunk over the paged cache, what our CPU builds use)
-against a numpy attention written here, and against TVM's own kernel where TVM defines the semantics (sliding
+"""compiler/model/kv_kernels.paged_prefill_cpu (a prefill chunk over the paged cache) and ragged_prefill_cpu
+(a chunk over its own keys), what our CPU builds use, against a numpy attention written here, and against TVM's own kernel where TVM defines the semantics (sliding
 window with sinks, RoPE inside the kernel); its tiles derived from the facts of every SoC in the registry."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tvm
 from sched_helpers import host_target
 from tvm.relax.frontend.nn.llm import kv_cache as kvc
 
-from compiler.model.kv_kernels import paged_prefill_cpu
+from compiler.model.kv_kernels import paged_prefill_cpu, ragged_prefill_cpu
 
 TARGET = host_target()
 PAGE = 16
@@ -182,3 +182,82 @@ def test_registry_tiles_build_and_match():
         for h in range(8):
             ref, _ = _reference(q[:, h], keys_b[h // 4], vals_b[h // 4], np.ones((40, 200), bool), sm)
             np.testing.assert_allclose(out[:, h], ref, atol=2e-5, rtol=1e-4, err_msg=f"tile {rows}x{keys} of {who}")
+
+
+def _ragged_case(rng, h_kv, h_q, d, seqs):
+    """seqs: [(q_len, kv_len)] packed one after the other, as the cache passes a chunk's new tokens."""
+    q = rng.standard_normal((sum(ql for ql, _ in seqs), h_q, d)).astype(np.float32)
+    k = rng.standard_normal((sum(kv for _, kv in seqs), h_kv, d)).astype(np.float32)
+    v = rng.standard_normal(k.shape).astype(np.float32)
+    q_indptr = np.cumsum([0] + [ql for ql, _ in seqs]).astype(np.int32)
+    kv_indptr = np.cumsum([0] + [kv for _, kv in seqs]).astype(np.int32)
+    return q, k, v, q_indptr, kv_indptr
+
+
+def _call_ragged(fn, q, k, v, q_indptr, kv_indptr, causal, sm, rotary_mode=0, theta=1e4):
+    out = tvm.runtime.tensor(np.zeros_like(q), DEV)
+    lse = tvm.runtime.tensor(np.zeros(q.shape[:2], np.float32), DEV)
+    args = [q, q_indptr, k, v, kv_indptr, np.arange(q.shape[0], dtype=np.int32),
+            np.zeros(len(q_indptr) - 1, np.int32)]
+    fn(*[tvm.runtime.tensor(a, DEV) for a in args], out, lse, causal, rotary_mode, 1.0, theta, float(sm))
+    return out.numpy(), lse.numpy()
+
+
+@pytest.mark.parametrize("h_kv,h_q,d,rows,keys", [
+    (2, 8, 64, 16, 1),  # the derived AVX2 tile
+    (2, 8, 64, 3, 2),
+    (4, 4, 32, 1, 4),
+    (1, 8, 128, 8, 1),
+])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_ragged_matches_numpy(h_kv, h_q, d, rows, keys, causal):
+    """Causal rows see keys < kv_len - q_len + row + 1 (the chunk's own keys when q_len == kv_len); partial
+    tiles and blocks, a one-token sequence, and more keys than queries."""
+    rng = np.random.default_rng(h_q * 10 + d + rows + causal)
+    seqs = [(37, 37), (1, 1), (20, 50), (128, 128)]
+    q, k, v, q_indptr, kv_indptr = _ragged_case(rng, h_kv, h_q, d, seqs)
+    fn = _build(ragged_prefill_cpu(h_kv, h_q, d, "float32", {}, PAGE, rows_per_tile=rows, keys_per_pass=keys))
+    sm = 1.0 / np.sqrt(d)
+    out, lse = _call_ragged(fn, q, k, v, q_indptr, kv_indptr, causal, sm)
+    for b, (ql, kv) in enumerate(seqs):
+        visible = np.arange(kv)[None, :] < kv - ql + np.arange(ql)[:, None] + 1 if causal else np.ones((ql, kv), bool)
+        qs, ks = slice(q_indptr[b], q_indptr[b + 1]), slice(kv_indptr[b], kv_indptr[b + 1])
+        for h in range(h_q):
+            hk = h // (h_q // h_kv)
+            ref, ref_lse = _reference(q[qs, h], k[ks, hk], v[ks, hk], visible, sm)
+            np.testing.assert_allclose(out[qs, h], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[qs, h], ref_lse, atol=2e-5, rtol=1e-5)
+
+
+def test_ragged_rope_in_kernel_matches_tvm_kernel():
+    """RoPE inside the kernel (rotary mode 1), causal: TVM's ragged kernel is the definition."""
+    h_kv, h_q, d = 2, 8, 64
+    rng = np.random.default_rng(21)
+    q, k, v, q_indptr, kv_indptr = _ragged_case(rng, h_kv, h_q, d, [(33, 33), (7, 7)])
+    theirs = _build(kvc._attention_prefill_ragged_cpu(h_kv, h_q, d, d, "float32", {}))
+    ours = _build(ragged_prefill_cpu(h_kv, h_q, d, "float32", {}, PAGE, rows_per_tile=4, keys_per_pass=1))
+    ref = _call_ragged(theirs, q, k, v, q_indptr, kv_indptr, 1, 0.125, rotary_mode=1)
+    got = _call_ragged(ours, q, k, v, q_indptr, kv_indptr, 1, 0.125, rotary_mode=1)
+    np.testing.assert_allclose(got[0], ref[0], atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got[1], ref[1], atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tile_is_the_widest_within_registers_and_l1d(head_dim):
+    """For the registry's SoCs and the host: the tile's query vectors QV fit both limits of
+    CPUParams.attention_prefill_tile (accumulators in half the registers, staged queries in half of L1d), and
+    twice QV breaks one of them (the rule takes the widest)."""
+    from tvm.target import Target
+
+    from schedules.cpu.params import CPUParams
+    from targets import list_socs
+    from targets.cpu_facts import CPUFacts
+
+    every = [CPUParams.for_build(Target(s.tvm_host_target()), CPUFacts.from_soc(s)) for s in list_socs() if not s.is_host]
+    for params in every + [CPUParams.for_build(TARGET)]:
+        lanes = params.lanes(32)
+        rows, keys = params.attention_prefill_tile(head_dim, 4)
+        qv = 4 * rows
+        fits = lambda n: n <= params.num_vector_regs // 2 * lanes and n * head_dim * 4 <= params.l1d_bytes // 2
+        assert keys == 1 and (fits(qv) or qv == lanes), (params, qv)
+        assert not fits(2 * qv), (params, qv)

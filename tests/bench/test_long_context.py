@@ -1,0 +1,47 @@
+"""`llama-aot bench --long` (bench/long_context.py): its arguments, the measurement on the tiny package (prompt
+lengths across several prefill chunks, decode after each), and the ratio table."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench import e2e, long_context
+
+
+def test_long_argument():
+    p = argparse.ArgumentParser()
+    e2e.add_arguments(p)
+    assert p.parse_args([]).long is None
+    args = p.parse_args(["--long", "4096,512,512", "--prefill-chunk", "256"])
+    assert args.long == [512, 4096] and args.prefill_chunk == 256
+    for bad in ("512,x", "0", ","):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--long", bad])
+
+
+def test_measure_long_on_tiny(tiny_package):
+    """Lengths longer than the package's prefill chunk (16): every row is a real, positive measurement."""
+    rows = long_context.measure_long(tiny_package, [8, 40, 100], gen_tokens=4, threads=1)
+    assert [r["prompt_tokens"] for r in rows] == [8, 40, 100]
+    for r in rows:
+        assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0
+        assert r["prefill_s"] == pytest.approx(r["prompt_tokens"] / r["prefill_tok_s"])
+
+
+def test_table_ratios_per_length():
+    rows = [
+        {"model": "1b", "engine": "llama-aot", "weights": "q4f16", "prefill_chunk": 512, "prompt_tokens": 512,
+         "prefill_tok_s": 200.0, "decode_tok_s": 30.0},
+        {"model": "1b", "engine": "llama-aot", "weights": "q4f16", "prefill_chunk": 512, "prompt_tokens": 4096,
+         "prefill_tok_s": 90.0, "decode_tok_s": 20.0},
+        {"model": "1b", "engine": "llama.cpp", "weights": "Q4_0", "prompt_tokens": 512, "prefill_tok_s": 100.0,
+         "decode_tok_s": 30.0},
+        {"model": "1b", "engine": "llama.cpp", "weights": "Q4_0", "prompt_tokens": 4096, "prefill_tok_s": 60.0,
+         "decode_tok_s": 16.0},
+    ]
+    lines = long_context.format_table(rows).splitlines()
+    assert "| 512 | 200.0 | 2.56 | 30.0 | 2.00x | 1.00x |" in lines[2]
+    assert "| 4096 | 90.0 | 45.51 | 20.0 | 1.50x | 1.25x |" in lines[3]
+    assert lines[2].startswith("| 1b | llama-aot (chunk 512) |")
