@@ -61,6 +61,20 @@ def ensure_1b_model(workdir: Path, vocab: int) -> Path:
     return path
 
 
+def ensure_gguf(model_name: str, model_dir: Path, workdir: Path, qtype: str) -> Path:
+    """``workdir/<model>-<qtype>.gguf`` for llama.cpp, written (f32, then llama-quantize) unless it exists."""
+    from bench import peers
+
+    gguf = workdir / f"{model_name}-{qtype}.gguf"
+    if not gguf.is_file():
+        f32 = workdir / f"{model_name}-f32.gguf"
+        if not f32.is_file():
+            peers.write_gguf(model_dir, f32, outtype="f32")
+        if qtype != "f32":
+            peers.quantize_gguf(f32, gguf, qtype)
+    return gguf
+
+
 def compile_timed(model_dir: Path, out: Path, quant: str, threads: int) -> tuple[float, dict]:
     from compiler.compile import CompileOptions, compile_model
 
@@ -151,14 +165,8 @@ def _peer_rows(model_name: str, model_dir: Path, args, workdir: Path) -> list[di
         print(rows[-1], file=sys.stderr)
     if "llamacpp" in args.peers:
         for qtype in args.llamacpp_types.split(","):
-            gguf = workdir / f"{model_name}-{qtype}.gguf"
             try:
-                if not gguf.is_file():
-                    f32 = workdir / f"{model_name}-f32.gguf"
-                    if not f32.is_file():
-                        peers.write_gguf(model_dir, f32, outtype="f32")
-                    if qtype != "f32":
-                        peers.quantize_gguf(f32, gguf, qtype)
+                gguf = ensure_gguf(model_name, model_dir, workdir, qtype)
                 m = peers.measure_llama_cpp(gguf, args.prompt, args.gen, args.threads)
                 if m:
                     m["bytes_per_token"] = gguf_bytes_per_token(gguf)
@@ -239,7 +247,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--workdir", default=str(ROOT / ".work" / "bench"))
     p.add_argument("--json-out", default=None)
-    p.add_argument("--long", default=None, type=_lengths, metavar="N,N,...",
+    p.add_argument("--long", default=None, type=parse_lengths, metavar="N,N,...",
                    help="long prompts instead: prefill of one N-token prompt and decode after it, for each N, next to "
                         "llama.cpp Q4_0 (bench/long_context.py)")
     p.add_argument("--prefill-chunk", type=int, default=128, help="with --long: the packages' prefill chunk")
@@ -248,19 +256,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "by kernel category (bench/profile.py)")
 
 
-def _lengths(text: str) -> list[int]:
-    from bench.long_context import parse_lengths
-
-    return parse_lengths(text)
+def parse_lengths(text: str) -> list[int]:
+    """``--long`` as a list of prompt lengths; a bad list is an error, not silently ignored."""
+    try:
+        lengths = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--long takes comma-separated prompt lengths, e.g. 512,4096; got {text!r}") from None
+    if not lengths or lengths[0] < 1:
+        raise argparse.ArgumentTypeError(f"--long takes positive prompt lengths, e.g. 512,4096; got {text!r}")
+    return lengths
 
 
 def main(args) -> int:
     from bench.profile import format_profile
 
-    if args.long:
-        from bench.long_context import main as long_main
-
-        return long_main(args)
     rows = run(args)
     print(format_table(rows))
     for r in (r for r in rows if "profile" in r):

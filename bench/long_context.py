@@ -16,19 +16,6 @@ import time
 from pathlib import Path
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``--long`` as a list of prompt lengths; a bad list is an error, not silently ignored."""
-    import argparse
-
-    try:
-        lengths = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--long takes comma-separated prompt lengths, e.g. 512,4096; got {text!r}") from None
-    if not lengths or lengths[0] < 1:
-        raise argparse.ArgumentTypeError(f"--long takes positive prompt lengths, e.g. 512,4096; got {text!r}")
-    return lengths
-
-
 def measure_long(package: Path, lengths: list[int], gen_tokens: int, threads: int) -> list[dict]:
     """Run in this process (a subprocess of :func:`run`): one prompt per length, weights loaded once."""
     from bench.peers import prompt_ids
@@ -49,7 +36,7 @@ def measure_long(package: Path, lengths: list[int], gen_tokens: int, threads: in
 
 def run(args) -> list[dict]:
     from bench import peers
-    from bench.e2e import _subprocess_json, ensure_1b_model, TINY
+    from bench.e2e import TINY, _subprocess_json, ensure_1b_model, ensure_gguf
     from compiler.compile import CompileOptions, compile_model
 
     workdir = Path(args.workdir)
@@ -70,13 +57,8 @@ def run(args) -> list[dict]:
             rows += [{"model": model_name, "engine": "llama-aot", "weights": quant,
                       "prefill_chunk": args.prefill_chunk, **m} for m in measured]
         if "llamacpp" in args.peers:
-            gguf = workdir / f"{model_name}-Q4_0.gguf"
             try:
-                if not gguf.is_file():
-                    f32 = workdir / f"{model_name}-f32.gguf"
-                    if not f32.is_file():
-                        peers.write_gguf(model_dir, f32, outtype="f32")
-                    peers.quantize_gguf(f32, gguf, "Q4_0")
+                gguf = ensure_gguf(model_name, model_dir, workdir, "Q4_0")
                 for n in lengths:
                     m = peers.measure_llama_cpp(gguf, n, args.gen, args.threads, reps=1)
                     if m is None:

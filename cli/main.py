@@ -30,6 +30,8 @@ def _cmd_compile(args) -> int:
         max_memory=_parse_bytes(args.max_memory, "--max-memory") if args.max_memory else None,
         context_window=args.context_window,
         tuned_db=args.tuned,
+        sliding_window=args.sliding_window,
+        attention_sinks=args.attention_sinks,
     )
     t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
@@ -150,6 +152,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.long:
+        from bench.long_context import main as long_main
+
+        return long_main(args)
     from bench.e2e import main as bench_main
 
     return bench_main(args)
@@ -220,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="refuse up front if compiling would need more memory than SIZE (e.g. 6G, 512M)")
     c.add_argument("--context-window", type=int, default=None, help="max tokens per sequence")
+    c.add_argument("--sliding-window", type=int, default=None, metavar="W",
+                   help="every query sees the first S tokens and the most recent W - S (docs/long-context.md); "
+                        "generation then goes on past the context window with flat memory (CPU targets)")
+    c.add_argument("--attention-sinks", type=int, default=None, metavar="S",
+                   help="with --sliding-window: the first tokens every query keeps seeing (default 4)")
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)

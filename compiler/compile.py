@@ -52,6 +52,10 @@ class CompileOptions:
     tuned_db: str | None = None
     # CPU cache facts overriding the SoC's / this machine's, e.g. "l1d=48K,l2=1M,l1d_ways=12" (targets/cpu_facts.py)
     cpu_facts: str | None = None
+    # sliding-window attention with attention sinks (compiler/model/attention_window.py); None: the
+    # checkpoint's config.json `sliding_window` if it has one, else full attention
+    sliding_window: int | None = None
+    attention_sinks: int | None = None  # default 4 with --sliding-window
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
@@ -92,6 +96,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
     dtype = bt.activation_dtype(scheme.name)
+    from .model.attention_window import resolve as resolve_window
+
+    window = resolve_window(model_dir, options.sliding_window, options.attention_sinks, context_window,
+                            options.prefill_chunk, spec.head_dim, bt.device_api)
 
     from schedules.tuning.apply import activate as tuning_records
 
@@ -101,14 +109,16 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         checkpoint.validate(spec)
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
         model = LlamaForCausalLM(
-            spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params
+            spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params,
+            window=window,
         )
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
         param_shapes = {n: tuple(int(d) for d in p.shape) for n, p in named_params}
         weight_bytes = sum(int(np.prod(param_shapes[n])) * np.dtype(param_dtypes[n]).itemsize for n in param_names)
-        plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE)
+        plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE,
+                               kv_tokens=window.cache_tokens(options.prefill_chunk, PAGE_SIZE) if window else None)
         if bt.soc is not None:
             usable = bt.soc.usable_memory_bytes
             plan_mem["usable_bytes"] = usable
@@ -158,6 +168,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             "target": bt.describe(),
             "context_window": context_window,
             "prefill_chunk": options.prefill_chunk,
+            # every attention option; a runtime that cannot honour one refuses the package
+            "attention": window.to_json(options.prefill_chunk) if window else {"sliding_window": None},
             "weights": {"bytes": weight_bytes, "bytes_read_per_decoded_token": per_token},
             "memory_plan": plan_mem,
             "library": library,

@@ -13,9 +13,11 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill_chunk: int,
-                activation_dtype: str, page_size: int) -> dict:
+                activation_dtype: str, page_size: int, kv_tokens: int | None = None) -> dict:
+    """``kv_tokens``: the cache's capacity when it is not the context window (a sliding window's)."""
     act = _BYTES[activation_dtype]
-    pages = -(-context_window // page_size)
+    kv_tokens = kv_tokens or context_window
+    pages = -(-kv_tokens // page_size)
     kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * pages * page_size * act for layer in spec.layers)
     widest = max(
         (layer.num_attention_heads + 2 * layer.num_key_value_heads) * spec.head_dim
@@ -30,5 +32,6 @@ def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill
         "activation_bytes": activation_bytes,
         "peak_bytes": weight_bytes + kv_bytes + activation_bytes,
         "context_window": context_window,
+        "kv_cache_tokens": kv_tokens,
         "prefill_chunk": prefill_chunk,
     }

@@ -141,16 +141,24 @@ class Engine:
         self._f_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
         self._f_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
         shape = tvm.runtime.ShapeTuple
+        from .attention_window import from_package
+
+        # a sliding window (attention_window.py): the cache holds the window only, slides
+        # itself, and the model takes each token's position in the whole sequence
+        self.window = from_package(self.config)
+        capacity = self.window.cache_tokens(self.prefill_chunk, self.page_size) if self.window else self.context_window
+        self._f_enable_window = tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
         self.caches = [
             self.vm[name](
-                shape([1]), shape([self.context_window]), shape([self.prefill_chunk]), shape([self.page_size]), shape([0])
+                shape([1]), shape([capacity]), shape([self.prefill_chunk]), shape([self.page_size]),
+                shape([1 if self.window else 0]),
             )
             for name in rt["functions"]["create_kv_cache"]
         ]
         self._tokenizer = None
         self._seq_len = 0
         for cache in self.caches:
-            self._f_add_seq(cache, 0)
+            self._add_sequence(cache)
 
     def _open_device(self, kind: str, vulkan_device: str | None):
         tvm = self._tvm
@@ -218,15 +226,25 @@ class Engine:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # --- forward passes ---------------------------------------------------------------------------
+    def _add_sequence(self, cache) -> None:
+        self._f_add_seq(cache, 0)
+        if self.window:
+            self._f_enable_window(cache, 0, self.window.cache_window(self.prefill_chunk), self.window.sinks)
+
     def reset(self) -> None:
         for cache in self.caches:
             self._f_remove_seq(cache, 0)
-            self._f_add_seq(cache, 0)
+            self._add_sequence(cache)
         self._seq_len = 0
+
+    @property
+    def unbounded(self) -> bool:
+        """A windowed package generates past its context window (its cache never grows)."""
+        return self.window is not None
 
     def _forward(self, fn, ids: Sequence[int]) -> np.ndarray:
         tvm = self._tvm
-        if self._seq_len + len(ids) > self.context_window:
+        if not self.unbounded and self._seq_len + len(ids) > self.context_window:
             raise LlamaAotError(
                 f"sequence of {self._seq_len + len(ids)} tokens exceeds the context window of "
                 f"{self.context_window}; recompile with a larger --context-window or shorten the prompt"
@@ -235,7 +253,11 @@ class Engine:
         for cache in self.caches:
             self._f_begin(cache, tvm.runtime.ShapeTuple([0]), lengths)
         embeds = self._embed(tvm.runtime.tensor(np.asarray(ids, dtype="int32"), self.device), self.params)
-        logits = fn(embeds, *self.caches, self.params)
+        if self.window:
+            positions = np.arange(self._seq_len, self._seq_len + len(ids), dtype="int32")
+            logits = fn(embeds, tvm.runtime.tensor(positions, self.device), *self.caches, self.params)
+        else:
+            logits = fn(embeds, *self.caches, self.params)
         for cache in self.caches:
             self._f_end(cache)
         self._seq_len += len(ids)
@@ -285,7 +307,7 @@ class Engine:
             if stop_on_eos and token in self.eos_token_ids:
                 gen.stopped_on_eos = True
                 break
-            if step + 1 == max_tokens or self._seq_len + 1 > self.context_window:
+            if step + 1 == max_tokens or (not self.unbounded and self._seq_len + 1 > self.context_window):
                 break
             logits = self.decode(token)
             gen.decode_steps += 1

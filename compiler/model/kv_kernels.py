@@ -147,7 +147,7 @@ def race_free_merge_state(target: Target):
         kv_cache._merge_state_inplace = original
 
 
-def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
+def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=None):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
     TVM's kernel walks every key with scalar loops, once per query head, and calls exp2 twice per key
@@ -162,6 +162,9 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
 
     Same numerics as TVM's kernel up to float rounding (base-2 online softmax, lse in log2). RoPE in the
     kernel (rotary_mode 1; our cache applies RoPE before attention, mode 0) stays on a scalar path.
+    With the model's ``window = (W, S)``: the sliding variant (the cache's sink/window page layout,
+    ``length_info[3, b]``), where the new token sees the first S tokens and the W - S - 1 most recent
+    cached ones (itself, the W - S th, comes from the ragged part).
     """
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
@@ -169,7 +172,35 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
     GS = group_size
     lanes = 16
     P = page_size
+    W, S = window or (0, 0)
+    WINDOWED = bool(W)  # TVMScript takes only bools in a conditional expression
+    NEG = -5e4
     # pylint: disable=invalid-name,too-many-locals
+
+    def last_len(info, b):
+        return info[0, b] if W else info[b]
+
+    def slot_of(j, info, b):
+        """Key position -> position in the sequence's pages (sinks first, then the window)."""
+        return T.if_then_else(j < info[2, b], j, j - info[2, b] + info[1, b]) if W else j
+
+    def n_keys(info, b, n_pages):
+        used = (n_pages - 1) * P + last_len(info, b) - (info[1, b] - info[2, b] if W else 0)
+        return T.if_then_else(n_pages > 0, used, 0)
+
+    def sees(info, b, n_pages, col):
+        """The new token sees cached key ``col`` (always, without a window)."""
+        if not W:
+            return True
+        return tirx.any(col < S, col >= n_keys(info, b, n_pages) - (W - S - 1))
+
+    def sees_slot(info, b, n_pages, slot):
+        """The same for the key in page slot ``slot`` (slots between the sinks and the window are empty)."""
+        if not W:
+            return True
+        sink, offset = info[2, b], info[1, b]
+        return tirx.all(tirx.any(slot < sink, slot >= offset),
+                        sees(info, b, n_pages, T.if_then_else(slot < sink, slot, slot - offset + sink)))
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -177,7 +208,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
         pages_handle: T.handle,
         page_table_indptr_handle: T.handle,
         page_table_values_handle: T.handle,
-        var_length_info: T.handle,  # [b]: kv slots used in each sequence's last page
+        var_length_info: T.handle,  # [b]: kv slots used in each sequence's last page ([3, b] windowed)
         k_rope_pos_offset_handle: T.handle,
         q_rope_position_handle: T.handle,
         output_handle: T.handle,
@@ -187,7 +218,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
         rope_theta: T.float32,
         sm_scale: T.float32,
     ):
-        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_decode_paged_kv_cpu"})
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": "batch_decode_paged_kv_cpu" + ("_sliding_window" if WINDOWED else "")})
         B = T.int32()
         nnz_pages = T.int32()
         max_num_pages = T.int32()
@@ -205,7 +236,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
         q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_position_elem_offset)
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
-        last_page_len = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
+        info = T.match_buffer(var_length_info, (3, B) if WINDOWED else (B,), "int32", elem_offset=length_info_elem_offset)
 
         for b in T.serial(B):
             for hk in T.parallel(h_kv):
@@ -232,22 +263,23 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
                         for g in T.serial(GS):
                             for dd in T.serial(d):
                                 qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
-                            for j in T.serial(T.if_then_else(n_pages > 0, (n_pages - 1) * P + last_page_len[b], 0)):
-                                sv[0] = T.float32(0)
-                                for dd in T.serial(d):
-                                    sv[0] = sv[0] + qv[g, dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page_table_values[first + j // P], 0, hk, j % P, dd), dtype, rope_scaling))
-                                mb[g] = T.max(m[g], sv[0])
-                                den[g] = den[g] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g])
-                                for dd in T.vectorized(d):
-                                    o[g, dd] = o[g, dd] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g]) * T.Cast("float32", pages[page_table_values[first + j // P], 1, hk, j % P, dd])
-                                m[g] = mb[g]
+                            for j in T.serial(n_keys(info, b, n_pages)):
+                                if sees(info, b, n_pages, j):
+                                    sv[0] = T.float32(0)
+                                    for dd in T.serial(d):
+                                        sv[0] = sv[0] + qv[g, dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page_table_values[first + slot_of(j, info, b) // P], 0, hk, slot_of(j, info, b) % P, dd), dtype, rope_scaling))
+                                    mb[g] = T.max(m[g], sv[0])
+                                    den[g] = den[g] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g])
+                                    for dd in T.vectorized(d):
+                                        o[g, dd] = o[g, dd] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g]) * T.Cast("float32", pages[page_table_values[first + slot_of(j, info, b) // P], 1, hk, slot_of(j, info, b) % P, dd])
+                                    m[g] = mb[g]
                     else:
                         for g in T.serial(GS):
                             for dd in T.vectorized(d):
                                 qv[g, dd] = T.Cast("float32", Q[b, hk * GS + g, dd]) * (sm_scale * LOG2E)
                         for pg in T.serial(n_pages):
                             page: T.let[T.int32] = page_table_values[first + pg]
-                            n_valid: T.let[T.int32] = T.if_then_else(pg == n_pages - 1, last_page_len[b], P)
+                            n_valid: T.let[T.int32] = T.if_then_else(pg == n_pages - 1, last_len(info, b), P)
                             # scores of the page's keys for every head of the group (K row read once)
                             for j in T.serial(n_valid):
                                 for g in T.unroll(GS):
@@ -264,14 +296,14 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
                                         acc[g, l] = acc[g, l] + acc[g, l + 4]
                                     for l in T.vectorized(2):
                                         acc[g, l] = acc[g, l] + acc[g, l + 2]
-                                    sc[g, j] = acc[g, 0] + acc[g, 1]
+                                    sc[g, j] = T.if_then_else(sees_slot(info, b, n_pages, pg * P + j), acc[g, 0] + acc[g, 1], T.float32(NEG))
                             # one online-softmax step per page: weights sc <- 2^(s - m_new), 0 past n_valid
                             for g in T.serial(GS):
                                 mb[g] = m[g]
                                 for j in T.serial(n_valid):
                                     mb[g] = T.max(mb[g], sc[g, j])
                                 for j in T.vectorized(P):
-                                    sc[g, j] = T.if_then_else(j < n_valid, exp2_poly(sc[g, j] - mb[g]), T.float32(0))
+                                    sc[g, j] = T.if_then_else(tirx.all(j < n_valid, sc[g, j] > T.float32(NEG)), exp2_poly(sc[g, j] - mb[g]), T.float32(0))
                                 sv[0] = exp2_poly(m[g] - mb[g])
                                 den[g] = den[g] * sv[0]
                                 for j in T.serial(n_valid):
@@ -295,7 +327,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16):
 
 
 
-def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_size, sliding_window_size,
+def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_size, window,
                         rows_per_tile, keys_per_pass):
     """The tile loop of :func:`paged_prefill_cpu` and :func:`ragged_prefill_cpu`, as a ``T.macro``.
 
@@ -314,8 +346,9 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
     * ``o[QV, d] += p . V`` per query vector, vectorized along the head dim, accumulated in a small
       buffer of its own (its own stack slot, so LLVM keeps it in registers across the keys).
 
-    Masks are TVM's (``_causal_or_sliding_cross_mask``; with a sliding window, the sink/offset mapping
-    of key positions to page slots); masked keys weigh exactly 0. Numerics: base-2 online softmax
+    Masks: causal as TVM's; with ``window = (W, S)`` (runtime_stubs/attention_window.py) a query sees the first S
+    tokens of the sequence and the most recent W - S, itself included (paged: the sliding cache's
+    sink/offset mapping of key positions to page slots). Masked keys weigh exactly 0. Numerics: base-2 online softmax
     from a phantom key of score -5e4 and value 0 (TVM's ``m = -5e4, d = 1``), lse in log2.
     """
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
@@ -327,22 +360,32 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
     P = page_size
     UJ = int(keys_per_pass)  # keys per scores pass: UJ * ceil(QV / lanes) accumulators
     assert KB % UJ == 0, (KB, UJ)
-    SW = sliding_window_size or 0
+    W, S = window or (0, 0)
+    RECENT = W - S  # tokens of the recent band, the query itself included
     NEG = -5e4
     # pylint: disable=invalid-name,too-many-locals
 
     def slot_of(j, length_info, b):
         """Key position -> position in the sequence's pages (sinks first, then the window)."""
-        if not SW:
+        if not (W and paged):
             return j
         return T.if_then_else(j < length_info[2, b], j, j - length_info[2, b] + length_info[1, b])
 
-    def visible(causal, row, col, kv_len, qo_len):
+    def visible(causal, row, col, kv_len, qo_len, key_pos0):
+        """Query ``row`` of the chunk sees key ``col``; ``key_pos0``: the sequence position of key 0."""
         full = T.if_then_else(causal > 0, col < kv_len - qo_len + row + 1, col < kv_len)
-        if SW == 0:
+        if not W:
             return full
-        past = T.max(SW - row - 1, 0)
-        return T.if_then_else(causal > 0, tirx.all(col < kv_len, col >= T.max(kv_len - past, 0)), full)
+        if paged:  # the cached prefix, all before the chunk: row r is kv_len + r, it keeps RECENT - r - 1
+            return tirx.all(col < kv_len, tirx.any(col < S, col >= kv_len - T.max(RECENT - row - 1, 0)))
+        # the chunk's own keys (kv_len == qo_len): the band before the row, or a sink of the sequence
+        return tirx.all(full, tirx.any(kv_len - qo_len + row - col < RECENT, key_pos0 + col < S))
+
+    def keys_to_visit(causal, kv_len, qo_len, r0, n_rows):
+        """Keys 0 .. n-1 hold every key the tile's rows can see (a windowed prefix: all of it)."""
+        if W and paged:
+            return kv_len
+        return T.if_then_else(causal > 0, T.max(0, T.min(kv_len, kv_len - qo_len + r0 + n_rows)), kv_len)
 
     def kv_at(k_src, v_src, loc, j, which, hk, dd):
         """Element ``dd`` of the block's key (which 0) or value (1) ``j``."""
@@ -381,10 +424,8 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
             t: T.let[T.int32] = item // h_kv
             r0: T.let[T.int32] = T.if_then_else(t % 2 == 0, t // 2, n_tiles - 1 - t // 2) * RQ
             n_rows: T.let[T.int32] = T.min(RQ, qo_len - r0)
-            # keys past the tile's last visible one (causal, no window) are never visited
-            n_keys: T.let[T.int32] = T.if_then_else(
-                tirx.all(causal > 0, SW == 0), T.max(0, T.min(kv_len, kv_len - qo_len + r0 + n_rows)), kv_len
-            )
+            # keys past the tile's last visible one (causal) are never visited
+            n_keys: T.let[T.int32] = keys_to_visit(causal, kv_len, qo_len, r0, n_rows)
             for r in T.serial(RQ):
                 for g in T.serial(GS):
                     for dd in T.serial(d):
@@ -431,7 +472,7 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
                                     sacc[u, l] = sacc[u, l] + kv_at(k_src, v_src, loc, jj * UJ + u, 0, hk, dd) * qT[dd, l]
                     for u in T.unroll(UJ):
                         for l in T.vectorized(QV):
-                            sT[jj * UJ + u, l] = T.if_then_else(visible(causal, r0 + l // GS, kb * KB + jj * UJ + u, kv_len, qo_len), sacc[u, l], T.float32(NEG))
+                            sT[jj * UJ + u, l] = T.if_then_else(visible(causal, r0 + l // GS, kb * KB + jj * UJ + u, kv_len, qo_len, k_rope_pos_offset[b]), sacc[u, l], T.float32(NEG))
                 # online softmax over the block, elementwise along the query vectors
                 for l in T.vectorized(QV):
                     mb[l] = m[l]
@@ -465,7 +506,7 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
 
 
 def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, page_size=16,
-                      sliding_window_size=1024, rows_per_tile=4, keys_per_pass=2):
+                      window=None, rows_per_tile=4, keys_per_pass=2):
     """Drop-in for TVM's ``_attention_prefill_cpu`` (a prefill chunk attending to the paged cache).
 
     The paged KV cache runs it for every prefill chunk after the first (the chunk over the cached
@@ -473,12 +514,14 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
     scalar, one query head at a time, and walks the whole page pool (``max_num_pages * page_size``
     slots, masked) for every query row. This one runs the tiles of :func:`_flash_prefill_tile` in
     parallel, reading keys straight from their pages one page per block. ``rows_per_tile`` and
-    ``keys_per_pass`` come from ``CPUParams.attention_prefill_tile`` (registers, L2).
+    ``keys_per_pass`` come from ``CPUParams.attention_prefill_tile`` (registers, L1d). The sliding
+    variant (``sliding_window``, the cache's sink/window page layout) needs the model's ``window``.
     """
+    assert not sliding_window or window, "the sliding-window variant needs the model's (window, sinks)"
     RQ = int(rows_per_tile)
     P = page_size
     tile = _flash_prefill_tile(True, h_kv, h_q, d, dtype, rope_scaling, page_size,
-                               sliding_window_size if sliding_window else 0, rows_per_tile, keys_per_pass)
+                               window if sliding_window else None, rows_per_tile, keys_per_pass)
     global_symbol = "batch_prefill_paged_kv_cpu" + ("_sliding_window" if sliding_window else "")
     # pylint: disable=invalid-name,too-many-locals
 
@@ -543,16 +586,18 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
     return _inline_lets(batch_prefill_paged_kv_cpu)
 
 
-def ragged_prefill_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, rows_per_tile=4, keys_per_pass=2):
+def ragged_prefill_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, rows_per_tile=4, keys_per_pass=2,
+                       window=None):
     """Drop-in for TVM's ``_attention_prefill_ragged_cpu`` (attention of a prefill chunk over its own keys).
 
     TVM's kernel is one serial scalar loop nest (one thread) and scores every masked key too. This one
     runs the tiles of :func:`_flash_prefill_tile` in parallel over the chunk's contiguous K/V rows,
     ``page_size`` keys per block, visiting only the blocks a tile's causal mask leaves visible.
-    In-kernel RoPE (rotary_mode 1; our cache applies RoPE before attention, mode 0) is kept.
+    In-kernel RoPE (rotary_mode 1; our cache applies RoPE before attention, mode 0) is kept. With the
+    model's ``window = (W, S)``, a row sees the W - S most recent keys and the sequence's first S.
     """
     RQ = int(rows_per_tile)
-    tile = _flash_prefill_tile(False, h_kv, h_q, d, dtype, rope_scaling, page_size, 0, rows_per_tile, keys_per_pass)
+    tile = _flash_prefill_tile(False, h_kv, h_q, d, dtype, rope_scaling, page_size, window, rows_per_tile, keys_per_pass)
     # pylint: disable=invalid-name,too-many-locals
 
     @T.prim_func(s_tir=True)
@@ -675,11 +720,13 @@ def fused_rope_cpu(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rop
 
 
 @contextlib.contextmanager
-def fast_cpu_attention(target: Target, params=None):
+def fast_cpu_attention(target: Target, params=None, window=None):
     """While active, TIRPagedKVCache built for a CPU ``target`` uses :func:`ragged_prefill_cpu`,
     :func:`paged_prefill_cpu` (tiles from ``params``, the build's ``CPUParams``) and
-    :func:`paged_decode_cpu` (head dims that are multiples of 16; decode: no sliding window; TVM's
-    kernels otherwise) and :func:`fused_rope_cpu` (Llama-form RoPE)."""
+    :func:`paged_decode_cpu` (head dims that are multiples of 16; TVM's kernels otherwise) and
+    :func:`fused_rope_cpu` (Llama-form RoPE). ``window = (W, S)``: the model's sliding window and
+    attention sinks (runtime_stubs/attention_window.py): every kernel masks to it, the sliding variants are ours
+    (without a window they are never run, and stay TVM's)."""
     from tvm.relax.frontend.nn.llm import kv_cache  # pylint: disable=import-outside-toplevel
 
     if Target(target).kind.name != "llvm":
@@ -695,21 +742,23 @@ def fast_cpu_attention(target: Target, params=None):
 
     def make_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
         if d_qk % 16 or d_v != d_qk:
+            assert not window, "windowed attention needs a head dim that is a multiple of 16"
             return original_prefill(h_kv, h_q, d_qk, d_v, dtype, rope_scaling)
         rows, keys = params.attention_prefill_tile(d_qk, h_q // h_kv)
-        return ragged_prefill_cpu(h_kv, h_q, d_qk, dtype, rope_scaling, rows_per_tile=rows, keys_per_pass=keys)
+        return ragged_prefill_cpu(h_kv, h_q, d_qk, dtype, rope_scaling, rows_per_tile=rows, keys_per_pass=keys,
+                                  window=window)
 
     def make_paged_prefill(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
-        if d % 16 or page_size % 8:
+        if d % 16 or page_size % 8 or (sliding_window and not window):
             return original_paged_prefill(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size, sliding_window_size)
         rows, keys = params.attention_prefill_tile(d, h_q // h_kv)
-        return paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size, sliding_window_size,
-                                 rows_per_tile=rows, keys_per_pass=keys)
+        return paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size,
+                                 window=window if sliding_window else None, rows_per_tile=rows, keys_per_pass=keys)
 
     def make_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16):
-        if d % 16 or sliding_window:
+        if d % 16 or (sliding_window and not window):
             return original_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size)
-        return paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size)
+        return paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size, window=window if sliding_window else None)
 
     original_rope = kv_cache.llama_rope_with_position_map
 

@@ -5,6 +5,8 @@ Exported functions (the package's calling convention, also read by the C runtime
   prefill(input_embed[1, seq, hidden], kv_0.., params) -> logits[1, 1, vocab] f32 (last position)
   decode(input_embed[1, 1, hidden], kv_0.., params)    -> logits[1, 1, vocab] f32
   create_paged_kv_cache_<g>(max_batch, max_total_seq, prefill_chunk, page_size, sliding) -> cache
+With a sliding window (runtime_stubs/attention_window.py) prefill and decode take ``positions[seq] int32`` after
+``input_embed``: the tokens' indices in the whole sequence, for the RoPE the model applies itself.
 There is one KV cache per attention group (layers with equal head counts), because TVM's paged
 cache fixes its head counts per object; an unpruned model has exactly one.
 """
@@ -37,9 +39,21 @@ class Attention(nn.Module):
         self.qkv_proj = QuantizedLinear(spec.hidden_size, qkv_out, scheme, dtype)
         self.o_proj = QuantizedLinear(self.num_heads * self.head_dim, spec.hidden_size, scheme, dtype)
 
-    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int) -> nn.Tensor:
+    #: windowed models: the RoPE kernel (split + rotate) the model applies at the caller's positions
+    rope_at_positions = None
+
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int, positions=None) -> nn.Tensor:
         b, s, _ = x.shape
-        qkv = op.reshape(self.qkv_proj(x), (b, s, self.num_heads + 2 * self.num_kv_heads, self.head_dim))
+        heads = self.num_heads + 2 * self.num_kv_heads
+        qkv = op.reshape(self.qkv_proj(x), (b, s, heads, self.head_dim))
+        if positions is not None:  # the cache applies no RoPE (runtime_stubs/attention_window.py)
+            flat = op.reshape(qkv, (b * s, heads, self.head_dim))
+            q, k, v = op.tensor_ir_op(
+                self.rope_at_positions, "rope_at_positions", [flat, positions],
+                [nn.Tensor.placeholder((b * s, n, self.head_dim), qkv.dtype)
+                 for n in (self.num_heads, self.num_kv_heads, self.num_kv_heads)],
+            )
+            qkv = op.reshape(op.concat([q, k, v], dim=1), (b, s, heads, self.head_dim))
         out = cache.attention_with_fused_qkv(
             cache_layer_id, qkv, self.num_heads, sm_scale=self.head_dim**-0.5
         )
@@ -71,8 +85,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
         self.mlp = MLP(spec.hidden_size, layer.intermediate_size, scheme, dtype)
 
-    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int) -> nn.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cache, cache_layer_id)
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int, positions=None) -> nn.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, cache_layer_id, positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -98,11 +112,13 @@ class LlamaForCausalLM(nn.Module):
         target,
         int8_activations: bool = False,
         schedule_params=None,
+        window=None,
     ):
         self.spec = spec
         self.dtype = dtype
         self.target = target
         self.schedule_params = schedule_params
+        self.window = window  # attention_window.AttentionWindow or None
         self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
         self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
@@ -140,18 +156,33 @@ class LlamaForCausalLM(nn.Module):
                 self.cache_slot[layer_id] = (g, local)
         for g in range(len(self.groups)):
             setattr(self, f"create_paged_kv_cache_{g}", self._make_cache_factory(g))
-        self.prefill = _with_cache_args(self._prefill, len(self.groups))
-        self.decode = _with_cache_args(self._decode, len(self.groups))
+        if window is not None:
+            from .kv_kernels import fused_rope_cpu
+
+            for layer in self.layers:
+                a = layer.self_attn
+                rope = fused_rope_cpu(
+                    spec.rope_theta, 1.0, spec.head_dim, a.num_heads, a.num_kv_heads, dtype,
+                    spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
+                )
+                if rope is None:
+                    from runtime_stubs.errors import LlamaAotError
+
+                    raise LlamaAotError("--sliding-window supports Llama-form RoPE only (this checkpoint's rope_type "
+                                        "is not); compile without --sliding-window")
+                a.rope_at_positions = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)})  # apply_rope
+        self.prefill = _with_cache_args(self._prefill, len(self.groups), window is not None)
+        self.decode = _with_cache_args(self._decode, len(self.groups), window is not None)
 
     # --- exported functions -------------------------------------------------------------------
     def embed(self, input_ids: nn.Tensor) -> nn.Tensor:
         x = self.embed_tokens(input_ids)
         return op.reshape(x, (1, input_ids.shape[0], self.spec.hidden_size))
 
-    def _forward(self, x: nn.Tensor, caches) -> nn.Tensor:
+    def _forward(self, x: nn.Tensor, caches, positions=None) -> nn.Tensor:
         for i, layer in enumerate(self.layers):
             g, local = self.cache_slot[i]
-            x = layer(x, caches[g], local)
+            x = layer(x, caches[g], local, positions)
         x = self.norm(_last_position(x))
         if self.spec.tie_word_embeddings:
             logits = self.embed_tokens.lm_head_forward(x)
@@ -161,17 +192,23 @@ class LlamaForCausalLM(nn.Module):
             logits = logits.astype("float32")
         return logits
 
-    def _prefill(self, input_embed: nn.Tensor, *caches) -> nn.Tensor:
-        return self._forward(input_embed, caches)
+    def _prefill(self, input_embed: nn.Tensor, *args) -> nn.Tensor:
+        return self._forward(input_embed, *self._split_positions(args))
 
-    def _decode(self, input_embed: nn.Tensor, *caches) -> nn.Tensor:
-        return self._forward(input_embed, caches)
+    def _decode(self, input_embed: nn.Tensor, *args) -> nn.Tensor:
+        return self._forward(input_embed, *self._split_positions(args))
+
+    def _split_positions(self, args):
+        """(caches, positions): windowed models take ``positions`` before the caches."""
+        return (args[1:], args[0]) if self.window is not None else (args, None)
 
     def _make_cache_factory(self, g: int):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
             # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups;
             # fast_cpu_attention: TVM's CPU attention kernels are scalar (kv_kernels.py)
-            with _unique_kernel_symbols(), race_free_merge_state(self.target), fast_cpu_attention(self.target, self.schedule_params):
+            window = (self.window.window, self.window.sinks) if self.window else None
+            with _unique_kernel_symbols(), race_free_merge_state(self.target), \
+                    fast_cpu_attention(self.target, self.schedule_params, window):
                 return self._new_cache(
                     g, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
                 )
@@ -196,7 +233,7 @@ class LlamaForCausalLM(nn.Module):
             v_head_dim=spec.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=RopeMode.NONE if self.window else RopeMode.NORMAL,  # windowed: the model's RoPE
             rope_scale=1,
             rope_theta=spec.rope_theta,
             rope_scaling=spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
@@ -213,14 +250,16 @@ class LlamaForCausalLM(nn.Module):
         h = self.spec.hidden_size
         caches = {f"kv_cache_{g}": nn.spec.Object(object_type=PagedKVCache) for g in range(len(self.groups))}
         packed = {"param_mode": "packed", "effect_mode": "none"}
+        pos = lambda n: {"positions": nn.spec.Tensor([n], "int32")} if self.window else {}  # noqa: E731
         spec = {
             "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
             "prefill": {
                 "input_embed": nn.spec.Tensor([1, "seq_len", h], self.dtype),
+                **pos("seq_len"),
                 **caches,
                 "$": packed,
             },
-            "decode": {"input_embed": nn.spec.Tensor([1, 1, h], self.dtype), **caches, "$": packed},
+            "decode": {"input_embed": nn.spec.Tensor([1, 1, h], self.dtype), **pos(1), **caches, "$": packed},
         }
         for g in range(len(self.groups)):
             spec[f"create_paged_kv_cache_{g}"] = {
@@ -256,8 +295,8 @@ def _unique_kernel_symbols():
         rx.BlockBuilder.add_func = original
 
 
-def _with_cache_args(fn, num_caches: int):
-    """Give ``fn(input_embed, *caches)`` a signature with one named argument per KV cache.
+def _with_cache_args(fn, num_caches: int, positions: bool = False):
+    """Give ``fn(input_embed, [positions,] *caches)`` a signature with one named argument per KV cache.
 
     nn's exporter maps spec entries to arguments by the method's parameter names, so a
     model with G attention groups needs methods taking kv_cache_0 .. kv_cache_{G-1}.
@@ -267,6 +306,8 @@ def _with_cache_args(fn, num_caches: int):
         return fn(*args)
 
     params = [inspect.Parameter("input_embed", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if positions:
+        params.append(inspect.Parameter("positions", inspect.Parameter.POSITIONAL_OR_KEYWORD))
     params += [
         inspect.Parameter(f"kv_cache_{g}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for g in range(num_caches)
     ]

@@ -76,9 +76,19 @@ def int8_gemm_func(
         nrv //= 2
     if scheme.name != "q4f16" or k_in % GROUP or n_out % 16:
         return None
-    while n_out % nt or nt % (L * nrv):
-        nt //= 2
-    if nt < L * nrv or nt % 16:
+    # the panel: the widest nt <= the asked one that divides N and holds whole column blocks of L x nrv;
+    # where none does (a narrow panel derived for a small N, wide AVX-512 vectors), fewer vectors per block
+    while True:
+        cand = nt
+        while cand >= L * nrv and (n_out % cand or cand % (L * nrv)):
+            cand //= 2
+        if cand >= L * nrv:
+            nt = cand
+            break
+        if nrv == 1:
+            return None
+        nrv //= 2
+    if nt % 16:
         return None
     K, N, G, K4 = k_in, n_out, k_in // GROUP, k_in // 4
     specs = scheme.param_specs(N, K)

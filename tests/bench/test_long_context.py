@@ -45,3 +45,16 @@ def test_table_ratios_per_length():
     assert "| 512 | 200.0 | 2.56 | 30.0 | 2.00x | 1.00x |" in lines[2]
     assert "| 4096 | 90.0 | 45.51 | 20.0 | 1.50x | 1.25x |" in lines[3]
     assert lines[2].startswith("| 1b | llama-aot (chunk 512) |")
+
+
+def test_window_memory_is_flat(capsys):
+    """bench/window_memory.py: a windowed package generates 4000 tokens past its 256-token context window and
+    its RSS does not grow with them (the cache holds the window only)."""
+    import json
+
+    from bench import window_memory
+
+    assert window_memory.main(["--tokens", "4000", "--window", "64"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tokens"] == 4000 and len(out["rss_mb_by_tokens"]) == 2
+    assert out["rss_growth_mb"] < 8

@@ -79,6 +79,18 @@ def test_x86_driver_stops_at_context_window(native_x86, package_x86):
     assert len(out["token_ids"]) == 7 and out["decode_steps"] == 6
 
 
+def test_x86_driver_refuses_a_windowed_package(native_x86, package_x86, tmp_path):
+    """A package compiled with --sliding-window needs positions and a sliding cache, which the C runtime does not
+    drive yet: it refuses the package with what to do, before loading anything."""
+    windowed = tmp_path / "windowed"
+    shutil.copytree(package_x86, windowed)
+    cfg = package_config(windowed)
+    cfg["attention"] = {"sliding_window": 24, "attention_sinks": 4, "cache_window": 39}
+    (windowed / "llama-aot.json").write_text(json.dumps(cfg))
+    res = subprocess.run([str(native_x86.run), str(windowed), "--prompt-ids", "1"], capture_output=True, text=True)
+    assert res.returncode == 1 and "sliding window" in res.stderr and "recompile" in res.stderr
+
+
 def test_x86_driver_errors(native_x86, package_x86, tmp_path):
     res = subprocess.run([str(native_x86.run), str(tmp_path / "missing"), "--prompt-ids", "1"], capture_output=True,
                          text=True)  # fmt: skip

@@ -86,59 +86,59 @@ def test_matches_numpy(h_kv, h_q, d, rows, keys, causal):
             np.testing.assert_allclose(lse[sl, h], ref_lse, atol=2e-5, rtol=1e-5)
 
 
-def _sliding_case(rng, h_kv, h_q, d):
+def _sliding_case(rng, h_kv, h_q, d, sinks=4):
     seqs = [(9, 100), (3, 33)]
     q, pages, page_lists = _case(rng, h_kv, h_q, d, seqs)
     q_indptr = np.cumsum([0] + [ql for ql, _ in seqs]).astype(np.int32)
     last = np.array([kv - (-(-kv // PAGE) - 1) * PAGE for _, kv in seqs], np.int32)
     # [last page len, where the window starts in the pages, sink length] per sequence
-    length_info = np.stack([last, np.array([21, 5], np.int32), np.array([4, 2], np.int32)]).astype(np.int32)
+    length_info = np.stack([last, np.array([21, 5], np.int32), np.array([sinks, sinks], np.int32)]).astype(np.int32)
     return seqs, q, pages, page_lists, q_indptr, length_info
 
 
-@pytest.mark.parametrize("causal", [0, 1])
-def test_sliding_window_matches_numpy(causal):
-    """The sliding-window variant: key j of kv_len = slots - offset + sinks is slot j below the sink length and
-    slot j - sinks + offset after it; with causal, row r sees the last max(W - r - 1, 0) keys (TVM's
-    `_causal_or_sliding_cross_mask`: the rest of its window is the chunk itself, in the ragged kernel)."""
-    h_kv, h_q, d, window = 2, 8, 64, 6  # rows 5.. of the 9-row chunk see none of the cache
-    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(11 + causal), h_kv, h_q, d)
-    fn = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", True, {}, PAGE, sliding_window_size=window,
-                                  rows_per_tile=4, keys_per_pass=1))
+def _window_keys(pages, pages_b, info, b):
+    """The sliding cache's keys/values in sequence order: slot j below the sink length, j - sinks + offset after."""
+    n_slots = (len(pages_b) - 1) * PAGE + info[0, b]
+    offset, sinks = info[1, b], info[2, b]
+    kv = n_slots - offset + sinks
+    slots = np.array([j if j < sinks else j - sinks + offset for j in range(kv)])
+    keys = np.concatenate([pages[p, 0] for p in pages_b], axis=1)[:, slots]
+    vals = np.concatenate([pages[p, 1] for p in pages_b], axis=1)[:, slots]
+    return kv, keys, vals
+
+
+@pytest.mark.parametrize("window", [(12, 4), (40, 4), (200, 4)])
+def test_sliding_window_matches_numpy(window):
+    """The windowed variant (attention_window.py): chunk row r, at sequence position kv_len + r, sees the first S
+    keys and the W - S - r - 1 most recent cached ones (the rest of its band is the chunk, in the ragged kernel);
+    keys are read through the sliding cache's sink/offset slot mapping. (12, 4): later rows see only the sinks;
+    (200, 4): every key."""
+    w, sinks = window
+    h_kv, h_q, d = 2, 8, 64
+    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(11 + w), h_kv, h_q, d, sinks)
+    fn = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", True, {}, PAGE, window=window, rows_per_tile=4,
+                                  keys_per_pass=1))
     sm = 1.0 / np.sqrt(d)
-    out, lse = _call(fn, q, pages, page_lists, info, causal, sm, 0, 1e4, q.shape[0], q_indptr)
-    blind = 0
+    out, lse = _call(fn, q, pages, page_lists, info, 0, sm, 0, 1e4, q.shape[0], q_indptr)
     for b, (ql, _) in enumerate(seqs):
-        n_slots = (len(page_lists[b]) - 1) * PAGE + info[0, b]
-        offset, sinks = info[1, b], info[2, b]
-        kv = n_slots - offset + sinks
-        slots = np.array([j if j < sinks else j - sinks + offset for j in range(kv)])
-        keys_b = np.concatenate([pages[p, 0] for p in page_lists[b]], axis=1)[:, slots]
-        vals_b = np.concatenate([pages[p, 1] for p in page_lists[b]], axis=1)[:, slots]
+        kv, keys_b, vals_b = _window_keys(pages, page_lists[b], info, b)
         rows_b, cols = np.arange(ql)[:, None], np.arange(kv)[None, :]
-        visible = (cols >= np.maximum(kv - np.maximum(window - rows_b - 1, 0), 0)) if causal else np.ones((ql, kv), bool)
+        visible = (cols < sinks) | (cols >= kv - np.maximum(w - sinks - rows_b - 1, 0))
         for h in range(h_q):
             sl = slice(q_indptr[b], q_indptr[b + 1])
-            seen = visible.any(1)
-            ref, ref_lse = _reference(q[sl, h][seen], keys_b[h // 4], vals_b[h // 4], visible[seen], sm)
-            np.testing.assert_allclose(out[sl, h][seen], ref, atol=2e-5, rtol=1e-4)
-            np.testing.assert_allclose(lse[sl, h][seen], ref_lse, atol=2e-5, rtol=1e-5)
-            # a row that sees none of the cache: output 0 and lse -5e4, so the merge gives it weight 0
-            assert np.all(out[sl, h][~seen] == 0) and np.all(lse[sl, h][~seen] == -5e4)
-        blind += int((~visible.any(1)).sum())
-    assert causal == 0 or blind > 0
+            ref, ref_lse = _reference(q[sl, h], keys_b[h // 4], vals_b[h // 4], visible, sm)
+            np.testing.assert_allclose(out[sl, h], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[sl, h], ref_lse, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sliding", [False, True])
-def test_rope_in_kernel_matches_tvm_kernel(sliding):
+def test_rope_in_kernel_matches_tvm_kernel():
     """RoPE inside the kernel (rotary mode 1): same results as TVM's scalar kernel, whose RoPE is the
     definition (non-causal: TVM's kernel reads a stale running max when a row's first key is masked)."""
     h_kv, h_q, d = 2, 8, 64
-    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(5 + sliding), h_kv, h_q, d)
-    length_info = info if sliding else info[0].copy()
-    theirs = _build(kvc._attention_prefill_cpu(h_kv, h_q, d, "float32", sliding, {}, PAGE, sliding_window_size=40))
-    ours = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", sliding, {}, PAGE, sliding_window_size=40,
-                                    rows_per_tile=4, keys_per_pass=1))
+    seqs, q, pages, page_lists, q_indptr, info = _sliding_case(np.random.default_rng(5), h_kv, h_q, d)
+    length_info = info[0].copy()
+    theirs = _build(kvc._attention_prefill_cpu(h_kv, h_q, d, "float32", False, {}, PAGE))
+    ours = _build(paged_prefill_cpu(h_kv, h_q, d, "float32", False, {}, PAGE, rows_per_tile=4, keys_per_pass=1))
     sm = 1.0 / np.sqrt(d)
     ref = _call(theirs, q, pages, page_lists, length_info, 0, sm, 1, 1e4, q.shape[0], q_indptr)
     got = _call(ours, q, pages, page_lists, length_info, 0, sm, 1, 1e4, q.shape[0], q_indptr)
@@ -194,11 +194,11 @@ def _ragged_case(rng, h_kv, h_q, d, seqs):
     return q, k, v, q_indptr, kv_indptr
 
 
-def _call_ragged(fn, q, k, v, q_indptr, kv_indptr, causal, sm, rotary_mode=0, theta=1e4):
+def _call_ragged(fn, q, k, v, q_indptr, kv_indptr, causal, sm, rotary_mode=0, theta=1e4, pos0=0):
     out = tvm.runtime.tensor(np.zeros_like(q), DEV)
     lse = tvm.runtime.tensor(np.zeros(q.shape[:2], np.float32), DEV)
     args = [q, q_indptr, k, v, kv_indptr, np.arange(q.shape[0], dtype=np.int32),
-            np.zeros(len(q_indptr) - 1, np.int32)]
+            np.full(len(q_indptr) - 1, pos0, np.int32)]
     fn(*[tvm.runtime.tensor(a, DEV) for a in args], out, lse, causal, rotary_mode, 1.0, theta, float(sm))
     return out.numpy(), lse.numpy()
 
@@ -261,3 +261,51 @@ def test_tile_is_the_widest_within_registers_and_l1d(head_dim):
         fits = lambda n: n <= params.num_vector_regs // 2 * lanes and n * head_dim * 4 <= params.l1d_bytes // 2
         assert keys == 1 and (fits(qv) or qv == lanes), (params, qv)
         assert not fits(2 * qv), (params, qv)
+
+
+@pytest.mark.parametrize("pos0", [0, 2, 100])
+def test_ragged_window_matches_numpy(pos0):
+    """A chunk's own keys under a (W, S) = (10, 3) window: row r sees key j <= r when r - j < W - S or the key is
+    one of the sequence's first S tokens (``pos0``: the chunk's first position; 100: no sinks in the chunk)."""
+    h_kv, h_q, d, (w, sinks) = 2, 8, 64, (10, 3)
+    rng = np.random.default_rng(pos0)
+    seqs = [(37, 37), (5, 5)]
+    q, k, v, q_indptr, kv_indptr = _ragged_case(rng, h_kv, h_q, d, seqs)
+    fn = _build(ragged_prefill_cpu(h_kv, h_q, d, "float32", {}, PAGE, rows_per_tile=4, keys_per_pass=1, window=(w, sinks)))
+    out, lse = _call_ragged(fn, q, k, v, q_indptr, kv_indptr, 1, 0.125, pos0=pos0)
+    for b, (ql, kv) in enumerate(seqs):
+        r, j = np.arange(ql)[:, None], np.arange(kv)[None, :]
+        visible = (j <= r) & ((r - j < w - sinks) | (pos0 + j < sinks))
+        qs, ks = slice(q_indptr[b], q_indptr[b + 1]), slice(kv_indptr[b], kv_indptr[b + 1])
+        for h in range(h_q):
+            ref, ref_lse = _reference(q[qs, h], k[ks, h // 4], v[ks, h // 4], visible, 0.125)
+            np.testing.assert_allclose(out[qs, h], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[qs, h], ref_lse, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [(12, 4), (30, 4)])
+def test_decode_window_matches_numpy(window):
+    """compiler/model/kv_kernels.paged_decode_cpu, windowed: the new token sees the first S cached keys and the
+    W - S - 1 most recent (itself, the last of its band, is the ragged part), through the slot mapping."""
+    from compiler.model.kv_kernels import paged_decode_cpu
+
+    w, sinks = window
+    h_kv, h_q, d = 2, 8, 64
+    seqs, _, pages, page_lists, _, info = _sliding_case(np.random.default_rng(w), h_kv, h_q, d, sinks)
+    q = np.random.default_rng(1).standard_normal((len(seqs), h_q, d)).astype(np.float32)
+    fn = _build(paged_decode_cpu(h_kv, h_q, d, "float32", {}, PAGE, window=window))
+    out = tvm.runtime.tensor(np.zeros_like(q), DEV)
+    lse = tvm.runtime.tensor(np.zeros(q.shape[:2], np.float32), DEV)
+    page_indptr = np.cumsum([0] + [len(p) for p in page_lists]).astype(np.int32)
+    args = [q, pages, page_indptr, np.concatenate(page_lists).astype(np.int32), info, np.zeros(2, np.int32),
+            np.zeros(2, np.int32)]
+    fn(*[tvm.runtime.tensor(a, DEV) for a in args], out, lse, 0, 1.0, 1e4, 0.125)
+    out, lse = out.numpy(), lse.numpy()
+    for b in range(len(seqs)):
+        kv, keys_b, vals_b = _window_keys(pages, page_lists[b], info, b)
+        cols = np.arange(kv)[None, :]
+        visible = (cols < sinks) | (cols >= kv - (w - sinks - 1))
+        for h in range(h_q):
+            ref, ref_lse = _reference(q[b : b + 1, h], keys_b[h // 4], vals_b[h // 4], visible, 0.125)
+            np.testing.assert_allclose(out[b : b + 1, h], ref, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(lse[b : b + 1, h], ref_lse, atol=2e-5, rtol=1e-5)

@@ -143,6 +143,15 @@ PackageConfig ReadPackage(const std::string& package_dir) {
     FormatError(rt.where, "context_window, prefill_chunk and page_size must be positive");
   }
 
+  // attention options this runtime cannot honour yet: refuse the package rather than run it wrong
+  if (top.Has("attention")) {
+    Obj attention = top.Child("attention");
+    if (attention.Has("sliding_window") && attention.Get("sliding_window").try_cast<int64_t>().has_value()) {
+      FormatError(attention.where, "the package uses a sliding window (compile --sliding-window), which this "
+                                   "runtime cannot run yet; recompile without --sliding-window or run it "
+                                   "with `llama-aot run`");
+    }
+  }
   if (top.Has("target")) {
     Obj target = top.Child("target");
     if (target.Has("device")) cfg.target_device = target.Str("device");
