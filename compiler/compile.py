@@ -77,7 +77,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     from .export import export_executable, platform_of
     from .memory_plan import memory_plan
     from .model.llama import LlamaForCausalLM
-    from .model.weights import conversion_peak_bytes, converted_params, weight_plan
+    from .model.weights import conversion_peak_bytes, converted_params, planned_params, weight_plan
     from .pipeline import build_pipeline
     from schedules.cpu.params import CPUParams
     from schedules.report import collecting
@@ -107,6 +107,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
+        plan = weight_plan(spec, scheme, head_scheme)
+        # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
+        _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
         model = LlamaForCausalLM(
             spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params,
@@ -128,8 +131,6 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     f"{bt.soc.name} has about {usable / 1e9:.2f} GB usable; use a smaller --quant or "
                     f"--context-window, or --force-memory"
                 )
-        plan = weight_plan(spec, scheme, head_scheme)
-        _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, param_shapes, param_dtypes))
         platform = platform_of(bt.host)
         if platform != "host":
             prefix = options.system_lib_prefix or _symbol_prefix(model_dir.name)
@@ -204,7 +205,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
 
 
 def _check_compile_memory(max_memory: int | None, conversion_bytes: int) -> None:
-    """Compiling needs this process's memory now (TVM, the Relax model) plus the weight conversion's
+    """Compiling needs this process's memory now (TVM loaded, the checkpoint validated; the Relax model is small next to the weights) plus the weight conversion's
     working set (weights.conversion_peak_bytes); TVM's own growth while compiling is small next to it
     (docs/reliability.md, "Compile memory").  Refuse before any long work if --max-memory is lower."""
     import psutil

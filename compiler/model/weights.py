@@ -70,6 +70,23 @@ def converted_params(
         yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False)), fields.get(suffix, {})
 
 
+def planned_params(checkpoint, plan: dict[str, WeightSource], dtype: str) -> tuple[dict[str, tuple], dict[str, str]]:
+    """(param shapes, param dtypes) that the converted weights will have, from the checkpoint's tensor
+    shapes and each module's scheme alone (no Relax model needed); unquantized weights (norms) in ``dtype``."""
+    shapes: dict[str, tuple] = {}
+    dtypes: dict[str, str] = {}
+    for prefix, source in plan.items():
+        first = tuple(checkpoint.info(source.hf_names[0])[0])
+        if source.scheme is None:
+            shapes[f"{prefix}.weight"], dtypes[f"{prefix}.weight"] = first, dtype
+            continue
+        n = sum(int(checkpoint.info(h)[0][0]) for h in source.hf_names)
+        for suffix, (shape, param_dtype) in source.scheme.param_specs(n, int(first[-1])).items():
+            shapes[f"{prefix}.{suffix}"] = tuple(int(x) for x in shape)
+            dtypes[f"{prefix}.{suffix}"] = param_dtype
+    return shapes, dtypes
+
+
 def conversion_peak_bytes(checkpoint, plan: dict[str, WeightSource], param_shapes: dict[str, tuple],
                           param_dtypes: dict[str, str]) -> int:
     """The largest working set of ``converted_params``: one module's float32 source (twice when its HF

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from compiler.frontend.synthetic import write_random_checkpoint
 
 CONFIG = dict(
@@ -18,7 +20,7 @@ SCRIPT = r"""
 import json, sys, threading
 import numpy as np
 from compiler.frontend import Checkpoint, load_spec
-from compiler.model.weights import conversion_peak_bytes, converted_params, weight_plan
+from compiler.model.weights import conversion_peak_bytes, converted_params, planned_params, weight_plan
 from compiler.package import write_params
 from compiler.quantization import get_scheme
 
@@ -26,21 +28,10 @@ src, out, quant = sys.argv[1:]
 spec = load_spec(src)
 scheme = get_scheme(quant)
 plan = weight_plan(spec, scheme, scheme)
-names, dtypes = [], {}
-for prefix, source in plan.items():
-    specs = {"weight": (None, "float32")} if source.scheme is None else source.scheme.param_specs(1, 64)
-    for suffix, (_, dtype) in specs.items():
-        names.append(f"{prefix}.{suffix}"); dtypes[names[-1]] = dtype
 with Checkpoint(src) as ck:
     ck.validate(spec)
-    shapes = {}
-    for prefix, source in plan.items():
-        n = sum(ck.info(h)[0][0] for h in source.hf_names)
-        k = ck.info(source.hf_names[0])[0][-1] if len(ck.info(source.hf_names[0])[0]) == 2 else None
-        if source.scheme is None:
-            shapes[f"{prefix}.weight"] = tuple(ck.info(source.hf_names[0])[0])
-        else:
-            shapes.update({f"{prefix}.{sfx}": shape for sfx, (shape, _) in source.scheme.param_specs(n, k).items()})
+    shapes, dtypes = planned_params(ck, plan, "float32")
+    names = list(shapes)
     estimate = conversion_peak_bytes(ck, plan, shapes, dtypes)
 
     def status_kb(field):
@@ -83,3 +74,25 @@ def test_conversion_peak_memory_is_bounded_by_largest_tensor(tmp_path):
     assert delta < 3 * largest_f32_mb, (delta, largest_f32_mb, total_f32_mb)
     # the estimate that `compile --max-memory` checks bounds the measured growth, without being far above it
     assert delta <= estimate <= 3 * delta + 64, (delta, estimate)
+
+
+@pytest.mark.parametrize("quant", ["q4f16", "q0f32"])
+def test_planned_params_equal_the_models(quant):
+    """`compile --max-memory` estimates from planned_params before building the Relax model: they must be the
+    parameters the model then declares (names, shapes, dtypes), untied lm_head and norms included."""
+    from tvm.target import Target
+
+    from cli.main import DEFAULT_MODEL
+    from compiler.frontend import Checkpoint, load_spec
+    from compiler.model.llama import LlamaForCausalLM
+    from compiler.model.weights import planned_params, weight_plan
+    from compiler.quantization import get_scheme
+
+    spec = load_spec(DEFAULT_MODEL)
+    scheme = get_scheme(quant)
+    model = LlamaForCausalLM(spec, scheme, scheme, "float32", Target({"kind": "llvm"}))
+    _, named = model.export_tvm(spec=model.export_spec())
+    with Checkpoint(DEFAULT_MODEL) as ck:
+        shapes, dtypes = planned_params(ck, weight_plan(spec, scheme, scheme), "float32")
+    assert shapes == {n: tuple(int(d) for d in p.shape) for n, p in named}
+    assert dtypes == {n: p.dtype for n, p in named}
