@@ -147,6 +147,25 @@ def race_free_merge_state(target: Target):
         kv_cache._merge_state_inplace = original
 
 
+def _window_slot(j, info, b):
+    """Key position -> slot in the sequence's pages in TVM's sliding layout (``info[3, b]``: last page's
+    length, where the window starts in the pages, sink length): sinks first, then the window."""
+    return T.if_then_else(j < info[2, b], j, j - info[2, b] + info[1, b])
+
+
+def _cached_keys(n_pages, info, b, page_size: int, sliding: bool):
+    """Keys a sequence holds in the paged cache (``info``: ``[b]`` last-page lengths, or the sliding ``[3, b]``)."""
+    last = info[0, b] - info[1, b] + info[2, b] if sliding else info[b]
+    return T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + last, 0)
+
+
+def _sees_cached(col, kv_len, row, window):
+    """Under ``window = (W, S)``: chunk row ``row`` (sequence position kv_len + row) sees cached key ``col``:
+    a sink, or one of the W - S - row - 1 most recent (the rest of its band is in the chunk)."""
+    w, s = window
+    return tirx.any(col < s, col >= kv_len - T.max(w - s - row - 1, 0))
+
+
 def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=None):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
@@ -172,7 +191,7 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=Non
     GS = group_size
     lanes = 16
     P = page_size
-    W, S = window or (0, 0)
+    W = window[0] if window else 0
     WINDOWED = bool(W)  # TVMScript takes only bools in a conditional expression
     NEG = -5e4
     # pylint: disable=invalid-name,too-many-locals
@@ -181,18 +200,14 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=Non
         return info[0, b] if W else info[b]
 
     def slot_of(j, info, b):
-        """Key position -> position in the sequence's pages (sinks first, then the window)."""
-        return T.if_then_else(j < info[2, b], j, j - info[2, b] + info[1, b]) if W else j
+        return _window_slot(j, info, b) if W else j
 
     def n_keys(info, b, n_pages):
-        used = (n_pages - 1) * P + last_len(info, b) - (info[1, b] - info[2, b] if W else 0)
-        return T.if_then_else(n_pages > 0, used, 0)
+        return _cached_keys(n_pages, info, b, P, WINDOWED)
 
     def sees(info, b, n_pages, col):
-        """The new token sees cached key ``col`` (always, without a window)."""
-        if not W:
-            return True
-        return tirx.any(col < S, col >= n_keys(info, b, n_pages) - (W - S - 1))
+        """The new token (row 0 of a one-token chunk) sees cached key ``col`` (always, without a window)."""
+        return _sees_cached(col, n_keys(info, b, n_pages), 0, window) if W else True
 
     def sees_slot(info, b, n_pages, slot):
         """The same for the key in page slot ``slot`` (slots between the sinks and the window are empty)."""
@@ -366,18 +381,15 @@ def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_siz
     # pylint: disable=invalid-name,too-many-locals
 
     def slot_of(j, length_info, b):
-        """Key position -> position in the sequence's pages (sinks first, then the window)."""
-        if not (W and paged):
-            return j
-        return T.if_then_else(j < length_info[2, b], j, j - length_info[2, b] + length_info[1, b])
+        return _window_slot(j, length_info, b) if W and paged else j
 
     def visible(causal, row, col, kv_len, qo_len, key_pos0):
         """Query ``row`` of the chunk sees key ``col``; ``key_pos0``: the sequence position of key 0."""
         full = T.if_then_else(causal > 0, col < kv_len - qo_len + row + 1, col < kv_len)
         if not W:
             return full
-        if paged:  # the cached prefix, all before the chunk: row r is kv_len + r, it keeps RECENT - r - 1
-            return tirx.all(col < kv_len, tirx.any(col < S, col >= kv_len - T.max(RECENT - row - 1, 0)))
+        if paged:  # the cached prefix, all before the chunk
+            return tirx.all(col < kv_len, _sees_cached(col, kv_len, row, window))
         # the chunk's own keys (kv_len == qo_len): the band before the row, or a sink of the sequence
         return tirx.all(full, tirx.any(kv_len - qo_len + row - col < RECENT, key_pos0 + col < S))
 
@@ -526,12 +538,7 @@ def paged_prefill_cpu(h_kv, h_q, d, dtype, sliding_window: bool, rope_scaling, p
     # pylint: disable=invalid-name,too-many-locals
 
     def kv_len_of(page_indptr, length_info, b):
-        n_pages = page_indptr[b + 1] - page_indptr[b]
-        if sliding_window:
-            used = (n_pages - 1) * P + length_info[0, b] - length_info[1, b] + length_info[2, b]
-        else:
-            used = (n_pages - 1) * P + length_info[b]
-        return T.if_then_else(n_pages > 0, used, 0)
+        return _cached_keys(page_indptr[b + 1] - page_indptr[b], length_info, b, P, sliding_window)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(

@@ -159,18 +159,19 @@ class LlamaForCausalLM(nn.Module):
         if window is not None:
             from .kv_kernels import fused_rope_cpu
 
-            for layer in self.layers:
-                a = layer.self_attn
-                rope = fused_rope_cpu(
-                    spec.rope_theta, 1.0, spec.head_dim, a.num_heads, a.num_kv_heads, dtype,
-                    spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {},
-                )
+            ropes = {}  # one kernel per attention group's head counts
+            for (heads, kv_heads), _ in self.groups:
+                rope = fused_rope_cpu(spec.rope_theta, 1.0, spec.head_dim, heads, kv_heads, dtype,
+                                      spec.rope_scaling.to_tvm_dict() if spec.rope_scaling else {})
                 if rope is None:
                     from runtime_stubs.errors import LlamaAotError
 
                     raise LlamaAotError("--sliding-window supports Llama-form RoPE only (this checkpoint's rope_type "
                                         "is not); compile without --sliding-window")
-                a.rope_at_positions = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)})  # apply_rope
+                ropes[heads, kv_heads] = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)})  # apply_rope
+            for layer in self.layers:
+                a = layer.self_attn
+                a.rope_at_positions = ropes[a.num_heads, a.num_kv_heads]
         self.prefill = _with_cache_args(self._prefill, len(self.groups), window is not None)
         self.decode = _with_cache_args(self._decode, len(self.groups), window is not None)
 
