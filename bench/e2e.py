@@ -251,6 +251,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="long prompts instead: prefill of one N-token prompt and decode after it, for each N, next to "
                         "llama.cpp Q4_0 (bench/long_context.py)")
     p.add_argument("--prefill-chunk", type=int, default=128, help="with --long: the packages' prefill chunk")
+    p.add_argument("--compare-knobs", default=None, metavar="KNOB=VALUE,...",
+                   help="with --long: also build a package with these CPU schedule knobs set (compile --schedule-knobs) "
+                        "and show it next to the derived one, e.g. the decode attention's fixed tiling "
+                        "attn_decode_tile_pages=1,attn_decode_splits=1,attn_decode_prefetch_pages=0,"
+                        "attn_decode_heads_per_block=1,attn_decode_keys_per_reduction=1")
     p.add_argument("--profile", action="store_true",
                    help="also print where one decode step and one prefill chunk of each package spend their time, "
                         "by kernel category (bench/profile.py)")

@@ -10,6 +10,7 @@ badly shows as a ratio falling with N.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -47,15 +48,18 @@ def run(args) -> list[dict]:
         model_dir = TINY if model_name == "tiny" else ensure_1b_model(workdir, args.vocab)
         for quant in args.quants.split(","):
             context = max(lengths) + args.gen + 1
-            out = workdir / f"pkg-{model_name}-{quant}-long-c{args.prefill_chunk}-w{context}"
-            t0 = time.perf_counter()
-            compile_model(model_dir, out, CompileOptions(quant=quant, num_threads=args.threads, context_window=context,
-                                                         prefill_chunk=args.prefill_chunk))
-            print(f"compiled {out.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            measured = _subprocess_json(["bench.long_context", "_measure", str(out), ",".join(map(str, lengths)),
-                                         str(args.gen), str(args.threads)])
-            rows += [{"model": model_name, "engine": "llama-aot", "weights": quant,
-                      "prefill_chunk": args.prefill_chunk, **m} for m in measured]
+            # the derived schedules, and with --compare-knobs the same package with those knobs set by hand
+            for knobs in [None] + ([args.compare_knobs] if getattr(args, "compare_knobs", None) else []):
+                tag = "" if knobs is None else "-k" + hashlib.sha1(knobs.encode()).hexdigest()[:8]
+                out = workdir / f"pkg-{model_name}-{quant}-long-c{args.prefill_chunk}-w{context}{tag}"
+                t0 = time.perf_counter()
+                compile_model(model_dir, out, CompileOptions(quant=quant, num_threads=args.threads, context_window=context,
+                                                             prefill_chunk=args.prefill_chunk, schedule_knobs=knobs))
+                print(f"compiled {out.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                measured = _subprocess_json(["bench.long_context", "_measure", str(out), ",".join(map(str, lengths)),
+                                             str(args.gen), str(args.threads)])
+                rows += [{"model": model_name, "engine": "llama-aot", "weights": quant, "prefill_chunk": args.prefill_chunk,
+                          "schedule": knobs or "derived", **m} for m in measured]
         if "llamacpp" in args.peers:
             try:
                 gguf = ensure_gguf(model_name, model_dir, workdir, "Q4_0")
@@ -73,18 +77,29 @@ def run(args) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
+    knobbed = any(r.get("schedule", "derived") != "derived" for r in rows)
     lines = [
-        "| model | engine | weights | prompt tokens | prefill tok/s | prefill s | decode tok/s at that context | prefill vs llama.cpp | decode vs llama.cpp |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | engine | weights | prompt tokens | prefill tok/s | prefill s | decode tok/s at that context | prefill vs llama.cpp | decode vs llama.cpp |"
+        + (" derived decode vs this |" if knobbed else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if knobbed else ""),
     ]
     for r in rows:
-        ref = next((x for x in rows if x["model"] == r["model"] and x["engine"] == "llama.cpp"
-                    and x["prompt_tokens"] == r["prompt_tokens"]), None)
+        def same(x, engine):
+            return x["model"] == r["model"] and x["engine"] == engine and x["prompt_tokens"] == r["prompt_tokens"]
+
+        ref = next((x for x in rows if same(x, "llama.cpp")), None)
+        derived = next((x for x in rows if same(x, "llama-aot") and x.get("weights") == r["weights"]
+                        and x.get("schedule") == "derived"), None)
         pr = f"{r['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x" if ref else "-"
         dr = f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x" if ref else "-"
         engine = r["engine"] + (f" (chunk {r['prefill_chunk']})" if "prefill_chunk" in r else "")
+        if r.get("schedule", "derived") != "derived":
+            engine += f" [{r['schedule']}]"
+        vs = ""
+        if knobbed:
+            vs = f" {derived['decode_tok_s'] / r['decode_tok_s']:.2f}x |" if derived and r.get("schedule", "derived") != "derived" else " - |"
         lines.append(f"| {r['model']} | {engine} | {r['weights']} | {r['prompt_tokens']} | {r['prefill_tok_s']:.1f} "
-                     f"| {r['prompt_tokens'] / r['prefill_tok_s']:.2f} | {r['decode_tok_s']:.1f} | {pr} | {dr} |")
+                     f"| {r['prompt_tokens'] / r['prefill_tok_s']:.2f} | {r['decode_tok_s']:.1f} | {pr} | {dr} |" + vs)
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ directory that is renamed to OUT only when everything succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -56,6 +57,8 @@ class CompileOptions:
     # checkpoint's config.json `sliding_window` if it has one, else full attention
     sliding_window: int | None = None
     attention_sinks: int | None = None  # default 4 with --sliding-window
+    # CPU schedule knobs set by hand instead of derived, e.g. "attn_decode_splits=2" (CPUParams.parse_knobs)
+    schedule_knobs: str | None = None
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
@@ -92,6 +95,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     target = bt.tvm_target()
     # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
     params = None if bt.device_api else CPUParams.for_build(target, facts_for_build(bt.soc, options.cpu_facts))
+    if options.schedule_knobs:
+        if params is None:
+            raise LlamaAotError("--schedule-knobs sets CPU schedule knobs; drop it for a GPU build (--device)")
+        params = dataclasses.replace(params, **CPUParams.parse_knobs(options.schedule_knobs))
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
@@ -121,7 +128,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         param_shapes = {n: tuple(int(d) for d in p.shape) for n, p in named_params}
         weight_bytes = sum(int(np.prod(param_shapes[n])) * np.dtype(param_dtypes[n]).itemsize for n in param_names)
         plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE,
-                               kv_tokens=window.cache_tokens(options.prefill_chunk, PAGE_SIZE) if window else None)
+                               kv_tokens=window.cache_tokens(options.prefill_chunk, PAGE_SIZE) if window else None,
+                               windowed_layers=window.layers if window else None)
         if bt.soc is not None:
             usable = bt.soc.usable_memory_bytes
             plan_mem["usable_bytes"] = usable
@@ -182,6 +190,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 "params_manifest": MANIFEST,
                 "num_kv_caches": len(model.groups),
                 "kv_cache_layers": [ids for _, ids in model.groups],
+                # which caches slide (attention_window.py); the others hold the whole context window
+                "kv_cache_windowed": list(model.group_windowed),
                 "page_size": PAGE_SIZE,
                 "functions": {
                     "embed": "embed",
@@ -193,7 +203,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             "tokenizer": tokenizer_files,
             **({"tuning": tuning.summary()} if tuning is not None else {}),  # records used per kernel
             # the facts and derived knobs of the CPU schedules, the rule each kernel got, any fallback
-            "schedules": {"cpu": params.schedule_record() if params else None, **schedule_report.to_json()},
+            "schedules": {"cpu": _cpu_schedule_record(params, spec, dtype), **schedule_report.to_json()},
             # no timings or paths in the package: the same inputs give the same bytes (timings: stderr)
             "compile": {"tvm_version": tvm.__version__, "llama_aot_version": _version()},
         }
@@ -202,6 +212,22 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         write_checksums(tmp)  # last: lists every other file (runtime_stubs/integrity.py)
     logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
+
+
+def _cpu_schedule_record(params, spec, dtype: str) -> dict | None:
+    """The CPU schedules' facts and derived knobs, plus the decode attention tiling each distinct layer shape got
+    (``CPUParams.attention_decode_tiling``, the values ``kv_kernels.fast_cpu_attention`` builds with)."""
+    if params is None:
+        return None
+    record = params.schedule_record()
+    kv_bytes = np.dtype(dtype).itemsize
+    shapes = sorted({(layer.num_attention_heads, layer.num_key_value_heads) for layer in spec.layers})
+    record["attention_decode"] = [
+        {"num_heads": nh, "num_kv_heads": nkv, "head_dim": spec.head_dim, "kv_dtype": dtype,
+         **params.attention_decode_tiling(spec.head_dim, nh // nkv, nkv, kv_bytes, PAGE_SIZE)}
+        for nh, nkv in shapes
+    ]
+    return record
 
 
 def _check_compile_memory(max_memory: int | None, conversion_bytes: int) -> None:

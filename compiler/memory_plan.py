@@ -13,12 +13,15 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill_chunk: int,
-                activation_dtype: str, page_size: int, kv_tokens: int | None = None) -> dict:
-    """``kv_tokens``: the cache's capacity when it is not the context window (a sliding window's)."""
+                activation_dtype: str, page_size: int, kv_tokens: int | None = None,
+                windowed_layers: tuple[int, ...] | None = None) -> dict:
+    """``kv_tokens``: the cache's capacity when it is not the context window (a sliding window's), for
+    every layer or, with ``windowed_layers``, for those (the others hold the context window)."""
     act = _BYTES[activation_dtype]
-    kv_tokens = kv_tokens or context_window
-    pages = -(-kv_tokens // page_size)
-    kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * pages * page_size * act for layer in spec.layers)
+    by_layer = [context_window if kv_tokens is None or (windowed_layers is not None and i not in windowed_layers)
+                else kv_tokens for i in range(len(spec.layers))]
+    kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * -(-n // page_size) * page_size * act
+                   for layer, n in zip(spec.layers, by_layer))
     widest = max(
         (layer.num_attention_heads + 2 * layer.num_key_value_heads) * spec.head_dim
         + layer.num_attention_heads * spec.head_dim
@@ -32,6 +35,7 @@ def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill
         "activation_bytes": activation_bytes,
         "peak_bytes": weight_bytes + kv_bytes + activation_bytes,
         "context_window": context_window,
-        "kv_cache_tokens": kv_tokens,
+        "kv_cache_tokens": max(by_layer),
+        **({"kv_cache_tokens_by_layer": by_layer} if len(set(by_layer)) > 1 else {}),
         "prefill_chunk": prefill_chunk,
     }

@@ -6,7 +6,10 @@ itself included (S = 0: a plain window of W, as Mistral's ``sliding_window``). K
 original positions: RoPE is applied once, at the token's position in the whole sequence, and never
 re-based (unlike StreamingLLM, which renumbers the cache). When every layer is windowed, generation
 goes on past the context window with flat memory: the cache never holds more than
-:meth:`AttentionWindow.cache_tokens` tokens.
+:meth:`AttentionWindow.cache_tokens` tokens. A checkpoint's ``layer_types`` can window only some layers
+(``sliding_attention``) and keep the others full (``full_attention``): each group of layers gets its own
+cache (``runtime.kv_cache_windowed``), the full ones sized to the context window, which then bounds the
+sequence as without a window.
 
 How it maps onto TVM's paged KV cache (``support_sliding_window``; the runtime slides in
 ``BeginForward``, after reserving the new tokens, down to the per-sequence window it was given):
@@ -30,6 +33,17 @@ from dataclasses import dataclass
 class AttentionWindow:
     window: int  # W: tokens a query sees, itself and the sinks included
     sinks: int  # S: the sequence's first tokens, always visible
+    # the windowed layers when only some are (a checkpoint's ``layer_types``); None: every layer. The
+    # others attend to the whole sequence and their cache grows to the context window.
+    layers: tuple[int, ...] | None = None
+
+    def windows(self, layer_id: int) -> bool:
+        return self.layers is None or layer_id in self.layers
+
+    @property
+    def every_layer(self) -> bool:
+        """Every layer windowed: generation may go past the context window with flat memory."""
+        return self.layers is None
 
     @property
     def recent(self) -> int:
@@ -45,13 +59,28 @@ class AttentionWindow:
         return self.cache_window(prefill_chunk) + prefill_chunk + 2 * page_size
 
     def to_json(self, prefill_chunk: int) -> dict:
-        return {"sliding_window": self.window, "attention_sinks": self.sinks,
-                "cache_window": self.cache_window(prefill_chunk)}
+        out = {"sliding_window": self.window, "attention_sinks": self.sinks,
+               "cache_window": self.cache_window(prefill_chunk)}
+        if self.layers is not None:
+            out["windowed_layers"] = list(self.layers)
+        return out
+
+
+KNOWN_OPTIONS = {"sliding_window", "attention_sinks", "cache_window", "windowed_layers"}
 
 
 def from_package(config: dict) -> AttentionWindow | None:
-    """The window a package was compiled with (its ``llama-aot.json``), or None."""
+    """The window a package was compiled with (its ``llama-aot.json``), or None; an attention option this
+    runtime does not know (a newer compiler's) is refused rather than ignored."""
+    from .errors import LlamaAotError  # pylint: disable=import-outside-toplevel
+
     att = config.get("attention") or {}
+    unknown = sorted(set(att) - KNOWN_OPTIONS)
+    if unknown:
+        raise LlamaAotError(f"the package uses attention options this runtime cannot honour ({', '.join(unknown)}); "
+                            "run it with the llama-aot that compiled it, or recompile it with this one")
     if att.get("sliding_window") is None:
         return None
-    return AttentionWindow(int(att["sliding_window"]), int(att["attention_sinks"]))
+    layers = att.get("windowed_layers")
+    return AttentionWindow(int(att["sliding_window"]), int(att["attention_sinks"]),
+                           None if layers is None else tuple(int(i) for i in layers))

@@ -146,19 +146,25 @@ class Engine:
         # a sliding window (attention_window.py): the cache holds the window only, slides
         # itself, and the model takes each token's position in the whole sequence
         self.window = from_package(self.config)
-        capacity = self.window.cache_tokens(self.prefill_chunk, self.page_size) if self.window else self.context_window
+        names = rt["functions"]["create_kv_cache"]
+        # per cache: sliding (a windowed group of layers) or holding the whole context window
+        self.cache_windowed = [bool(w) for w in rt.get("kv_cache_windowed", [self.window is not None] * len(names))]
+        if len(self.cache_windowed) != len(names) or (any(self.cache_windowed) and self.window is None):
+            raise LlamaAotError(f"{self.package_dir}/llama-aot.json: runtime.kv_cache_windowed does not match its "
+                                "caches and attention; recompile the package")
+        window_tokens = self.window.cache_tokens(self.prefill_chunk, self.page_size) if self.window else 0
         self._f_enable_window = tvm.get_global_func("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
         self.caches = [
             self.vm[name](
-                shape([1]), shape([capacity]), shape([self.prefill_chunk]), shape([self.page_size]),
-                shape([1 if self.window else 0]),
+                shape([1]), shape([window_tokens if windowed else self.context_window]), shape([self.prefill_chunk]),
+                shape([self.page_size]), shape([1 if windowed else 0]),
             )
-            for name in rt["functions"]["create_kv_cache"]
+            for name, windowed in zip(names, self.cache_windowed)
         ]
         self._tokenizer = None
         self._seq_len = 0
-        for cache in self.caches:
-            self._add_sequence(cache)
+        for cache, windowed in zip(self.caches, self.cache_windowed):
+            self._add_sequence(cache, windowed)
 
     def _open_device(self, kind: str, vulkan_device: str | None):
         tvm = self._tvm
@@ -226,21 +232,21 @@ class Engine:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # --- forward passes ---------------------------------------------------------------------------
-    def _add_sequence(self, cache) -> None:
+    def _add_sequence(self, cache, windowed: bool) -> None:
         self._f_add_seq(cache, 0)
-        if self.window:
+        if windowed:
             self._f_enable_window(cache, 0, self.window.cache_window(self.prefill_chunk), self.window.sinks)
 
     def reset(self) -> None:
-        for cache in self.caches:
+        for cache, windowed in zip(self.caches, self.cache_windowed):
             self._f_remove_seq(cache, 0)
-            self._add_sequence(cache)
+            self._add_sequence(cache, windowed)
         self._seq_len = 0
 
     @property
     def unbounded(self) -> bool:
-        """A windowed package generates past its context window (its cache never grows)."""
-        return self.window is not None
+        """A package windowed in every layer generates past its context window (its caches never grow)."""
+        return self.window is not None and self.window.every_layer
 
     def _forward(self, fn, ids: Sequence[int]) -> np.ndarray:
         tvm = self._tvm

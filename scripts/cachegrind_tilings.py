@@ -280,6 +280,17 @@ def build_ctl(work: Path) -> Path:
     return out
 
 
+def prepare(work: str | None, prefix: str) -> tuple[Path, Path] | None:
+    """(work dir, client-request helper) for a run, or None (after a one-line error) without valgrind."""
+    if not shutil.which("valgrind"):
+        print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return None
+    path = Path(work) if work else Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    check_isa(HASWELL)
+    return path, build_ctl(path)
+
+
 def driver_env() -> dict:
     env = dict(os.environ)
     env.update(TVM_USE_RUNTIME_LIB="1", TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
@@ -624,14 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="also split each run's misses by instruction kind "
                     "(callgrind --dump-instr=yes + objdump)")
     a = ap.parse_args(argv)
-    if not shutil.which("valgrind"):
-        print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
-        return 2
     t_start = time.time()
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="cg-tilings-"))
-    work.mkdir(parents=True, exist_ok=True)
-    check_isa(HASWELL)
-    ctl = build_ctl(work)
+    prepared = prepare(a.work, "cg-tilings-")
+    if prepared is None:
+        return 2
+    work, ctl = prepared
     socs = [s.strip() for s in a.socs.split(",") if s.strip()]
     facts = {s: load_facts(s) for s in socs}
     sims = {s: sim_for(s, facts[s], a.ll) for s in socs}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 
+import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
@@ -166,24 +167,37 @@ def _sees_cached(col, kv_len, row, window):
     return tirx.any(col < s, col >= kv_len - T.max(w - s - row - 1, 0))
 
 
-def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=None):
+def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=None, pages_per_tile=1, splits=1,
+                     prefetch=0, heads_per_block=1, keys_per_reduction=1):
     """Drop-in for TVM's ``_attention_decode_cpu`` (one new token against the paged KV cache).
 
     TVM's kernel walks every key with scalar loops, once per query head, and calls exp2 twice per key
-    (its online softmax rescales after every key). This one runs the KV heads in parallel and, for the
-    ``h_q / h_kv`` query heads of a group together, takes the keys a page (``page_size`` keys) at a time:
+    (its online softmax rescales after every key). This one runs (KV head, context split) tasks in
+    parallel and, for the ``h_q / h_kv`` query heads of a group together, takes the keys a tile
+    (``pages_per_tile`` pages) at a time:
 
-    * each K row is read once for the whole group: ``h_q / h_kv`` dot products in ``lanes``-wide
-      accumulators, each summed by a halving tree;
-    * one softmax update per page: the page's max, one rescale ``2^(m_old - m_new)`` of the running sum
-      and output, the page's weights as one vector through a polynomial exp2 (``fast_math.exp2_poly``; no libm);
-    * each V row is read once for the group and added into every head's output with its weight.
+    * each K row is read once per block of ``heads_per_block`` query heads: their dot products in
+      ``lanes``-wide accumulators, ``keys_per_reduction`` keys' accumulators summed by one shuffle tree
+      (``reduce_keys``), into the tile's scores (which stay in L1d);
+    * one softmax update per tile: the tile's max, one rescale ``2^(m_old - m_new)`` of the running sum
+      and output, the tile's weights through a polynomial exp2 (``fast_math.exp2_poly``; no libm);
+    * each V row is read once for the group and added into every head's output with its weight. The
+      group's outputs are indexed by constants only (heads and head-dim vectors unrolled), so LLVM
+      keeps them in registers across the keys (a variable index, or a buffer of 1 KiB or more,
+      which TVM puts on the heap, turns every multiply-add into a load and a store: 2x slower).
+
+    ``splits`` > 1 (flash-decoding): the sequence's pages are cut into that many contiguous ranges
+    (whole tiles) so ``h_kv x splits`` tasks balance over the cores; each writes its normalised partial
+    output and log2-sum-exp, and a merge (the :func:`merge_state_inplace` formula over the splits)
+    combines them. ``prefetch`` > 0: each key's K and V rows that many pages ahead are prefetched (pages
+    are scattered in the pool, which hardware prefetchers do not follow). Every knob is derived from the
+    machine (``CPUParams.attention_decode_tiling``, docs/cachegrind-decode-attention.md).
 
     Same numerics as TVM's kernel up to float rounding (base-2 online softmax, lse in log2). RoPE in the
-    kernel (rotary_mode 1; our cache applies RoPE before attention, mode 0) stays on a scalar path.
-    With the model's ``window = (W, S)``: the sliding variant (the cache's sink/window page layout,
-    ``length_info[3, b]``), where the new token sees the first S tokens and the W - S - 1 most recent
-    cached ones (itself, the W - S th, comes from the ragged part).
+    kernel (rotary_mode 1; our cache applies RoPE before attention, mode 0) stays on a scalar path, in
+    the first split. With the model's ``window = (W, S)``: the sliding variant (the cache's sink/window
+    page layout, ``length_info[3, b]``), where the new token sees the first S tokens and the W - S - 1
+    most recent cached ones (itself, the W - S th, comes from the ragged part).
     """
     from tvm.relax.frontend.nn.llm._kernel_common import _rope  # pylint: disable=import-outside-toplevel
 
@@ -191,6 +205,22 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=Non
     GS = group_size
     lanes = 16
     P = page_size
+    TP = max(1, int(pages_per_tile))
+    while TP * P % lanes:  # the softmax passes run over whole vectors of scores
+        TP += 1
+    TK = TP * P
+    NS = max(1, int(splits))
+    SPLIT = NS > 1
+    DC = d // lanes
+    PREFETCH = bool(prefetch)
+    GB = max(g for g in range(1, GS + 1) if GS % g == 0 and g <= max(1, int(heads_per_block)))
+    assert GB * d * 4 < 1024, "the register block must stay under TVM's 1 KiB stack limit"
+    KU = int(keys_per_reduction)
+    assert KU in (1, 2, 4) and P % KU == 0 and GB * KU * lanes * 4 < 1024, "keys per reduction: 1, 2 or 4 (dividing the page)"
+    PD = int(prefetch) if PREFETCH else 0  # pages ahead
+    elem_bytes = tvm.DataType(dtype).bits // 8
+    LINE_ELEMS = 64 // elem_bytes
+    ROW_LINES = max(1, d * elem_bytes // 64)
     W = window[0] if window else 0
     WINDOWED = bool(W)  # TVMScript takes only bools in a conditional expression
     NEG = -5e4
@@ -216,6 +246,49 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=Non
         sink, offset = info[2, b], info[1, b]
         return tirx.all(tirx.any(slot < sink, slot >= offset),
                         sees(info, b, n_pages, T.if_then_else(slot < sink, slot, slot - offset + sink)))
+
+    def split_pages(n_pages):
+        """Pages per split: the pages over the splits, rounded up to whole tiles."""
+        return T.truncdiv(T.truncdiv(n_pages + NS - 1, NS) + TP - 1, TP) * TP
+
+    def lanes_of(vec_buf, idx, width):
+        return vec_buf.vload(idx, f"float32x{width}")
+
+    def pick(vectors, idx):
+        return T.Shuffle(vectors, [int(i) for i in idx])
+
+    half = lanes // 2
+    LO = [i for i in range(half)] + [lanes + i for i in range(half)]  # low halves of two vectors
+    HI = [half + i for i in range(half)] + [lanes + half + i for i in range(half)]
+
+    QA = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]  # [k0 | k1] [k2 | k3] -> 4 partials per key
+    QB = [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31]
+    SWAP2 = [q * 4 + i for q in range(4) for i in (2, 3, 0, 1)]
+    SWAP1 = [q * 4 + i for q in range(4) for i in (1, 0, 3, 2)]
+
+    @T.macro
+    def reduce_keys(acc, tq, g):
+        """tq[g, 3, :KU] <- the KU keys' dot products: each key's ``lanes`` partial sums, added by halving
+        shuffles that carry all KU keys in every vector (KU = 4: 17 operations for 4 keys instead of 4 x 9)."""
+        if KU == 1:
+            tq[g, 0, T.Ramp(0, 1, half)] = pick([lanes_of(acc, [g, 0, 0], lanes)], range(half)) + pick([lanes_of(acc, [g, 0, 0], lanes)], range(half, lanes))
+            tq[g, 1, T.Ramp(0, 1, 4)] = pick([lanes_of(tq, [g, 0, 0], half)], range(4)) + pick([lanes_of(tq, [g, 0, 0], half)], range(4, 8))
+            tq[g, 2, T.Ramp(0, 1, 2)] = pick([lanes_of(tq, [g, 1, 0], 4)], [0, 1]) + pick([lanes_of(tq, [g, 1, 0], 4)], [2, 3])
+            tq[g, 3, 0] = tq[g, 2, 0] + tq[g, 2, 1]
+        elif KU == 2:
+            # [8 partials of key 0 | 8 of key 1] -> [4 | 4] -> [2 | 2] -> [1 | 1]
+            tq[g, 0, T.Ramp(0, 1, lanes)] = pick([lanes_of(acc, [g, 0, 0], lanes), lanes_of(acc, [g, 1, 0], lanes)], LO) + pick([lanes_of(acc, [g, 0, 0], lanes), lanes_of(acc, [g, 1, 0], lanes)], HI)
+            tq[g, 1, T.Ramp(0, 1, 8)] = pick([lanes_of(tq, [g, 0, 0], lanes)], [0, 1, 2, 3, 8, 9, 10, 11]) + pick([lanes_of(tq, [g, 0, 0], lanes)], [4, 5, 6, 7, 12, 13, 14, 15])
+            tq[g, 2, T.Ramp(0, 1, 4)] = pick([lanes_of(tq, [g, 1, 0], 8)], [0, 1, 4, 5]) + pick([lanes_of(tq, [g, 1, 0], 8)], [2, 3, 6, 7])
+            tq[g, 3, T.Ramp(0, 1, 2)] = pick([lanes_of(tq, [g, 2, 0], 4)], [0, 2]) + pick([lanes_of(tq, [g, 2, 0], 4)], [1, 3])
+        else:
+            # keys 0, 1 -> [8 | 8]; keys 2, 3 -> [8 | 8]; -> [4 | 4 | 4 | 4] -> pairs -> one lane per quarter
+            tq[g, 0, T.Ramp(0, 1, lanes)] = pick([lanes_of(acc, [g, 0, 0], lanes), lanes_of(acc, [g, 1, 0], lanes)], LO) + pick([lanes_of(acc, [g, 0, 0], lanes), lanes_of(acc, [g, 1, 0], lanes)], HI)
+            tq[g, 1, T.Ramp(0, 1, lanes)] = pick([lanes_of(acc, [g, 2, 0], lanes), lanes_of(acc, [g, 3, 0], lanes)], LO) + pick([lanes_of(acc, [g, 2, 0], lanes), lanes_of(acc, [g, 3, 0], lanes)], HI)
+            tq[g, 2, T.Ramp(0, 1, lanes)] = pick([lanes_of(tq, [g, 0, 0], lanes), lanes_of(tq, [g, 1, 0], lanes)], QA) + pick([lanes_of(tq, [g, 0, 0], lanes), lanes_of(tq, [g, 1, 0], lanes)], QB)
+            tq[g, 3, T.Ramp(0, 1, lanes)] = lanes_of(tq, [g, 2, 0], lanes) + pick([lanes_of(tq, [g, 2, 0], lanes)], SWAP2)
+            tq[g, 2, T.Ramp(0, 1, lanes)] = lanes_of(tq, [g, 3, 0], lanes) + pick([lanes_of(tq, [g, 3, 0], lanes)], SWAP1)
+            tq[g, 3, T.Ramp(0, 1, 4)] = pick([lanes_of(tq, [g, 2, 0], lanes)], [0, 4, 8, 12])
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -252,94 +325,164 @@ def paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size=16, window=Non
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         info = T.match_buffer(var_length_info, (3, B) if WINDOWED else (B,), "int32", elem_offset=length_info_elem_offset)
+        part_o = T.alloc_buffer((NS, h_q, d) if SPLIT else (1,), "float32")  # per split: normalised output
+        part_l = T.alloc_buffer((NS, h_q) if SPLIT else (1,), "float32")  # and its log2-sum-exp
 
         for b in T.serial(B):
-            for hk in T.parallel(h_kv):
+            for t in T.parallel(h_kv * NS):
                 with T.sblock("attn"):
                     T.reads()  # opaque: the regions would name the Lets below
                     T.writes()
-                    qv = T.sblock_alloc_buffer((GS, d), "float32")
-                    acc = T.sblock_alloc_buffer((GS, lanes), "float32")
-                    sc = T.sblock_alloc_buffer((GS, P), "float32")
+                    qv = T.sblock_alloc_buffer((GS, d), "float32")  # the scalar RoPE path's scaled queries
+                    qs = T.sblock_alloc_buffer((GS, d), dtype)  # the group's queries (on the stack below 1 KiB: registers)
+                    acc = T.sblock_alloc_buffer((GB, KU, lanes), "float32")  # < 1 KiB: registers
+                    tq = T.sblock_alloc_buffer((GB, 4, lanes), "float32")  # the key sums' shuffle steps
+                    red = T.sblock_alloc_buffer((GS, lanes), "float32")
+                    sc = T.sblock_alloc_buffer((GS, TK), "float32")
                     o = T.sblock_alloc_buffer((GS, d), "float32")
+                    ob = T.sblock_alloc_buffer((GB, d), "float32")  # < 1 KiB: on the stack, so in registers
                     m = T.sblock_alloc_buffer((GS,), "float32")
                     den = T.sblock_alloc_buffer((GS,), "float32")
                     mb = T.sblock_alloc_buffer((GS,), "float32")
-                    sv = T.sblock_alloc_buffer((1,), "float32")
+                    sv = T.sblock_alloc_buffer((GS,), "float32")
+                    hk: T.let[T.int32] = t // NS
+                    s: T.let[T.int32] = t % NS
                     first: T.let[T.int32] = page_table_indptr[b]
                     n_pages: T.let[T.int32] = page_table_indptr[b + 1] - first
-                    for g in T.serial(GS):
-                        m[g] = T.float32(-5e4)
-                        den[g] = T.float32(1.0)
+                    p0: T.let[T.int32] = T.min(s * split_pages(n_pages), n_pages)
+                    p1: T.let[T.int32] = T.min(p0 + split_pages(n_pages), n_pages)
+                    for g in T.unroll(GS):
+                        m[g] = T.float32(NEG)
+                        den[g] = T.float32(0.0)
                         for dd in T.vectorized(d):
                             o[g, dd] = T.float32(0)
                     if rotary_mode == 1:
-                        # scalar path, one query head at a time (TVM's order of operations)
-                        for g in T.serial(GS):
-                            for dd in T.serial(d):
-                                qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
-                            for j in T.serial(n_keys(info, b, n_pages)):
-                                if sees(info, b, n_pages, j):
-                                    sv[0] = T.float32(0)
-                                    for dd in T.serial(d):
-                                        sv[0] = sv[0] + qv[g, dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page_table_values[first + slot_of(j, info, b) // P], 0, hk, slot_of(j, info, b) % P, dd), dtype, rope_scaling))
-                                    mb[g] = T.max(m[g], sv[0])
-                                    den[g] = den[g] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g])
-                                    for dd in T.vectorized(d):
-                                        o[g, dd] = o[g, dd] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g]) * T.Cast("float32", pages[page_table_values[first + slot_of(j, info, b) // P], 1, hk, slot_of(j, info, b) % P, dd])
-                                    m[g] = mb[g]
-                    else:
-                        for g in T.serial(GS):
-                            for dd in T.vectorized(d):
-                                qv[g, dd] = T.Cast("float32", Q[b, hk * GS + g, dd]) * (sm_scale * LOG2E)
-                        for pg in T.serial(n_pages):
-                            page: T.let[T.int32] = page_table_values[first + pg]
-                            n_valid: T.let[T.int32] = T.if_then_else(pg == n_pages - 1, last_len(info, b), P)
-                            # scores of the page's keys for every head of the group (K row read once)
-                            for j in T.serial(n_valid):
-                                for g in T.unroll(GS):
-                                    for l in T.vectorized(lanes):
-                                        acc[g, l] = T.float32(0)
-                                for c in T.serial(d // lanes):
-                                    for g in T.unroll(GS):
-                                        for l in T.vectorized(lanes):
-                                            acc[g, l] = acc[g, l] + qv[g, c * lanes + l] * T.Cast("float32", pages[page, 0, hk, j, c * lanes + l])
-                                for g in T.unroll(GS):
-                                    for l in T.vectorized(8):
-                                        acc[g, l] = acc[g, l] + acc[g, l + 8]
-                                    for l in T.vectorized(4):
-                                        acc[g, l] = acc[g, l] + acc[g, l + 4]
-                                    for l in T.vectorized(2):
-                                        acc[g, l] = acc[g, l] + acc[g, l + 2]
-                                    sc[g, j] = T.if_then_else(sees_slot(info, b, n_pages, pg * P + j), acc[g, 0] + acc[g, 1], T.float32(NEG))
-                            # one online-softmax step per page: weights sc <- 2^(s - m_new), 0 past n_valid
+                        # scalar path, one query head at a time (TVM's order of operations), first split only
+                        if s == 0:
                             for g in T.serial(GS):
+                                den[g] = T.float32(1.0)
+                                for dd in T.serial(d):
+                                    qv[g, dd] = T.Cast("float32", _rope(Q, q_rope_position[b], d, rope_theta, rope_scale, (b, hk * GS + g, dd), dtype, rope_scaling)) * (sm_scale * LOG2E)
+                                for j in T.serial(n_keys(info, b, n_pages)):
+                                    if sees(info, b, n_pages, j):
+                                        sv[0] = T.float32(0)
+                                        for dd in T.serial(d):
+                                            sv[0] = sv[0] + qv[g, dd] * T.Cast("float32", _rope(pages, k_rope_pos_offset[b] + j, d, rope_theta, rope_scale, (page_table_values[first + slot_of(j, info, b) // P], 0, hk, slot_of(j, info, b) % P, dd), dtype, rope_scaling))
+                                        mb[g] = T.max(m[g], sv[0])
+                                        den[g] = den[g] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g])
+                                        for dd in T.vectorized(d):
+                                            o[g, dd] = o[g, dd] * T.exp2(m[g] - mb[g]) + T.exp2(sv[0] - mb[g]) * T.Cast("float32", pages[page_table_values[first + slot_of(j, info, b) // P], 1, hk, slot_of(j, info, b) % P, dd])
+                                        m[g] = mb[g]
+                    else:
+                        for g in T.unroll(GS):
+                            for dd in T.vectorized(d):
+                                qs[g, dd] = Q[b, hk * GS + g, dd]
+                        for ti in T.serial(T.truncdiv(p1 - p0 + TP - 1, TP)):
+                            for g in T.unroll(GS):
+                                for j in T.vectorized(TK):
+                                    sc[g, j] = T.float32(NEG)
+                            # scores of the tile's keys, KU keys x GB heads at a time (each K row read once per head block)
+                            for pj in T.serial(T.min(TP, p1 - p0 - ti * TP)):
+                                page: T.let[T.int32] = page_table_values[first + p0 + ti * TP + pj]
+                                nv: T.let[T.int32] = T.if_then_else(p0 + ti * TP + pj == n_pages - 1, last_len(info, b), P)
+                                for jq in T.serial(T.truncdiv(nv + KU - 1, KU)):
+                                    if PREFETCH:
+                                        # these keys' K and V rows PD pages ahead (their lines arrive while PD pages are computed)
+                                        for k in T.unroll(KU):
+                                            for w in T.unroll(2):
+                                                for ln in T.unroll(ROW_LINES):
+                                                    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(pages[page_table_values[first + T.min(p0 + ti * TP + pj + PD, n_pages - 1)], w, hk, jq * KU + k, ln * LINE_ELEMS]), 0, 3, 1))
+                                    for gb in T.unroll(GS // GB):
+                                        for g in T.unroll(GB):
+                                            for k in T.unroll(KU):
+                                                for l in T.vectorized(lanes):
+                                                    acc[g, k, l] = T.float32(0)
+                                        for c in T.unroll(DC):
+                                            for g in T.unroll(GB):
+                                                for k in T.unroll(KU):
+                                                    for l in T.vectorized(lanes):
+                                                        acc[g, k, l] = acc[g, k, l] + T.Cast("float32", qs[gb * GB + g, c * lanes + l]) * T.Cast("float32", pages[page, 0, hk, jq * KU + k, c * lanes + l])
+                                        for g in T.unroll(GB):
+                                            reduce_keys(acc, tq, g)
+                                            for k in T.vectorized(KU):
+                                                sc[gb * GB + g, pj * P + jq * KU + k] = T.if_then_else(tirx.all(jq * KU + k < nv, sees_slot(info, b, n_pages, (p0 + ti * TP + pj) * P + jq * KU + k)), tq[g, 3, k] * (sm_scale * LOG2E), T.float32(NEG))
+                            # one online-softmax step per tile: weights sc <- 2^(s - m_new), 0 where masked
+                            for g in T.unroll(GS):
+                                for l in T.vectorized(lanes):
+                                    red[g, l] = sc[g, l]
+                                for jc in T.serial(TK // lanes - 1):
+                                    for l in T.vectorized(lanes):
+                                        red[g, l] = T.max(red[g, l], sc[g, (jc + 1) * lanes + l])
                                 mb[g] = m[g]
-                                for j in T.serial(n_valid):
-                                    mb[g] = T.max(mb[g], sc[g, j])
-                                for j in T.vectorized(P):
-                                    sc[g, j] = T.if_then_else(tirx.all(j < n_valid, sc[g, j] > T.float32(NEG)), exp2_poly(sc[g, j] - mb[g]), T.float32(0))
-                                sv[0] = exp2_poly(m[g] - mb[g])
-                                den[g] = den[g] * sv[0]
-                                for j in T.serial(n_valid):
-                                    den[g] = den[g] + sc[g, j]
+                                for l in T.serial(lanes):
+                                    mb[g] = T.max(mb[g], red[g, l])
+                                for j in T.vectorized(TK):
+                                    sc[g, j] = T.if_then_else(sc[g, j] > T.float32(NEG), exp2_poly(sc[g, j] - mb[g]), T.float32(0))
+                                for l in T.vectorized(lanes):
+                                    red[g, l] = sc[g, l]
+                                for jc in T.serial(TK // lanes - 1):
+                                    for l in T.vectorized(lanes):
+                                        red[g, l] = red[g, l] + sc[g, (jc + 1) * lanes + l]
+                                for l in T.vectorized(8):
+                                    red[g, l] = red[g, l] + red[g, l + 8]
+                                for l in T.vectorized(4):
+                                    red[g, l] = red[g, l] + red[g, l + 4]
+                                for l in T.vectorized(2):
+                                    red[g, l] = red[g, l] + red[g, l + 2]
+                                sv[g] = exp2_poly(m[g] - mb[g])
+                                den[g] = den[g] * sv[g] + (red[g, 0] + red[g, 1])
                                 for dd in T.vectorized(d):
-                                    o[g, dd] = o[g, dd] * sv[0]
+                                    o[g, dd] = o[g, dd] * sv[g]
                                 m[g] = mb[g]
-                            # weighted V rows (each read once for the group)
-                            for j in T.serial(n_valid):
-                                for g in T.unroll(GS):
+                            # weighted V rows, GB heads at a time in registers (the tile's V rows stay in L1d)
+                            for gb in T.unroll(GS // GB):
+                                for g in T.unroll(GB):
                                     for dd in T.vectorized(d):
-                                        o[g, dd] = o[g, dd] + sc[g, j] * T.Cast("float32", pages[page, 1, hk, j, dd])
-                    for g in T.serial(GS):
+                                        ob[g, dd] = o[gb * GB + g, dd]
+                                for pj in T.serial(T.min(TP, p1 - p0 - ti * TP)):
+                                    page: T.let[T.int32] = page_table_values[first + p0 + ti * TP + pj]
+                                    for j in T.serial(T.if_then_else(p0 + ti * TP + pj == n_pages - 1, last_len(info, b), P)):
+                                        for g in T.unroll(GB):
+                                            for dd in T.vectorized(d):
+                                                ob[g, dd] = ob[g, dd] + sc[gb * GB + g, pj * P + j] * T.Cast("float32", pages[page, 1, hk, j, dd])
+                                for g in T.unroll(GB):
+                                    for dd in T.vectorized(d):
+                                        o[gb * GB + g, dd] = ob[g, dd]
+                    for g in T.unroll(GS):
+                        if SPLIT:
+                            for dd in T.vectorized(d):
+                                part_o[s, hk * GS + g, dd] = T.if_then_else(den[g] > T.float32(0), o[g, dd] / den[g], T.float32(0))
+                            part_l[s, hk * GS + g] = T.if_then_else(den[g] > T.float32(0), m[g] + T.log2(den[g]), T.float32(NEG))
+                        else:
+                            for dd in T.vectorized(d):
+                                output[b, hk * GS + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
+                            lse[b, hk * GS + g] = m[g] + T.log2(den[g])
+            if SPLIT:
+                # merge the splits (TVM's merge-state formula): w_s = 2^(lse_s - max), o = sum w_s o_s / sum w_s
+                for h in T.serial(h_q):
+                    with T.sblock("merge"):
+                        T.reads()
+                        T.writes()
+                        mo = T.sblock_alloc_buffer((d,), "float32")
+                        mx = T.sblock_alloc_buffer((2,), "float32")
+                        mx[0] = part_l[0, h]
+                        for s in T.serial(NS - 1):
+                            mx[0] = T.max(mx[0], part_l[s + 1, h])
+                        mx[1] = T.float32(0)
                         for dd in T.vectorized(d):
-                            output[b, hk * GS + g, dd] = T.Cast(dtype, o[g, dd] / den[g])
-                        lse[b, hk * GS + g] = m[g] + T.log2(den[g])
+                            mo[dd] = T.float32(0)
+                        for s in T.serial(NS):
+                            if part_l[s, h] > T.float32(NEG):
+                                mx[1] = mx[1] + T.exp2(part_l[s, h] - mx[0])
+                                for dd in T.vectorized(d):
+                                    mo[dd] = mo[dd] + T.exp2(part_l[s, h] - mx[0]) * part_o[s, h, dd]
+                        for dd in T.vectorized(d):
+                            output[b, h, dd] = T.Cast(dtype, mo[dd] / mx[1])
+                        lse[b, h] = mx[0] + T.log2(mx[1])
 
     from schedules.cpu.attention import _inline_lets  # pylint: disable=import-outside-toplevel
 
     return _inline_lets(batch_decode_paged_kv)
-
 
 
 def _flash_prefill_tile(paged: bool, h_kv, h_q, d, dtype, rope_scaling, page_size, window,
@@ -765,7 +908,11 @@ def fast_cpu_attention(target: Target, params=None, window=None):
     def make_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16):
         if d % 16 or (sliding_window and not window):
             return original_decode(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size)
-        return paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size, window=window if sliding_window else None)
+        tiling = params.attention_decode_tiling(d, h_q // h_kv, h_kv, tvm.DataType(dtype).bits // 8, page_size)
+        return paged_decode_cpu(h_kv, h_q, d, dtype, rope_scaling, page_size, window=window if sliding_window else None,
+                                pages_per_tile=tiling["tile_pages"], splits=tiling["splits"],
+                                prefetch=tiling["prefetch_pages"], heads_per_block=tiling["heads_per_block"],
+                                keys_per_reduction=tiling["keys_per_reduction"])
 
     original_rope = kv_cache.llama_rope_with_position_map
 

@@ -148,7 +148,9 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
         if int8_activations:
             (self.embed_tokens if spec.tie_word_embeddings else self.lm_head).int8_kernel = int8_matmul_func
-        self.groups = spec.attention_groups()
+        # layers sharing head counts (and, with per-layer windows, windowed or not) share one KV cache
+        self.groups = _split_by_window(spec.attention_groups(), window)
+        self.group_windowed = [window is not None and window.windows(ids[0]) for _, ids in self.groups]
         # layer index -> (cache index, layer index inside that cache)
         self.cache_slot = {}
         for g, (_, layer_ids) in enumerate(self.groups):
@@ -207,7 +209,7 @@ class LlamaForCausalLM(nn.Module):
         def create(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
             # race_free_merge_state: TVM's GPU merge_state kernel races on small subgroups;
             # fast_cpu_attention: TVM's CPU attention kernels are scalar (kv_kernels.py)
-            window = (self.window.window, self.window.sinks) if self.window else None
+            window = (self.window.window, self.window.sinks) if self.group_windowed[g] else None
             with _unique_kernel_symbols(), race_free_merge_state(self.target), \
                     fast_cpu_attention(self.target, self.schedule_params, window):
                 return self._new_cache(
@@ -294,6 +296,20 @@ def _unique_kernel_symbols():
         yield
     finally:
         rx.BlockBuilder.add_func = original
+
+
+def _split_by_window(groups, window) -> list:
+    """Attention groups ``[((heads, kv_heads), layer_ids)]`` split where only some layers are windowed
+    (``window.layers``): a cache is either sliding or not, so windowed and full layers get separate caches."""
+    if window is None or window.every_layer:
+        return list(groups)
+    out = []
+    for shape, ids in groups:
+        for windowed in (True, False):
+            part = [i for i in ids if window.windows(i) == windowed]
+            if part:
+                out.append((shape, part))
+    return out
 
 
 def _with_cache_args(fn, num_caches: int, positions: bool = False):

@@ -15,6 +15,7 @@ Why not `tvm.target.codegen.llvm_get_vector_width`: in TVM 0.27 it answers 512 f
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -96,6 +97,11 @@ class CPUParams:
     int8_gemm_nrv: int | None = None  # int8 GEMM: dot-product vectors (columns) of the register tile
     int8_gemm_nt: int | None = None  # int8 GEMM: weight columns per parallel task (panel width)
     attn_query_vectors: int | None = None  # prefill attention: query vectors (rows x group heads) per tile
+    attn_decode_tile_pages: int | None = None  # decode attention: KV pages per online-softmax step
+    attn_decode_splits: int | None = None  # decode attention: context splits per KV head (flash-decoding)
+    attn_decode_prefetch_pages: int | None = None  # decode attention: pages ahead prefetched (0 = off)
+    attn_decode_heads_per_block: int | None = None  # decode attention: query heads accumulated in registers
+    attn_decode_keys_per_reduction: int | None = None  # decode attention: keys whose dot products are summed together
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -145,8 +151,32 @@ class CPUParams:
         architecture), the software prefetch off where it cannot be emitted (system-lib builds)."""
         if isinstance(target, dict):
             target = Target(target)
-        prefetch = None if software_prefetch_allowed(target) else False  # None: the rule's default (on)
-        return cls.from_target(target, facts=facts, gemv_prefetch=prefetch)
+        if software_prefetch_allowed(target):
+            return cls.from_target(target, facts=facts)  # the rules' defaults (prefetch on)
+        return cls.from_target(target, facts=facts, gemv_prefetch=False, attn_decode_prefetch_pages=0)
+
+    @classmethod
+    def parse_knobs(cls, text: str) -> dict:
+        """``"attn_decode_splits=2,gemv_prefetch=0"`` -> knob overrides (``llama-aot compile --schedule-knobs``),
+        for experiments and for pinning a schedule by hand; every name must be a knob of this class."""
+        from runtime_stubs.errors import LlamaAotError  # pylint: disable=import-outside-toplevel
+
+        kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.default is None}
+        out = {}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            key, _, value = item.partition("=")
+            key, value = key.strip(), value.strip().lower()
+            if key not in kinds or not value:
+                raise LlamaAotError(f"--schedule-knobs: cannot read {item!r}; use KEY=VALUE with KEY one of {', '.join(sorted(kinds))}")
+            if "bool" in str(kinds[key]):
+                if value not in ("0", "1", "true", "false"):
+                    raise LlamaAotError(f"--schedule-knobs: {key} takes 0 or 1, got {value!r}")
+                out[key] = value in ("1", "true")
+            else:
+                if not value.isdigit():
+                    raise LlamaAotError(f"--schedule-knobs: {key} takes a non-negative integer, got {value!r}")
+                out[key] = int(value)
+        return out
 
     def knobs(self) -> dict:
         """The knobs set explicitly (not derived)."""
@@ -360,6 +390,80 @@ class CPUParams:
         rows = max(1, qv // max(1, group_size))
         return rows, 1
 
+    # --- decode attention over the paged cache (compiler/model/kv_kernels.paged_decode_cpu) ----
+    def attention_decode_tiling(self, head_dim: int, group_size: int, num_kv_heads: int, kv_bytes: int = 2,
+                                page_size: int = 16) -> dict:
+        """The decode attention kernel's tiling: ``tile_pages``, ``splits``, ``prefetch_pages``, ``heads_per_block``.
+
+        A decode step reads every cached key and value of every layer exactly once, so unlike a GEMM
+        there is no block to keep in L2/L3 for reuse within the step; what the caches decide is where the
+        few reused pieces live and how far ahead the stream must be requested:
+
+        * ``heads_per_block`` (GB): the query heads whose outputs are accumulated in registers while a
+          tile's V rows stream by. Largest divisor of the group size with GB x head_dim f32 in half the
+          vector registers (the rest: the V row vectors and the weight broadcasts) and under 1 KiB (TVM
+          puts buffers of 1 KiB or more on the heap, where LLVM cannot keep them in registers: every
+          multiply-add becomes a load and a store). AVX-512, head_dim 64, group 4 -> 2; AVX2 / NEON -> 1.
+        * ``tile_pages`` (TP): keys per online-softmax step. A tile's scores (group x keys f32) are written
+          by the QK pass and read by the max, exp, sum and every head block's PV pass, and its V rows
+          (keys x head_dim x kv_bytes) are read once per head block: both stay in L1d, so
+          keys x (head_dim x kv_bytes + 4 x group) <= L1d / 2, rounded down to a power of two pages
+          (the more keys, the fewer rescales of the outputs and softmax passes). And by associativity:
+          pages are a power-of-two stride apart (2 x KV heads x page_size x head_dim x kv_bytes, 64 KiB
+          at the 1B shape in f32), a multiple of the way size, so one head's rows of every page of the
+          tile fall into the same sets, a way per page: at most ways - 2 pages (as the GEMM's L1 panel
+          budget, a way for the scores and outputs and one for the rows streaming in). Measured with
+          cachegrind (docs/cachegrind-decode-attention.md): 8 pages under a 64 KiB 4-way or 96 KiB 6-way
+          L1d miss 2.5x as often as 4 pages. f32 pages, head_dim 64, group 4: 48 KiB 12-way -> 4
+          pages; 64 KiB 4-way -> 2; 96 KiB 6-way -> 4; 128 KiB 8-way -> 4.
+        * ``prefetch_pages`` (PD): pages are scattered in the pool and one KV head's rows of a page are
+          only head_dim x page_size x kv_bytes (2 KiB at 64 x 16 fp16) before a jump of a whole page,
+          which hardware prefetchers, working within a 4 KiB page, do not follow (measured: 1.6x slower
+          without software prefetch on cold pages). Each key's K and V rows PD pages ahead are prefetched into L1d;
+          the lines in flight (PD x 2 x page_size x head_dim x kv_bytes) take at most a quarter of L1d,
+          PD <= 4. 0 where TVM cannot emit a prefetch (system-lib builds).
+        * ``keys_per_reduction`` (KU): the QK pass accumulates each key's dot product in a 16-lane vector
+          that must be summed; summing KU = 4 keys' vectors together by shuffles that carry all four (17
+          operations instead of 4 x 9) needs GB x KU accumulators on the stack and in half the registers:
+          4 where they fit, else 2, else 1.
+        * ``splits`` (NS, flash-decoding): one sequence gives num_kv_heads tasks; NS contiguous ranges of
+          the context per KV head make num_kv_heads x NS tasks, the fewest that balance over the cores:
+          NS = cores / gcd(num_kv_heads, cores) (8 KV heads: 1 on 2, 4 or 8 cores, 3 on 6 cores; 2 KV heads
+          on 8 cores: 4). Each split is whole tiles, so short contexts use fewer; a merge (the log-sum-exp
+          formula of ``merge_state_inplace``) combines them.
+        """
+        lanes = self.lanes(32)
+        group = max(1, group_size)
+        if self.attn_decode_heads_per_block:
+            gb = self.attn_decode_heads_per_block
+        else:
+            reg_floats = max(lanes, self.num_vector_regs // 2 * lanes)
+            fits = [g for g in range(1, group + 1) if group % g == 0 and g * head_dim <= reg_floats and g * head_dim * 4 < 1024]
+            gb = max(fits) if fits else 1
+        # keys whose dot products are summed together (kv_kernels.reduce_keys): KU accumulators per head of
+        # the block, 16 f32 lanes each, also on the stack (< 1 KiB) and in half the registers
+        vecs = max(1, 16 // lanes)
+        ku = self.attn_decode_keys_per_reduction or next(
+            (k for k in (4, 2) if gb * k * 16 * 4 < 1024 and gb * k * vecs <= self.num_vector_regs // 2), 1)
+        if self.attn_decode_tile_pages:
+            tp = self.attn_decode_tile_pages
+        else:
+            keys = (self.l1d_bytes // 2) // (head_dim * kv_bytes + 4 * group)
+            ways = max(1, self.l1d_ways - 2)
+            tp = 1
+            while tp * 2 * page_size <= keys and tp * 2 <= ways and tp < 16:
+                tp *= 2
+        if self.attn_decode_prefetch_pages is not None:
+            pd = self.attn_decode_prefetch_pages
+        else:
+            pd = max(1, min(4, (self.l1d_bytes // 4) // (2 * page_size * head_dim * kv_bytes)))
+        if self.attn_decode_splits:
+            ns = self.attn_decode_splits
+        else:
+            ns = max(1, self.num_cores) // math.gcd(max(1, num_kv_heads), max(1, self.num_cores))
+        return {"tile_pages": int(tp), "splits": int(ns), "prefetch_pages": int(pd), "heads_per_block": int(gb),
+                "keys_per_reduction": int(ku)}
+
     # --- what was derived, for the package and `llama-aot targets X --schedules` ---------------
     def derivations(self, example_k: int = 2048, example_n: int = 2048) -> list[tuple[str, object, str]]:
         """(knob, value, why) for every rule-level knob; shape-dependent ones for an example [K, N]."""
@@ -391,6 +495,7 @@ class CPUParams:
             ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes)"),
             (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
             ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until the staged queries (QV x head_dim f32) fit L1d / 2"),
+            ("attn_decode_tiling_d64_gqa4_kv8_f32", self.attention_decode_tiling(64, 4, 8, 4), "pages per softmax step: keys x (V row + group scores) in L1d / 2, at most L1d ways - 2 pages; splits: cores / gcd(KV heads, cores); prefetch: pages ahead, lines in flight in L1d / 4; heads per block: outputs in half the registers and under 1 KiB (see attention_decode_tiling)"),
             ("elementwise_parallel_min", 1 << 14, "elements below which a parallel launch (~2-5 us) costs more than the loop"),
         ]
 

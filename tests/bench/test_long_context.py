@@ -47,6 +47,19 @@ def test_table_ratios_per_length():
     assert lines[2].startswith("| 1b | llama-aot (chunk 512) |")
 
 
+def test_table_compares_knobs_with_derived():
+    """--compare-knobs: the package built with hand-set knobs is labelled and gets the derived one's ratio."""
+    rows = [
+        {"model": "1b", "engine": "llama-aot", "weights": "q4f16", "prompt_tokens": 4096, "schedule": "derived",
+         "prefill_tok_s": 200.0, "decode_tok_s": 24.0},
+        {"model": "1b", "engine": "llama-aot", "weights": "q4f16", "prompt_tokens": 4096,
+         "schedule": "attn_decode_splits=1", "prefill_tok_s": 200.0, "decode_tok_s": 16.0},
+    ]
+    lines = long_context.format_table(rows).splitlines()
+    assert lines[0].endswith("derived decode vs this |")
+    assert lines[2].endswith("| - |") and "[attn_decode_splits=1]" in lines[3] and lines[3].endswith("| 1.50x |")
+
+
 def test_window_memory_is_flat(capsys):
     """bench/window_memory.py: a windowed package generates 4000 tokens past its 256-token context window and
     its RSS does not grow with them (the cache holds the window only)."""

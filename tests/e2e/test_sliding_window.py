@@ -97,25 +97,29 @@ def test_bad_window_options(tmp_path, capsys, args, needle):
 
 
 def test_window_from_checkpoint_config(tmp_path):
-    """A checkpoint's `sliding_window` (all layers) is taken, with no sinks; one that windows only some layers
-    (`layer_types`) is refused with what to do."""
-    import shutil
-
+    """A checkpoint's `sliding_window` is taken, with no sinks; its `layer_types` picks the windowed layers
+    (tests/e2e/test_per_layer_window.py runs such a package), and the options set W and S for those layers."""
     from compiler.model.attention_window import resolve
     from runtime_stubs.errors import LlamaAotError
+    import shutil
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(DEFAULT_MODEL, ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**cfg, "sliding_window": 32}))
     w = resolve(ckpt, None, None, 256, 16, 32, None)
-    assert (w.window, w.sinks) == (32, 0)
+    assert (w.window, w.sinks, w.layers) == (32, 0, None)
     n = cfg["num_hidden_layers"]
-    kinds = ["sliding_attention", "full_attention"] * n
-    (ckpt / "config.json").write_text(json.dumps({**cfg, "sliding_window": 32, "layer_types": kinds[:n]}))
-    with pytest.raises(LlamaAotError, match="per-layer windows are not supported yet"):
-        resolve(ckpt, None, None, 256, 16, 32, None)
-    assert resolve(ckpt, 48, 4, 256, 16, 32, None).window == 48  # the option windows every layer
+    kinds = (["sliding_attention", "full_attention"] * n)[:n]
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "sliding_window": 32, "layer_types": kinds}))
+    w = resolve(ckpt, None, None, 256, 16, 32, None)
+    assert (w.window, w.layers) == (32, tuple(range(0, n, 2))) and not w.every_layer
+    w = resolve(ckpt, 48, 4, 256, 16, 32, None)
+    assert (w.window, w.sinks, w.layers) == (48, 4, tuple(range(0, n, 2)))
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "sliding_window": 32, "layer_types": ["full_attention"] * n}))
+    assert resolve(ckpt, None, None, 256, 16, 32, None) is None
+    with pytest.raises(LlamaAotError, match="keeps every layer full_attention"):
+        resolve(ckpt, 48, 4, 256, 16, 32, None)
 
 
 def test_gpu_device_refused():
@@ -124,3 +128,21 @@ def test_gpu_device_refused():
 
     with pytest.raises(LlamaAotError, match="CPU targets only"):
         resolve(DEFAULT_MODEL, 24, 4, 256, 16, 32, "vulkan")
+
+
+def test_run_refuses_unknown_attention_options(package, tmp_path, capsys):
+    """A package whose llama-aot.json asks for an attention option this runtime lacks (a newer compiler's) is
+    refused with what to do, not run with the option ignored."""
+    import shutil
+
+    from runtime_stubs.integrity import write_checksums
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(package, pkg)
+    cfg = json.loads((pkg / "llama-aot.json").read_text())
+    cfg["attention"]["sparse_attention"] = "lsh"
+    (pkg / "llama-aot.json").write_text(json.dumps(cfg))
+    write_checksums(pkg)
+    assert main(["run", str(pkg), "--prompt-ids", "1,2,3", "--max-tokens", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cannot honour (sparse_attention)" in err[-1]

@@ -73,6 +73,13 @@ def test_cpu_only_library_has_no_device_code(tmp_path):
     assert sched["cpu"]["derived"]["gemm_l1_panel_budget"] == 32 * 1024  # 64 KiB x (4 - 2) / 4 ways
     assert not sched["fallbacks"], sched["fallbacks"]
     assert sched["cpu"]["derived"]["int8_gemv_prefetch_bytes"] == 0  # system-lib: no software prefetch
+    # the decode attention tiling, derived by hand for the tiny model (8 heads, 2 KV heads, head_dim 32, f32) on
+    # this SoC (NEON: 32 registers of 4 f32; 64 KiB L1d; 6 cores): 2 heads x 32 in 16 x 4 register floats; 2 keys
+    # per reduction (2 x 2 accumulators of 16 lanes = 16 registers); 2 pages (the 4-way L1d: ways - 2; by size alone
+    # 8: 128 keys x (32 x 4 + 16) B <= 32 KiB); no prefetch (system-lib); 6 / gcd(2, 6) = 3 splits
+    assert sched["cpu"]["attention_decode"] == [{
+        "num_heads": 8, "num_kv_heads": 2, "head_dim": 32, "kv_dtype": "float32", "tile_pages": 2, "splits": 3,
+        "prefetch_pages": 0, "heads_per_block": 2, "keys_per_reduction": 2}]
     kernels = sched["kernels"]
     assert {"cpu.RowReduction", "cpu.Elementwise"} <= set(kernels.values()), kernels
     assert any(name.startswith("int8_gemv") for name in kernels), kernels  # the dotprod projections
@@ -85,6 +92,8 @@ def test_cpu_only_library_has_no_device_code(tmp_path):
         (["--soc", "apple-a17-pro", "--device", "opencl"], "no opencl"),
         (["--soc", "exynos-2400", "--device", "opencl"], "no opencl"),
         (["--soc", "google-tensor-g3", "--context-window", "50000000"], "usable"),
+        (["--schedule-knobs", "attn_decode_splits=two"], "--schedule-knobs"),
+        (["--soc", "apple-a17-pro", "--schedule-knobs", "attn_decode_splits=2"], "GPU build"),
     ],
 )
 def test_soc_errors(args, expected, tmp_path, capsys):

@@ -20,6 +20,13 @@ def host_target(cores: int = 2) -> Target:
 ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod", "+i8mm"]}
 
 
+def build_main(func, target: Target):
+    """One PrimFunc compiled for ``target`` as ``main`` (a kernel test's callable)."""
+    func = func.with_attr("global_symbol", "main")
+    with target:
+        return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
+
+
 def schedule_module(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     with target:
         return dl.ApplyDefaultSchedule(*cpu_rules(target))(mod)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from sched_helpers import host_target
+from sched_helpers import build_main, host_target
 from tvm.relax.frontend.nn.llm import kv_cache as kvc
 
 from compiler.model.kv_kernels import paged_prefill_cpu, ragged_prefill_cpu
@@ -18,9 +18,7 @@ DEV = tvm.cpu()
 
 
 def _build(func):
-    func = func.with_attr("global_symbol", "main")
-    with TARGET:
-        return tvm.compile(tvm.IRModule({"main": func}), target=TARGET)["main"]
+    return build_main(func, TARGET)
 
 
 def _case(rng, h_kv, h_q, d, seqs, spare_pages=3):
