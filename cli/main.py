@@ -45,7 +45,7 @@ def _build_options(args) -> dict:
         target=args.target, soc=args.soc, device=args.device, quant=args.quant, prefill_chunk=args.prefill_chunk,
         keep_embedding_precision=args.keep_embedding_precision, num_threads=args.threads,
         int8_activations=False if args.f32_activations else None, cpu_facts=args.cpu_facts,
-        schedule_knobs=args.schedule_knobs,
+        schedule_knobs=args.schedule_knobs, kv_cache=args.kv_cache,
     )
 
 
@@ -58,6 +58,9 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule-knobs", default=None, metavar="KNOB=VALUE,...",
                    help="set CPU schedule knobs instead of deriving them, e.g. attn_decode_splits=2,gemv_rows=4 "
                    "(names: `llama-aot targets host --schedules`)")
+    p.add_argument("--kv-cache", default=None, metavar="f32|f16",
+                   help="the KV cache's element type on CPUs (default: the activations', f32): f16 halves its memory "
+                        "and the bytes decode attention reads")
     p.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
     p.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16 or q4f16 (default q4f16)")
     p.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")

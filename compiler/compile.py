@@ -59,6 +59,8 @@ class CompileOptions:
     attention_sinks: int | None = None  # default 4 with --sliding-window
     # CPU schedule knobs set by hand instead of derived, e.g. "attn_decode_splits=2" (CPUParams.parse_knobs)
     schedule_knobs: str | None = None
+    # the KV cache's element type: "f32" or "f16" (CPU builds; None: the activation dtype)
+    kv_cache: str | None = None
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
@@ -103,6 +105,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
     dtype = bt.activation_dtype(scheme.name)
+    kv_dtype = _kv_cache_dtype(options.kv_cache, dtype, bt.device_api)
     from .model.attention_window import resolve as resolve_window
 
     window = resolve_window(model_dir, options.sliding_window, options.attention_sinks, context_window,
@@ -120,14 +123,14 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
         model = LlamaForCausalLM(
             spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params,
-            window=window,
+            window=window, kv_dtype=kv_dtype,
         )
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
         param_shapes = {n: tuple(int(d) for d in p.shape) for n, p in named_params}
         weight_bytes = sum(int(np.prod(param_shapes[n])) * np.dtype(param_dtypes[n]).itemsize for n in param_names)
-        plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE,
+        plan_mem = memory_plan(spec, weight_bytes, context_window, options.prefill_chunk, dtype, PAGE_SIZE, kv_dtype,
                                kv_tokens=window.cache_tokens(options.prefill_chunk, PAGE_SIZE) if window else None,
                                windowed_layers=window.layers if window else None)
         if bt.soc is not None:
@@ -178,7 +181,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             "context_window": context_window,
             "prefill_chunk": options.prefill_chunk,
             # every attention option; a runtime that cannot honour one refuses the package
-            "attention": window.to_json(options.prefill_chunk) if window else {"sliding_window": None},
+            "attention": {**(window.to_json(options.prefill_chunk) if window else {"sliding_window": None}),
+                          "kv_cache_dtype": kv_dtype},
             "weights": {"bytes": weight_bytes, "bytes_read_per_decoded_token": per_token},
             "memory_plan": plan_mem,
             "library": library,
@@ -203,7 +207,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             "tokenizer": tokenizer_files,
             **({"tuning": tuning.summary()} if tuning is not None else {}),  # records used per kernel
             # the facts and derived knobs of the CPU schedules, the rule each kernel got, any fallback
-            "schedules": {"cpu": _cpu_schedule_record(params, spec, dtype), **schedule_report.to_json()},
+            "schedules": {"cpu": _cpu_schedule_record(params, spec, kv_dtype), **schedule_report.to_json()},
             # no timings or paths in the package: the same inputs give the same bytes (timings: stderr)
             "compile": {"tvm_version": tvm.__version__, "llama_aot_version": _version()},
         }
@@ -212,6 +216,20 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         write_checksums(tmp)  # last: lists every other file (runtime_stubs/integrity.py)
     logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
+
+
+def _kv_cache_dtype(option: str | None, activation_dtype: str, device_api: str | None) -> str:
+    """``--kv-cache``: f16 halves the CPU cache's bytes (the kernels compute in f32); GPU caches hold the f16
+    activations already. A one-line error for what cannot be built."""
+    if option is None:
+        return activation_dtype
+    kinds = {"f32": "float32", "f16": "float16"}
+    if option not in kinds:
+        raise LlamaAotError(f"--kv-cache takes f32 or f16, got {option!r} (an int8 cache, q8, is not built yet)")
+    if device_api is not None and kinds[option] != activation_dtype:
+        raise LlamaAotError(f"--kv-cache {option}: a {device_api} build's cache holds its {activation_dtype} activations; "
+                            "drop --kv-cache or build for the CPU")
+    return kinds[option]
 
 
 def _cpu_schedule_record(params, spec, dtype: str) -> dict | None:

@@ -13,14 +13,15 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def memory_plan(spec: ModelSpec, weight_bytes: int, context_window: int, prefill_chunk: int,
-                activation_dtype: str, page_size: int, kv_tokens: int | None = None,
+                activation_dtype: str, page_size: int, kv_dtype: str | None = None, kv_tokens: int | None = None,
                 windowed_layers: tuple[int, ...] | None = None) -> dict:
     """``kv_tokens``: the cache's capacity when it is not the context window (a sliding window's), for
     every layer or, with ``windowed_layers``, for those (the others hold the context window)."""
     act = _BYTES[activation_dtype]
     by_layer = [context_window if kv_tokens is None or (windowed_layers is not None and i not in windowed_layers)
                 else kv_tokens for i in range(len(spec.layers))]
-    kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * -(-n // page_size) * page_size * act
+    kv_elem = _BYTES[kv_dtype or activation_dtype]
+    kv_bytes = sum(2 * layer.num_key_value_heads * spec.head_dim * -(-n // page_size) * page_size * kv_elem
                    for layer, n in zip(spec.layers, by_layer))
     widest = max(
         (layer.num_attention_heads + 2 * layer.num_key_value_heads) * spec.head_dim

@@ -66,7 +66,7 @@ class AttentionWindow:
         return out
 
 
-KNOWN_OPTIONS = {"sliding_window", "attention_sinks", "cache_window", "windowed_layers"}
+KNOWN_OPTIONS = {"sliding_window", "attention_sinks", "cache_window", "windowed_layers", "kv_cache_dtype"}
 
 
 def from_package(config: dict) -> AttentionWindow | None:

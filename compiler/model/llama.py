@@ -41,6 +41,9 @@ class Attention(nn.Module):
 
     #: windowed models: the RoPE kernel (split + rotate) the model applies at the caller's positions
     rope_at_positions = None
+    #: the KV cache's dtype when it is not the activations' (compile --kv-cache f16 on CPUs): q, k, v are
+    #: rounded to it before the cache, the attention output converted back
+    kv_dtype = None
 
     def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int, positions=None) -> nn.Tensor:
         b, s, _ = x.shape
@@ -54,9 +57,13 @@ class Attention(nn.Module):
                  for n in (self.num_heads, self.num_kv_heads, self.num_kv_heads)],
             )
             qkv = op.reshape(op.concat([q, k, v], dim=1), (b, s, heads, self.head_dim))
+        if self.kv_dtype is not None and self.kv_dtype != qkv.dtype:
+            qkv = qkv.astype(self.kv_dtype)
         out = cache.attention_with_fused_qkv(
             cache_layer_id, qkv, self.num_heads, sm_scale=self.head_dim**-0.5
         )
+        if out.dtype != x.dtype:
+            out = out.astype(x.dtype)
         return self.o_proj(op.reshape(out, (b, s, self.num_heads * self.head_dim)))
 
 
@@ -113,9 +120,11 @@ class LlamaForCausalLM(nn.Module):
         int8_activations: bool = False,
         schedule_params=None,
         window=None,
+        kv_dtype: str | None = None,
     ):
         self.spec = spec
         self.dtype = dtype
+        self.kv_dtype = kv_dtype or dtype  # the KV cache's pages (compile --kv-cache)
         self.target = target
         self.schedule_params = schedule_params
         self.window = window  # attention_window.AttentionWindow or None
@@ -149,6 +158,9 @@ class LlamaForCausalLM(nn.Module):
         if int8_activations:
             (self.embed_tokens if spec.tie_word_embeddings else self.lm_head).int8_kernel = int8_matmul_func
         # layers sharing head counts (and, with per-layer windows, windowed or not) share one KV cache
+        if self.kv_dtype != dtype:
+            for layer in self.layers:
+                layer.self_attn.kv_dtype = self.kv_dtype
         self.groups = _split_by_window(spec.attention_groups(), window)
         self.group_windowed = [window is not None and window.windows(ids[0]) for _, ids in self.groups]
         # layer index -> (cache index, layer index inside that cache)
@@ -243,7 +255,7 @@ class LlamaForCausalLM(nn.Module):
             rope_ext_factors=rx.prim_value(0),
             rotary_dim=spec.head_dim,
             enable_disaggregation=False,
-            dtype=self.dtype,
+            dtype=self.kv_dtype,
             target=self.target,
             name=f"paged_kv_cache_{g}",
         )

@@ -98,7 +98,7 @@ def test_decode_across_the_window_until_the_context_window(package, hf):
 def test_package_records_the_layers(package):
     cfg = json.loads((package / "llama-aot.json").read_text())
     assert cfg["attention"] == {"sliding_window": W, "attention_sinks": S, "cache_window": W + CHUNK - 1,
-                                "windowed_layers": [0, 2]}
+                                "windowed_layers": [0, 2], "kv_cache_dtype": "float32"}
     rt = cfg["runtime"]
     assert rt["kv_cache_layers"] == [[0, 2], [1, 3]] and rt["kv_cache_windowed"] == [True, False]
     plan = cfg["memory_plan"]

@@ -72,7 +72,8 @@ def test_decode_across_the_window_matches_reference(package, hf):
 
 def test_package_records_the_window(package):
     cfg = json.loads((package / "llama-aot.json").read_text())
-    assert cfg["attention"] == {"sliding_window": W, "attention_sinks": S, "cache_window": W + CHUNK - 1}
+    assert cfg["attention"] == {"sliding_window": W, "attention_sinks": S, "cache_window": W + CHUNK - 1,
+                                "kv_cache_dtype": "float32"}
     # the cache is sized by the window, not the context window
     assert cfg["memory_plan"]["kv_cache_tokens"] == W + CHUNK - 1 + CHUNK + 2 * cfg["runtime"]["page_size"]
 
