@@ -78,8 +78,10 @@ def test_killed_and_concurrent_compiles_never_leave_a_mix(old_package, checkpoin
         proc.wait()
         now = _digests(out)
         verify_package(out, full=True)  # whichever package is there is whole
-        if now != old:  # only possible when the kill came after the atomic swap
-            assert point == "checksums written" and json.loads((out / "llama-aot.json").read_text())["context_window"] == 128
+        if now != old:  # only when the kill came after the atomic swap: the last steps of a tiny model's
+            # compile (checksums, swap) take milliseconds, so a kill aimed at them may land just after
+            assert point != "library build", point
+            assert json.loads((out / "llama-aot.json").read_text())["context_window"] == 128
     code, _, err = _run(*argv)  # a compile after the kills takes the lock over and cleans their leftovers
     assert code == 0, err[-2000:]
     verify_package(out, full=True)

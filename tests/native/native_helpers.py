@@ -109,14 +109,29 @@ def link_system_lib_driver(build: native_build.NativeBuild, package: Path, out: 
     return out
 
 
+def rerecord(package: Path, *files: str) -> None:
+    """After a test edits ``files`` of a package on purpose: their records in checksums.json rewritten (the
+    runtimes check every file against it before loading; the edit is then what the test is about)."""
+    from runtime_stubs.integrity import CHECKSUMS, file_record
+
+    doc = json.loads((package / CHECKSUMS).read_text())
+    for rel in files:
+        doc["files"][rel] = file_record(package / rel)
+    (package / CHECKSUMS).write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+
 def system_lib_view(package: Path, dest: Path) -> Path:
     """The package as an app that links lib/libmodel.a sees it: llama-aot.json says
-    "system:<prefix>"; the weights are the same files (params/ is a symlink)."""
+    "system:<prefix>"; the weights are the same files (params/ is a symlink); no lib/ (it is in the app)."""
     cfg = json.loads((package / "llama-aot.json").read_text())
     cfg["runtime"]["library"] = "system:" + cfg["library"]["system_lib_prefix"]
     dest.mkdir()
     (dest / "params").symlink_to(package / "params", target_is_directory=True)
+    for p in package.iterdir():  # everything else the app bundles (tokenizer, generation config, checksums)
+        if p.name not in ("lib", "params"):
+            (shutil.copytree if p.is_dir() else shutil.copyfile)(p, dest / p.name)
     (dest / "llama-aot.json").write_text(json.dumps(cfg, indent=1))
+    rerecord(dest, "llama-aot.json")
     return dest
 
 

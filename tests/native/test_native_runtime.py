@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from native_helpers import (MAX_TOKENS, NATIVE, PROMPT, REPO, check, link_system_lib_driver, need, run_driver,
+from native_helpers import (MAX_TOKENS, rerecord, NATIVE, PROMPT, REPO, check, link_system_lib_driver, need, run_driver,
                             system_lib_view)  # fmt: skip
 from runtime_stubs import native_build
 
@@ -87,6 +87,7 @@ def test_x86_driver_refuses_a_windowed_package(native_x86, package_x86, tmp_path
     cfg = package_config(windowed)
     cfg["attention"] = {"sliding_window": 24, "attention_sinks": 4, "cache_window": 39}
     (windowed / "llama-aot.json").write_text(json.dumps(cfg))
+    rerecord(windowed, "llama-aot.json")
     res = subprocess.run([str(native_x86.run), str(windowed), "--prompt-ids", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "sliding window" in res.stderr and "recompile" in res.stderr
 
@@ -113,9 +114,39 @@ def test_x86_driver_errors(native_x86, package_x86, tmp_path):
     manifest = json.loads((short / "params" / "manifest.json").read_text())
     manifest["params"].pop()
     (short / "params" / "manifest.json").write_text(json.dumps(manifest))
+    rerecord(short, "params/manifest.json")
     res = subprocess.run([str(native_x86.run), str(short), "--prompt-ids", "1,2"], capture_output=True, text=True)
     assert res.returncode == 1 and "runtime error" in res.stderr and "sequence was reset" in res.stderr
     assert "Tuple with" in res.stderr
+
+
+def test_x86_driver_checks_the_package_before_loading(native_x86, package_x86, tmp_path):
+    """The C runtime checks checksums.json as `llama-aot run` does, before loading any code: a library with one
+    byte changed, an unlisted library in lib/, a weight shard whose tail changed, a missing checksums.json: each
+    refused with one line naming the file and what to do."""
+    lib = package_config(package_x86)["runtime"]["library"]
+
+    def broken(name, edit):
+        pkg = tmp_path / name
+        shutil.copytree(package_x86, pkg)
+        edit(pkg)
+        res = subprocess.run([str(native_x86.run), str(pkg), "--prompt-ids", "1"], capture_output=True, text=True)
+        assert res.returncode == 1, res.stderr
+        return res.stderr.strip().splitlines()[-1]
+
+    def flip(path, offset):
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 1
+        path.write_bytes(bytes(data))
+
+    err = broken("lib-byte", lambda p: flip(p / lib, len((p / lib).read_bytes()) // 2))
+    assert lib in err and "fails its sha256 check" in err and "recompile or re-copy" in err
+    err = broken("unlisted", lambda p: shutil.copyfile(p / lib, p / "lib" / "extra.so"))
+    assert "extra.so is not listed in checksums.json" in err
+    err = broken("shard-tail", lambda p: flip(p / "params" / "shard-00000.bin", (p / "params" / "shard-00000.bin").stat().st_size - 1))
+    assert "shard-00000.bin fails its sha256 check" in err
+    err = broken("no-checksums", lambda p: (p / "checksums.json").unlink())
+    assert "checksums.json is missing" in err
 
 
 CTYPES_SCRIPT = textwrap.dedent(
@@ -304,7 +335,7 @@ def test_clang_compiles_our_sources_and_compat_users_for_aarch64():
     inc = [f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'compat'}", f"-I{NATIVE / 'compat/src/runtime/vm'}",
            f"-I{NATIVE / 'compat/src/runtime'}", "-isystem", str(tvm_dir / "include"), "-isystem",
            str(ffi_dir / "include"), "-isystem", str(ffi_dir / "3rdparty/dlpack/include")]  # fmt: skip
-    files = [NATIVE / "src/llama_aot.cc", NATIVE / "src/package.cc", NATIVE / "tools/llama_aot_run.cc",
+    files = [NATIVE / "src/llama_aot.cc", NATIVE / "src/package.cc", NATIVE / "src/sha256.cc", NATIVE / "tools/llama_aot_run.cc",
              rt / "vm/executable.cc", rt / "tensor.cc", rt / "file_utils.cc", rt / "vm/vm.cc",
              rt / "vm/paged_kv_cache.cc", rt / "thread_pool.cc"]  # fmt: skip
     for f in files:

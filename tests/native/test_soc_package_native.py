@@ -151,7 +151,8 @@ def prebuilt_driver(tvm) -> Path:
     """llama_aot_run + our C API compiled against the wheels' headers and linked with their
     libtvm_runtime.so / libtvm_ffi.so (nothing of our runtime build); cached by source hash."""
     need("aarch64-linux-gnu-g++")
-    sources = [NATIVE / "tools" / "llama_aot_run.cc", NATIVE / "src" / "llama_aot.cc", NATIVE / "src" / "package.cc"]
+    sources = [NATIVE / "tools" / "llama_aot_run.cc", NATIVE / "src" / "llama_aot.cc", NATIVE / "src" / "package.cc",
+               NATIVE / "src" / "sha256.cc"]
     h = hashlib.sha256(json.dumps(tvm.versions, sort_keys=True).encode())
     headers = [*NATIVE.glob("include/*.h"), *NATIVE.glob("src/*.h"), *(NATIVE / "compat").rglob("*.h")]
     for p in sorted([*sources, *headers]):

@@ -4,6 +4,7 @@
  */
 #include "package.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -20,6 +21,7 @@
 #include <sstream>
 
 #include "llama_aot.h"
+#include "sha256.h"
 
 namespace llama_aot {
 
@@ -192,11 +194,105 @@ PackageConfig ReadPackage(const std::string& package_dir) {
   return cfg;
 }
 
+namespace {
+
+// the quick check's sample at each end of a weight shard, and the files always hashed in full (as
+// runtime_stubs/integrity.py: code, and the documents that say how to run it)
+constexpr uint64_t kSampleBytes = 1 << 20;
+const char* const kAlwaysFull[] = {".so", ".a", ".o", ".dylib", ".dll", ".json", ".spv", ".metal", ".cl"};
+
+bool AlwaysFull(const std::string& rel) {
+  if (rel.rfind("lib/", 0) == 0) return true;
+  for (const char* ext : kAlwaysFull) {
+    const size_t n = std::strlen(ext);
+    if (rel.size() >= n && rel.compare(rel.size() - n, n, ext) == 0) return true;
+  }
+  return false;
+}
+
+void ListFiles(const std::string& root, const std::string& rel, std::vector<std::string>* out) {
+  DIR* d = ::opendir(JoinPath(root, rel).c_str());
+  if (d == nullptr) return;
+  while (struct dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string child = rel + "/" + name;
+    struct stat st;
+    if (::stat(JoinPath(root, child).c_str(), &st) != 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      ListFiles(root, child, out);
+    } else {
+      out->push_back(child);
+    }
+  }
+  ::closedir(d);
+}
+
+[[noreturn]] void Corrupted(int status, const std::string& path, const std::string& what) {
+  throw StatusError(status, path + " " + what + "; the package is corrupted or was modified: recompile or re-copy it");
+}
+
+}  // namespace
+
+void VerifyPackage(const std::string& package_dir, bool system_lib) {
+  const std::string path = JoinPath(package_dir, "checksums.json");
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    throw StatusError(LLAMA_AOT_ERR_IO, path + " is missing: the package cannot be checked; recompile it with "
+                                               "this llama-aot");
+  }
+  Obj top{ParseObject(path), path};
+  if (top.Int("format") != 1) FormatError(path, "unknown format; recompile the package with this llama-aot");
+  Obj files = top.Child("files");
+  if (!system_lib) {  // code in lib/ that checksums.json does not vouch for is never loaded
+    std::vector<std::string> present;
+    ListFiles(package_dir, "lib", &present);
+    for (const std::string& rel : present) {
+      if (!files.Has(rel.c_str())) {
+        throw StatusError(LLAMA_AOT_ERR_FORMAT, JoinPath(package_dir, rel) + " is not listed in checksums.json: "
+                                                "refusing to run a package with unlisted code; recompile it");
+      }
+    }
+  }
+  for (const auto& kv : files.o) {
+    const std::string rel = std::string(kv.first.cast<String>());
+    if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos) {
+      FormatError(path, "\"" + rel + "\" is not a file of the package");
+    }
+    // a system-library app links lib/ into its executable (its own signature covers that code)
+    if (system_lib && rel.rfind("lib/", 0) == 0) continue;
+    auto rec_obj = kv.second.try_cast<json::Object>();
+    if (!rec_obj.has_value()) FormatError(path, "the record of " + rel + " is not an object");
+    Obj rec{*rec_obj, path + ": " + rel};
+    const std::string file = JoinPath(package_dir, rel);
+    if (::stat(file.c_str(), &st) != 0) {
+      throw StatusError(LLAMA_AOT_ERR_IO, file + " is missing; the package is incomplete: recompile or re-copy it");
+    }
+    const uint64_t want = static_cast<uint64_t>(rec.Int("bytes"));
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size != want) {
+      Corrupted(LLAMA_AOT_ERR_IO, file, std::string("is ") + (size < want ? "truncated" : "longer than recorded") +
+                                            " (" + std::to_string(size) + " bytes, " + std::to_string(want) +
+                                            " expected)");
+    }
+    std::shared_ptr<MappedFile> m = MappedFile::Open(file);
+    bool ok;
+    if (AlwaysFull(rel)) {
+      ok = Sha256Hex(m->data(), m->size()) == rec.Str("sha256");
+    } else {
+      const uint64_t n = size < kSampleBytes ? size : kSampleBytes;
+      ok = Sha256Hex(m->data(), n) == rec.Str("head_sha256") &&
+           Sha256Hex(m->data() + (size - n), n) == rec.Str("tail_sha256");
+    }
+    if (!ok) Corrupted(LLAMA_AOT_ERR_FORMAT, file, "fails its sha256 check");
+  }
+}
+
 std::shared_ptr<MappedFile> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     throw StatusError(LLAMA_AOT_ERR_IO,
-                      "weight shard " + path + " cannot be opened: " + std::strerror(errno));
+                      path + " cannot be opened: " + std::strerror(errno));
   }
   struct stat st;
   if (::fstat(fd, &st) != 0) {

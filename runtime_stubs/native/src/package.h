@@ -57,6 +57,12 @@ struct PackageConfig {
 /*! \brief Parse <dir>/llama-aot.json and its params manifest; throws StatusError. */
 PackageConfig ReadPackage(const std::string& package_dir);
 
+/*! \brief Check every file of the package against its checksums.json before anything is loaded, as
+ * runtime_stubs/integrity.py does by default: present and of the recorded size; libraries, objects and JSON
+ * documents by their full sha256, weight shards by their first and last MiB; no unlisted file in lib/.
+ * ``system_lib``: the code is linked into the app, so lib/ is not checked. Throws StatusError. */
+void VerifyPackage(const std::string& package_dir, bool system_lib);
+
 /*! \brief A read-only memory map of a whole file (munmap on destruction). */
 class MappedFile {
  public:
