@@ -73,6 +73,25 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sampling_and_load_arguments(p: argparse.ArgumentParser) -> None:
+    """How to sample and how to load the package: shared by run and chat."""
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    _add_load_arguments(p)
+
+
+def _add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """How to load a package: run, chat and serve."""
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--verify", action="store_true",
+                   help="hash every weight shard in full (default: sizes and first/last MiB; libraries always in full)")
+    p.add_argument("--trusted-keys", default=None, metavar="DIR",
+                   help="refuse the package unless a public key (*.pub) in DIR signed it (`llama-aot sign`)")
+    p.add_argument("--device", default=None, help="Vulkan packages: device index or name substring (default: first)")
+
+
 def _parse_bytes(text: str, flag: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
@@ -155,6 +174,59 @@ def _cmd_run(args) -> int:
             f"peak RSS {peak_rss_mb():.0f} MB]",
             file=sys.stderr,
         )
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from runtime_stubs.chat import Chat
+    from runtime_stubs.engine import Engine
+
+    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
+                    trusted_keys=args.trusted_keys)
+    chat = Chat(engine, system=args.system)
+    sampling = dict(max_tokens=args.max_tokens, temperature=0.0 if args.greedy else args.temperature,
+                    top_p=args.top_p, seed=args.seed, stop=[s.encode().decode("unicode_escape") for s in args.stop])
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("type a message; a line ending in \\ continues it; /reset, /stats, /quit", file=sys.stderr)
+    lines: list[str] = []
+    while True:
+        if interactive:
+            print("... " if lines else "> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        text = "\n".join([*lines, line])
+        lines = []
+        command = text.strip()
+        if command in ("/quit", "/exit"):
+            break
+        if command == "/reset":
+            chat.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if command == "/stats":
+            print(f"[{chat.stats_text()}]", file=sys.stderr)
+            continue
+        if not command:
+            continue
+        chat.send(text, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()), **sampling)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from runtime_stubs.engine import Engine
+    from runtime_stubs.server import serve
+
+    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
+                    trusted_keys=args.trusted_keys)
+    serve(engine, args.host, args.port, args.model_name or Path(args.package).resolve().name)
     return 0
 
 
@@ -247,21 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", default=None)
     r.add_argument("--prompt-ids", default=None, help="comma-separated token ids")
     r.add_argument("--max-tokens", type=int, default=64)
-    r.add_argument("--greedy", action="store_true")
-    r.add_argument("--temperature", type=float, default=0.7)
-    r.add_argument("--top-p", type=float, default=0.95)
-    r.add_argument("--seed", type=int, default=None)
     r.add_argument("--ignore-eos", action="store_true", help="keep generating after an end-of-text token")
     r.add_argument("--json", action="store_true", help="print generated ids and timings as JSON")
     r.add_argument("--dump-logits", default=None, metavar="PATH.npy", help="save logits of every generated position")
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--verify", action="store_true",
-                   help="hash every weight shard in full (default: sizes and first/last MiB; libraries always in full)")
-    r.add_argument("--trusted-keys", default=None, metavar="DIR",
-                   help="refuse the package unless a public key (*.pub) in DIR signed it (`llama-aot sign`)")
-    r.add_argument("--device", default=None, help="Vulkan packages: device index or name substring (default: first)")
+    _add_sampling_and_load_arguments(r)
     r.add_argument("--verbose", action="store_true", help="print the device and its limits")
     r.set_defaults(func=_cmd_run)
+
+    h = sub.add_parser("chat", help="talk to a compiled package: multi-turn with its chat template, the KV cache kept "
+                                    "across turns (reads messages from stdin)")
+    h.add_argument("package")
+    h.add_argument("--system", default=None, help="system prompt")
+    h.add_argument("--max-tokens", type=int, default=256, help="per reply")
+    h.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a reply at this text (repeatable; \\n escapes work), besides the end-of-turn tokens")
+    _add_sampling_and_load_arguments(h)
+    h.set_defaults(func=_cmd_chat)
+
+    v = sub.add_parser("serve", help="serve a compiled package over OpenAI-compatible HTTP (/v1/chat/completions, "
+                                     "/v1/completions, /v1/models)")
+    v.add_argument("package")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed when ready)")
+    v.add_argument("--model-name", default=None, help="the model id clients ask for (default: the package's folder name)")
+    _add_load_arguments(v)
+    v.set_defaults(func=_cmd_serve)
 
     b = sub.add_parser("bench", help="benchmark packages next to PyTorch and llama.cpp (same run, same weights)")
     from bench.e2e import add_arguments

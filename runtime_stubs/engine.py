@@ -34,10 +34,16 @@ class Generation:
     decode_seconds: float = 0.0
     decode_steps: int = 0
     stopped_on_eos: bool = False
+    reused_tokens: int = 0  # leading prompt tokens whose K/V were already in the cache (reuse_cache=True)
+    stop_reason: str = "length"  # "eos", "stop" (on_token asked to stop) or "length"
+
+    @property
+    def prefilled_tokens(self) -> int:
+        return len(self.prompt_ids) - self.reused_tokens
 
     @property
     def prefill_tokens_per_s(self) -> float:
-        return len(self.prompt_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
+        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -48,7 +54,8 @@ class Generation:
             "prompt_ids": self.prompt_ids,
             "token_ids": self.token_ids,
             "stopped_on_eos": self.stopped_on_eos,
-            "prefill_tokens": len(self.prompt_ids),
+            "prefill_tokens": self.prefilled_tokens,
+            "reused_tokens": self.reused_tokens,
             "prefill_seconds": self.prefill_seconds,
             "prefill_tokens_per_s": self.prefill_tokens_per_s,
             "decode_steps": self.decode_steps,
@@ -140,6 +147,7 @@ class Engine:
         self._f_remove_seq = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
         self._f_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
         self._f_end = tvm.get_global_func("vm.builtin.kv_state_end_forward")
+        self._f_popn = tvm.get_global_func("vm.builtin.kv_state_popn")
         shape = tvm.runtime.ShapeTuple
         from .attention_window import from_package
 
@@ -162,7 +170,7 @@ class Engine:
             for name, windowed in zip(names, self.cache_windowed)
         ]
         self._tokenizer = None
-        self._seq_len = 0
+        self.cached_ids: list[int] = []  # the tokens whose K/V the caches hold, in order
         for cache, windowed in zip(self.caches, self.cache_windowed):
             self._add_sequence(cache, windowed)
 
@@ -241,7 +249,20 @@ class Engine:
         for cache, windowed in zip(self.caches, self.cache_windowed):
             self._f_remove_seq(cache, 0)
             self._add_sequence(cache, windowed)
-        self._seq_len = 0
+        self.cached_ids = []
+
+    def rewind(self, keep: int) -> None:
+        """Drop the cached K/V of every token after the first ``keep`` (TVM's PopN). A sliding cache may
+        have dropped the tokens it would need, so a windowed package starts over instead."""
+        drop = len(self.cached_ids) - keep
+        if drop <= 0:
+            return
+        if any(self.cache_windowed):
+            self.reset()
+            return
+        for cache in self.caches:
+            self._f_popn(cache, 0, drop)
+        del self.cached_ids[keep:]
 
     @property
     def unbounded(self) -> bool:
@@ -250,9 +271,10 @@ class Engine:
 
     def _forward(self, fn, ids: Sequence[int]) -> np.ndarray:
         tvm = self._tvm
-        if not self.unbounded and self._seq_len + len(ids) > self.context_window:
+        seq_len = len(self.cached_ids)
+        if not self.unbounded and seq_len + len(ids) > self.context_window:
             raise LlamaAotError(
-                f"sequence of {self._seq_len + len(ids)} tokens exceeds the context window of "
+                f"sequence of {seq_len + len(ids)} tokens exceeds the context window of "
                 f"{self.context_window}; recompile with a larger --context-window or shorten the prompt"
             )
         lengths = tvm.runtime.ShapeTuple([len(ids)])
@@ -260,13 +282,13 @@ class Engine:
             self._f_begin(cache, tvm.runtime.ShapeTuple([0]), lengths)
         embeds = self._embed(tvm.runtime.tensor(np.asarray(ids, dtype="int32"), self.device), self.params)
         if self.window:
-            positions = np.arange(self._seq_len, self._seq_len + len(ids), dtype="int32")
+            positions = np.arange(seq_len, seq_len + len(ids), dtype="int32")
             logits = fn(embeds, tvm.runtime.tensor(positions, self.device), *self.caches, self.params)
         else:
             logits = fn(embeds, *self.caches, self.params)
         for cache in self.caches:
             self._f_end(cache)
-        self._seq_len += len(ids)
+        self.cached_ids.extend(int(t) for t in ids)
         return logits.numpy().reshape(-1)
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
@@ -288,19 +310,30 @@ class Engine:
         seed: int | None = None,
         stop_on_eos: bool = True,
         keep_logits: bool = False,
-        on_token: Callable[[int], None] | None = None,
+        on_token: Callable[[int], bool | None] | None = None,
+        reuse_cache: bool = False,
     ) -> Generation:
+        """Prefill ``prompt_ids`` and sample up to ``max_tokens``. ``on_token(id)`` sees each token as it is
+        sampled and ends the generation by returning True (a stop string). ``reuse_cache``: keep the K/V of
+        the longest prefix of ``prompt_ids`` the cache already holds (a chat's earlier turns) and prefill only
+        the rest; the logits are those of a prefill from scratch (the same kernels over the same K/V)."""
         prompt_ids = [int(t) for t in prompt_ids]
         if not prompt_ids:
             raise LlamaAotError("empty prompt: give at least one token")
         bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise LlamaAotError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        self.reset()
+        common = _common_prefix(self.cached_ids, prompt_ids) if reuse_cache else 0
+        common = min(common, len(prompt_ids) - 1)  # the last prompt token is fed again for its logits
+        if common:
+            self.rewind(common)
+            common = len(self.cached_ids)  # 0 where a sliding cache had to start over
+        else:
+            self.reset()
         rng = np.random.default_rng(seed)
-        gen = Generation(prompt_ids=prompt_ids)
+        gen = Generation(prompt_ids=prompt_ids, reused_tokens=common)
         t0 = time.perf_counter()
-        logits = self.prefill(prompt_ids)
+        logits = self.prefill(prompt_ids[common:])
         gen.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         for step in range(max_tokens):
@@ -308,14 +341,25 @@ class Engine:
                 gen.logits.append(logits.copy())
             token = sample(logits, temperature, top_p, rng)
             gen.token_ids.append(token)
-            if on_token:
-                on_token(token)
+            if on_token and on_token(token):
+                gen.stop_reason = "stop"
+                break
             if stop_on_eos and token in self.eos_token_ids:
                 gen.stopped_on_eos = True
+                gen.stop_reason = "eos"
                 break
-            if step + 1 == max_tokens or (not self.unbounded and self._seq_len + 1 > self.context_window):
+            if step + 1 == max_tokens or (not self.unbounded and len(self.cached_ids) + 1 > self.context_window):
                 break
             logits = self.decode(token)
             gen.decode_steps += 1
         gen.decode_seconds = time.perf_counter() - t0
         return gen
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

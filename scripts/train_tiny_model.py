@@ -367,6 +367,7 @@ def write_tokenizer_files(tok, out: Path):
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": MODEL_ARCH["max_position_embeddings"],
         "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
 
@@ -377,6 +378,14 @@ def write_tokenizer_files(tok, out: Path):
 
 
 SAMPLE_PROMPTS = ("def ", "import os\n", "class ")
+# A code model's "chat" (docs/chat.md): the conversation is one growing Python file. The system prompt is its
+# first line, as a comment; each user message is code typed into the file and each reply the model's
+# continuation of it, with nothing between them. No role markers: the model never saw any.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '# ' + message['content'] + '\\n' }}"
+    "{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+)
 
 
 def main(argv=None):
