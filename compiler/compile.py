@@ -22,11 +22,10 @@ from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
 from .quantization import get_scheme
 from runtime_stubs.integrity import write_checksums
-from runtime_stubs.package_format import MANIFEST, PACKAGE_CONFIG
+from runtime_stubs.package_format import FORMAT_VERSION, MANIFEST, PACKAGE_CONFIG
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PAGE_SIZE = 16
 
 
@@ -177,7 +176,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
             # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
             "projection_activations": "int8_group32" if int8_activations else dtype,
-            "target": bt.describe(),
+            "target": {**bt.describe(), **_cpu_features(bt)},
             "context_window": context_window,
             "prefill_chunk": options.prefill_chunk,
             # every attention option; a runtime that cannot honour one refuses the package
@@ -262,6 +261,19 @@ def _check_compile_memory(max_memory: int | None, conversion_bytes: int) -> None
             f"{conversion_bytes / 1e9:.2f} GB) but --max-memory is {max_memory / 1e9:.2f} GB; raise --max-memory "
             "or compile on a machine with more memory"
         )
+
+
+def _cpu_features(bt) -> dict:
+    """The instruction sets the CPU side of the library may use, for the runtime's check before loading
+    (runtime_stubs/cpu_features.py); none for a cross (phone) target, whose triple says what it needs."""
+    from tvm.target import Target
+
+    from runtime_stubs.cpu_features import required_cpu_features
+    from schedules.cpu.params import _features
+
+    if "mtriple" in bt.host:
+        return {}
+    return {"cpu_features": required_cpu_features(_features(Target(bt.host)))}
 
 
 def _version() -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import LlamaAotError
 
+from .cpu_features import check_host_cpu
 from .integrity import verify_package
 from .package_format import read_manifest, read_package_config
 from .signing import verify_signature
@@ -34,6 +35,7 @@ class Generation:
     decode_seconds: float = 0.0
     decode_steps: int = 0
     stopped_on_eos: bool = False
+    first_token_seconds: float = 0.0  # from the call to the first sampled token (prefill + one draw)
     reused_tokens: int = 0  # leading prompt tokens whose K/V were already in the cache (reuse_cache=True)
     stop_reason: str = "length"  # "eos", "stop" (on_token asked to stop) or "length"
 
@@ -61,6 +63,7 @@ class Generation:
             "decode_steps": self.decode_steps,
             "decode_seconds": self.decode_seconds,
             "decode_tokens_per_s": self.decode_tokens_per_s,
+            "first_token_seconds": self.first_token_seconds,
             "peak_rss_mb": peak_rss_mb(),
         }
 
@@ -126,6 +129,7 @@ class Engine:
         if trusted_keys is not None:  # a signature vouches for checksums.json: then every byte is checked
             verify_signature(self.package_dir, trusted_keys)
         verify_package(self.package_dir, full=verify or trusted_keys is not None)  # before any code is loaded
+        check_host_cpu(self.package_dir, self.config)  # a missing instruction set: an error, not SIGILL
         rt = self.config["runtime"]
         lib_path = self.package_dir / rt["library"]
         if not lib_path.is_file():
@@ -332,7 +336,7 @@ class Engine:
             self.reset()
         rng = np.random.default_rng(seed)
         gen = Generation(prompt_ids=prompt_ids, reused_tokens=common)
-        t0 = time.perf_counter()
+        t0 = t_call = time.perf_counter()
         logits = self.prefill(prompt_ids[common:])
         gen.prefill_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -340,6 +344,8 @@ class Engine:
             if keep_logits:
                 gen.logits.append(logits.copy())
             token = sample(logits, temperature, top_p, rng)
+            if not step:
+                gen.first_token_seconds = time.perf_counter() - t_call
             gen.token_ids.append(token)
             if on_token and on_token(token):
                 gen.stop_reason = "stop"

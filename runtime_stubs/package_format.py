@@ -9,6 +9,7 @@ from .errors import LlamaAotError
 from .messages import plain
 
 PACKAGE_CONFIG = "llama-aot.json"
+FORMAT_VERSION = 1  # of llama-aot.json and the package layout; a runtime reads this version only
 MANIFEST = "params/manifest.json"
 
 
@@ -22,6 +23,12 @@ def read_package_config(package_dir: Path) -> dict:
     doc = _read_json(path)
     if not isinstance(doc, dict):
         raise LlamaAotError(f"{path} is not a JSON object; recompile the package")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        made_by = doc["compile"].get("llama_aot_version") if isinstance(doc.get("compile"), dict) else None
+        made_by = made_by or "of another version"
+        raise LlamaAotError(f"{package_dir} is a package of format {version!r} (written by llama-aot {made_by}); this llama-aot "
+                            f"reads format {FORMAT_VERSION}: recompile the package with this llama-aot")
     return doc
 
 

@@ -116,3 +116,17 @@ def test_chat_cli_without_a_template(package, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cli", "chat", str(pkg)], input="hi\n", capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 2 and "has no chat template" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_cli_runs_a_package_without_the_compiler_or_torch(package):
+    """`llama-aot run` in its own process: TVM's runtime library only, torch never imported (start-up), and
+    its JSON reports the start-up and first-token times bench/startup.py reads."""
+    code = ("import sys; sys.argv = ['llama-aot', 'run', sys.argv[1], '--prompt-ids', '0,5,9', '--max-tokens', '2', "
+            "'--json']; from cli.main import main; rc = main()\n"
+            "import tvm.base; assert sys.modules.get('torch') is None and sys.modules.get('ml_dtypes') is None and tvm.base._RUNTIME_ONLY, 'compiler or optional imports'\n"
+            "sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert 0 < out["first_token_seconds"] <= out["prefill_seconds"] + out["decode_seconds"] + 1
+    assert 0 < out["ready_seconds"] < 300 and len(out["token_ids"]) == 2
