@@ -33,6 +33,9 @@ def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
     block sums), then the id within it, so the float64 cumulative sums stay short."""
     block = 1024
     n = weights.size
+    if n <= 4 * block:  # short enough for one cumulative sum (and fewer numpy calls)
+        cumulative = np.cumsum(weights, dtype=np.float64)
+        return min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), n - 1)
     padded = np.zeros(-(-n // block) * block, dtype=weights.dtype)
     padded[:n] = weights
     sums = np.cumsum(padded.reshape(-1, block).sum(axis=1, dtype=np.float64))
