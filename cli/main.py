@@ -74,6 +74,14 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _open_engine(args):
+    """The package of run, chat and serve, loaded as _add_load_arguments says."""
+    from runtime_stubs.engine import Engine
+
+    return Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
+                  trusted_keys=args.trusted_keys)
+
+
 def _add_sampling_and_load_arguments(p: argparse.ArgumentParser) -> None:
     """How to sample and how to load the package: shared by run and chat."""
     p.add_argument("--greedy", action="store_true")
@@ -125,10 +133,9 @@ def _cmd_sign(args) -> int:
 def _cmd_run(args) -> int:
     import numpy as np
 
-    from runtime_stubs.engine import Engine, peak_rss_mb
+    from runtime_stubs.engine import peak_rss_mb
 
-    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
-                    trusted_keys=args.trusted_keys)
+    engine = _open_engine(args)
     loaded = _boot_clock()  # process start to here: imports, checks, library, weights mapped
     if args.verbose:
         print(json.dumps(engine.device_description()), file=sys.stderr)
@@ -197,10 +204,8 @@ def _process_start() -> float:
 
 def _cmd_chat(args) -> int:
     from runtime_stubs.chat import Chat
-    from runtime_stubs.engine import Engine
 
-    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
-                    trusted_keys=args.trusted_keys)
+    engine = _open_engine(args)
     chat = Chat(engine, system=args.system)
     sampling = dict(max_tokens=args.max_tokens, temperature=0.0 if args.greedy else args.temperature,
                     top_p=args.top_p, seed=args.seed, stop=[s.encode().decode("unicode_escape") for s in args.stop])
@@ -239,11 +244,9 @@ def _cmd_chat(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from runtime_stubs.engine import Engine
     from runtime_stubs.server import serve
 
-    engine = Engine(args.package, num_threads=args.threads, verify=args.verify, vulkan_device=args.device,
-                    trusted_keys=args.trusted_keys)
+    engine = _open_engine(args)
     serve(engine, args.host, args.port, args.model_name or Path(args.package).resolve().name)
     return 0
 

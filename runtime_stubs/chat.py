@@ -10,7 +10,6 @@ ids the template gives: the logits are those of a prefill of the whole conversat
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,27 +19,16 @@ from .errors import LlamaAotError
 
 
 @dataclass
-class TurnStats:
-    prompt_tokens: int  # the whole rendered conversation
-    prefilled_tokens: int  # of which this turn prefilled (the rest was in the cache)
-    generated_tokens: int
-    prefill_seconds: float
-    decode_seconds: float
-    first_token_seconds: float  # from the call to the first token
-
-
-@dataclass
 class Chat:
     """``Chat(engine, system="...").send("hi", on_text=print)`` -> the reply; ``reset()`` forgets the turns."""
 
     engine: Engine
     system: str | None = None
     messages: list[dict] = field(default_factory=list)
-    turns: list[TurnStats] = field(default_factory=list)
+    turns: list[Generation] = field(default_factory=list)  # prompt_ids: the whole conversation of that turn
 
     def __post_init__(self):
         self.template = load_chat_template(self.engine.package_dir, self.engine.tokenizer.get_vocab())
-        self.stop_ids = set(self.engine.eos_token_ids)
         self.reset()
 
     def reset(self) -> None:
@@ -66,23 +54,19 @@ class Chat:
     ) -> str:
         """Add a user turn, generate the assistant's reply (streamed to ``on_text`` piece by piece), keep both."""
         messages = [*self.messages, {"role": "user", "content": text}]
-        reply, gen, first = complete(self.engine, self.prompt_ids(messages), max_tokens=max_tokens,
-                                     temperature=temperature, top_p=top_p, seed=seed, stop=stop,
-                                     stop_ids=self.stop_ids, on_text=on_text)
+        reply, gen = complete(self.engine, self.prompt_ids(messages), max_tokens=max_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed, stop=stop, on_text=on_text)
         self.messages = [*messages, {"role": "assistant", "content": reply}]
-        self.turns.append(TurnStats(len(gen.prompt_ids), gen.prefilled_tokens, len(gen.token_ids),
-                                    gen.prefill_seconds, gen.decode_seconds, first))
+        self.turns.append(gen)
         return reply
 
     def stats_text(self) -> str:
         if not self.turns:
             return "no turns yet"
         t = self.turns[-1]
-        prefill = t.prefilled_tokens / t.prefill_seconds if t.prefill_seconds else 0.0
-        decode = max(t.generated_tokens - 1, 0) / t.decode_seconds if t.decode_seconds else 0.0
-        return (f"turn {len(self.turns)}: conversation {t.prompt_tokens} tokens, prefilled {t.prefilled_tokens} "
-                f"({t.prompt_tokens - t.prefilled_tokens} from the cache) at {prefill:.1f} tok/s, first token "
-                f"{t.first_token_seconds * 1e3:.0f} ms, {t.generated_tokens} generated at {decode:.1f} tok/s")
+        return (f"turn {len(self.turns)}: conversation {len(t.prompt_ids)} tokens, prefilled {t.prefilled_tokens} "
+                f"({t.reused_tokens} from the cache) at {t.prefill_tokens_per_s:.1f} tok/s, first token "
+                f"{t.first_token_seconds * 1e3:.0f} ms, {len(t.token_ids)} generated at {t.decode_tokens_per_s:.1f} tok/s")
 
 
 def complete(
@@ -93,26 +77,22 @@ def complete(
     top_p: float,
     seed: int | None,
     stop: list[str] | None,
-    stop_ids: set[int],
     on_text: Callable[[str], None] | None = None,
-) -> tuple[str, Generation, float]:
-    """Generate after ``prompt_ids`` reusing the cached prefix; stop on ``stop_ids`` or a ``stop`` string.
+) -> tuple[str, Generation]:
+    """Generate after ``prompt_ids`` reusing the cached prefix; stop on the model's end-of-turn ids
+    (``engine.eos_token_ids``) or a ``stop`` string.
 
-    Returns the text (without the end-of-turn token or the stop string), the Generation and the seconds to
-    the first token. Text is streamed as it becomes whole: a piece that ends inside a multi-byte character
+    Returns the text (without the end-of-turn token or the stop string) and the Generation. Text is streamed as it becomes whole: a piece that ends inside a multi-byte character
     (U+FFFD so far) or could be the start of a stop string waits for the next token."""
     stop = [s for s in (stop or []) if s]
     if len(prompt_ids) >= engine.context_window and not engine.unbounded:
         raise LlamaAotError(f"the prompt is {len(prompt_ids)} tokens, the context window {engine.context_window}: "
                             "shorten it (or /reset the chat), or recompile with a larger --context-window")
     ids: list[int] = []
-    state = {"text": "", "sent": 0, "first": None}
-    t0 = time.perf_counter()
+    state = {"text": "", "sent": 0}
 
     def on_token(token: int) -> bool:
-        if state["first"] is None:
-            state["first"] = time.perf_counter() - t0
-        if token in stop_ids:
+        if token in engine.eos_token_ids:
             return True
         ids.append(token)
         text = engine.decode_text(ids)
@@ -132,7 +112,7 @@ def complete(
     gen = engine.generate(prompt_ids, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           stop_on_eos=False, on_token=on_token, reuse_cache=True)
     _emit(on_text, state, len(state["text"]))
-    return state["text"], gen, state["first"] or 0.0
+    return state["text"], gen
 
 
 def _emit(on_text, state: dict, end: int) -> None:

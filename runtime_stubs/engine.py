@@ -34,10 +34,13 @@ class Generation:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_steps: int = 0
-    stopped_on_eos: bool = False
     first_token_seconds: float = 0.0  # from the call to the first sampled token (prefill + one draw)
     reused_tokens: int = 0  # leading prompt tokens whose K/V were already in the cache (reuse_cache=True)
     stop_reason: str = "length"  # "eos", "stop" (on_token asked to stop) or "length"
+
+    @property
+    def stopped_on_eos(self) -> bool:
+        return self.stop_reason == "eos"
 
     @property
     def prefilled_tokens(self) -> int:
@@ -351,7 +354,6 @@ class Engine:
                 gen.stop_reason = "stop"
                 break
             if stop_on_eos and token in self.eos_token_ids:
-                gen.stopped_on_eos = True
                 gen.stop_reason = "eos"
                 break
             if step + 1 == max_tokens or (not self.unbounded and len(self.cached_ids) + 1 > self.context_window):

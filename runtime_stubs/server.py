@@ -48,7 +48,6 @@ class Server:
     def __init__(self, engine: Engine, model_name: str):
         self.engine = engine
         self.model_name = model_name
-        self.stop_ids = set(engine.eos_token_ids)
         self._chat: Chat | None = None
         self.lock = threading.Lock()
         self.created = int(time.time())
@@ -141,15 +140,15 @@ class Server:
         if not self.engine.unbounded:
             max_tokens = min(max_tokens, room)
         with self.lock:
-            text, gen, _ = complete(self.engine, ids, max_tokens=max_tokens, temperature=s.temperature,
-                                    top_p=s.top_p, seed=s.seed, stop=s.stop, stop_ids=self.stop_ids,
-                                    on_text=on_text)
-        finish = "stop" if gen.stop_reason == "stop" else "length"
-        return text, len(gen.token_ids) - (finish == "stop" and _ended_on_stop_id(gen, self.stop_ids)), finish
+            text, gen = complete(self.engine, ids, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 seed=s.seed, stop=s.stop, on_text=on_text)
+        ended_on_eos = bool(gen.token_ids) and gen.token_ids[-1] in self.engine.eos_token_ids  # not in the text
+        return text, len(gen.token_ids) - ended_on_eos, "stop" if gen.stop_reason == "stop" else "length"
 
 
-def _ended_on_stop_id(gen, stop_ids) -> bool:
-    return bool(gen.token_ids) and gen.token_ids[-1] in stop_ids
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def _text_message(m) -> dict:
@@ -206,7 +205,7 @@ def build_app(server: Server):
         head = {"id": rid, "created": created, "model": server.model_name}
         if not body.get("stream"):
             text, n, finish = await asyncio.to_thread(server.generate, ids, s)
-            usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+            usage = _usage(len(ids), n)
             if kind == "chat":
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                           "logprobs": None}
@@ -262,7 +261,7 @@ async def _events(server: Server, kind: str, head: dict, ids: list[int], s: Samp
         _, n, finish = item
         yield chunk(None, finish)
         if include_usage:
-            usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+            usage = _usage(len(ids), n)
             yield f"data: {json.dumps({**head, 'object': obj, 'choices': [], 'usage': usage})}\n\n"
         break
     await worker
