@@ -82,11 +82,11 @@ class Server:
             return kind(value)
 
         room = self.engine.context_window
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        max_tokens = number("max_tokens", default_max_tokens, 1, 10**9, int) if max_tokens is not None else None
+        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = number(name, default_max_tokens, 1, 10**9, int)
         if max_tokens is not None and max_tokens >= room and not self.engine.unbounded:
-            raise RequestError(400, f"max_tokens is {max_tokens}, but this model's context window is {room} "
-                                    "tokens, prompt included", "max_tokens", "context_length_exceeded")
+            raise RequestError(400, f"{name} is {max_tokens}, but this model's context window is {room} "
+                                    "tokens, prompt included", name, "context_length_exceeded")
         stop = body.get("stop")
         stop = [stop] if isinstance(stop, str) else stop or []
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:

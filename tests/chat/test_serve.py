@@ -145,3 +145,12 @@ def test_port_in_use_is_one_line(server, package):
     res = subprocess.run([sys.executable, "-m", "cli", "serve", str(package), "--port", str(server["port"])],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "cannot listen on 127.0.0.1" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_max_completion_tokens_and_the_completions_default(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "import os\n"}],
+                                       temperature=0, max_completion_tokens=5)
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    c = client.completions.create(model="tiny", prompt="def main():\n", temperature=0)  # OpenAI's default: 16
+    assert c.usage.completion_tokens == 16 or c.choices[0].finish_reason == "stop"
+    assert c.usage.completion_tokens <= 16
