@@ -92,6 +92,34 @@ def test_x86_driver_refuses_a_windowed_package(native_x86, package_x86, tmp_path
     assert res.returncode == 1 and "sliding window" in res.stderr and "recompile" in res.stderr
 
 
+def test_x86_driver_refuses_a_package_for_missing_cpu_features(native_x86, package_x86, tmp_path):
+    """A package built for instruction sets this CPU lacks is refused with what to do, as `llama-aot run` does,
+    before its library is loaded (no SIGILL); the flags the CPU has pass."""
+    from runtime_stubs.cpu_features import X86_FEATURES, host_cpu_flags
+
+    flags = host_cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    absent = next((f for f in sorted(X86_FEATURES.values()) if f not in flags), "avx10_2")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(package_x86, foreign)
+    cfg = package_config(foreign)
+    present = sorted(flags & set(X86_FEATURES.values()))[:2]
+    cfg["target"] = {**cfg.get("target", {}), "cpu_features": [*present, absent],
+                     "tvm_host": {"kind": "llvm", "mcpu": "some-future-cpu"}}
+    (foreign / "llama-aot.json").write_text(json.dumps(cfg))
+    rerecord(foreign, "llama-aot.json")
+    res = subprocess.run([str(native_x86.run), str(foreign), "--prompt-ids", "1"], capture_output=True, text=True)
+    assert res.returncode == 1 and f"a CPU with {absent} (-mcpu some-future-cpu)" in res.stderr
+    assert "--target host" in res.stderr  # the present flags are not listed: they come first in cpu_features
+    cfg["target"]["cpu_features"] = present
+    (foreign / "llama-aot.json").write_text(json.dumps(cfg))
+    rerecord(foreign, "llama-aot.json")
+    res = subprocess.run([str(native_x86.run), str(foreign), "--prompt-ids", "1", "--max-tokens", "1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-1000:]
+
+
 def test_x86_driver_errors(native_x86, package_x86, tmp_path):
     res = subprocess.run([str(native_x86.run), str(tmp_path / "missing"), "--prompt-ids", "1"], capture_output=True,
                          text=True)  # fmt: skip

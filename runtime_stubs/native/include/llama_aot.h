@@ -56,7 +56,8 @@ typedef struct llama_aot_model llama_aot_model;
  * ("cpu:0", "opencl:0", "vulkan:0", "metal:0"), or NULL / "" / "auto" for the device the package
  * was compiled for (llama-aot.json target.device; "cpu" when absent).  LLAMA_AOT_ERR_UNSUPPORTED
  * when the kind's device API is not compiled in, when there is no such device, or when the kind
- * differs from the package's target.device.  "vulkan" is
+ * differs from the package's target.device; also when its library needs instruction sets this CPU
+ * lacks (llama-aot.json target.cpu_features against /proc/cpuinfo).  "vulkan" is
  * available in runtimes built with LLAMA_AOT_WITH_VULKAN; $LLAMA_AOT_VULKAN_DEVICE (an index or a
  * name substring) picks which physical device is vulkan:0.  The package must have been compiled
  * for that device (llama-aot compile --target vulkan); parameters are copied to the device.

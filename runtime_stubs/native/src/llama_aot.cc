@@ -369,6 +369,7 @@ int llama_aot_open(const char* package_dir, const char* device, llama_aot_model*
   int rc = Guard("llama_aot_open", [&] {
     m->cfg = llama_aot::ReadPackage(package_dir);
     llama_aot::VerifyPackage(package_dir, m->cfg.system_lib);  // before any of its code or weights is loaded
+    llama_aot::CheckHostCpu(m->cfg);  // before its code can fault on an instruction this CPU lacks
     // NULL / "" / "auto": the device the package was compiled for (target.device; a package
     // without one, e.g. a hand-made one, is a CPU package)
     const std::string package_device = m->cfg.target_device.empty() ? "cpu" : m->cfg.target_device;

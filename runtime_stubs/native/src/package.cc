@@ -157,6 +157,11 @@ PackageConfig ReadPackage(const std::string& package_dir) {
   if (top.Has("target")) {
     Obj target = top.Child("target");
     if (target.Has("device")) cfg.target_device = target.Str("device");
+    if (target.Has("cpu_features")) cfg.cpu_features = target.StrList("cpu_features");
+    if (target.Has("tvm_host") && target.Get("tvm_host").try_cast<json::Object>().has_value()) {
+      Obj host = target.Child("tvm_host");
+      if (host.Has("mcpu")) cfg.target_mcpu = host.Str("mcpu");
+    }
   }
 
   if (top.Has("model")) {
@@ -192,6 +197,32 @@ PackageConfig ReadPackage(const std::string& package_dir) {
     cfg.params.push_back(std::move(p));
   }
   return cfg;
+}
+
+void CheckHostCpu(const PackageConfig& cfg, const std::string& cpuinfo) {
+  if (cfg.cpu_features.empty()) return;  // a cross build, or a package from before the check
+  std::ifstream f(cpuinfo);
+  std::string line, flags;
+  while (f && std::getline(f, line)) {
+    if (line.rfind("flags", 0) == 0 && line.find(':') != std::string::npos) {
+      flags = " " + line.substr(line.find(':') + 1) + " ";
+      break;
+    }
+  }
+  if (flags.empty()) return;  // nothing to compare with
+  for (char& c : flags) {
+    if (c == '\t') c = ' ';
+  }
+  std::string missing;
+  for (const std::string& feature : cfg.cpu_features) {
+    if (flags.find(" " + feature + " ") == std::string::npos) missing += (missing.empty() ? "" : ", ") + feature;
+  }
+  if (!missing.empty()) {
+    throw StatusError(LLAMA_AOT_ERR_UNSUPPORTED,
+                      cfg.package_dir + " was compiled for a CPU with " + missing + " (-mcpu " +
+                          (cfg.target_mcpu.empty() ? "?" : cfg.target_mcpu) +
+                          "), which this CPU lacks: compile it on this machine (llama-aot compile ... --target host)");
+  }
 }
 
 namespace {

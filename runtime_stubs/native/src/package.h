@@ -49,6 +49,10 @@ struct PackageConfig {
   // target.device: the device kind the package was compiled for ("cpu", "vulkan", "opencl");
   // empty when llama-aot.json has no target section (hand-made packages), which means "cpu"
   std::string target_device;
+  // target.cpu_features: the /proc/cpuinfo flags the library's code needs (x86 host builds; empty for a
+  // cross build, whose triple says what it needs); target.tvm_host.mcpu names the CPU it was built for
+  std::vector<std::string> cpu_features;
+  std::string target_mcpu;
   int64_t vocab_size = -1;  // from model.vocab_size when present, else from the first logits
   std::vector<int64_t> eos_token_ids;
   std::vector<ParamEntry> params;  // in the order the VM functions take them
@@ -62,6 +66,11 @@ PackageConfig ReadPackage(const std::string& package_dir);
  * documents by their full sha256, weight shards by their first and last MiB; no unlisted file in lib/.
  * ``system_lib``: the code is linked into the app, so lib/ is not checked. Throws StatusError. */
 void VerifyPackage(const std::string& package_dir, bool system_lib);
+
+/*! \brief Refuse a package whose library needs instruction sets this CPU lacks (cfg.cpu_features against
+ * /proc/cpuinfo's flags), as runtime_stubs/cpu_features.py does: a clear error instead of SIGILL. A system
+ * without /proc/cpuinfo flags (not Linux x86) is not checked. Throws StatusError. */
+void CheckHostCpu(const PackageConfig& cfg, const std::string& cpuinfo = "/proc/cpuinfo");
 
 /*! \brief A read-only memory map of a whole file (munmap on destruction). */
 class MappedFile {
