@@ -261,6 +261,41 @@ def _cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _cmd_eval(args) -> int:
+    from evaluation.documents import load_documents
+    from evaluation.perplexity import evaluate, open_scorer
+
+    documents = load_documents(args.data)  # before the model loads: a bad --data fails at once
+    scorer = open_scorer(args.model, args.threads)
+    result = evaluate(scorer, documents, args.data, args.context, args.max_tokens, model_name=str(args.model))
+    print(f"{args.model} ({result.kind}, {result.quant}) on {args.data}: perplexity {result.perplexity:.4f}, "
+          f"{result.bits_per_byte:.4f} bits/byte over {result.tokens} tokens ({result.bytes} bytes, "
+          f"{result.documents} documents, context {result.context}) in {result.seconds:.1f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from compression.prune import PruneOptions, prune
+
+    options = PruneOptions(target_params=args.target_params, method=args.method, steps=args.steps,
+                           recovery_steps=args.recovery_steps, budget_minutes=args.budget_minutes, batch=args.batch,
+                           seq_len=args.seq_len, lr=args.lr, data=args.data, seed=args.seed,
+                           save_every=args.save_every)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    r = prune(args.model_dir, args.output, options)
+    ne = r["non_embedding_params"]
+    print(f"wrote {args.output}: non-embedding parameters {ne['before']:,} -> {ne['after']:,} ({ne['kept']:.1%} kept, "
+          f"target {ne['target']:.1%}); embedding {r['embedding_params']:,} (kept whole); total "
+          f"{r['total_params']['before']:,} -> {r['total_params']['after']:,}; layers kept {r['layers_kept']} "
+          f"in {r['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
 def _cmd_targets(args) -> int:
     from targets.describe import list_text, show_text
 
@@ -371,6 +406,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    e = sub.add_parser("eval", help="perplexity and bits per byte of a package (through its library) or a checkpoint "
+                                    "(through transformers) on held-out text")
+    e.add_argument("model", nargs="?", default=str(DEFAULT_MODEL),
+                   help="a compiled package or a Hugging Face checkpoint dir (default: the embedded tiny model)")
+    e.add_argument("--data", default="heldout", metavar="heldout|FILE",
+                   help="heldout: the embedded model's held-out CPython files (models/tiny-llama3/TRAINING.md); "
+                        "or a UTF-8 text file")
+    e.add_argument("--context", type=int, default=256,
+                   help="tokens predicted per window; each window starts a fresh sequence (default 256, the "
+                        "embedded model's training length)")
+    e.add_argument("--max-tokens", type=int, default=None, help="stop after this many predicted tokens")
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--json", action="store_true", help="also print the result as one JSON line on stdout")
+    e.set_defaults(func=_cmd_eval)
+
+    q = sub.add_parser("prune", help="structured pruning (KV groups, FFN channels, layers) to a parameter target, "
+                                     "then recovery by distillation: a checkpoint with per-layer shapes")
+    q.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), help="checkpoint dir (default: embedded tiny model)")
+    q.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    q.add_argument("--target-params", type=float, default=0.65,
+                   help="fraction of the non-embedding parameters to keep (the embedding is quantized, not pruned)")
+    q.add_argument("--method", default="l0", help="l0: learned hard-concrete gates (default); taylor: one-shot "
+                                                   "first-order importance")
+    q.add_argument("--steps", type=int, default=200, help="l0: gate-learning steps; taylor: importance batches")
+    q.add_argument("--recovery-steps", type=int, default=200, help="distillation steps after the cut")
+    q.add_argument("--budget-minutes", type=float, default=None, help="cut both phases' steps to fit this time")
+    q.add_argument("--batch", type=int, default=16)
+    q.add_argument("--seq-len", type=int, default=256)
+    q.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the weights")
+    q.add_argument("--data", default="train", metavar="train|FILE",
+                   help="training text: the embedded model's training split, or a UTF-8 text file")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--save-every", type=int, default=25, metavar="N",
+                   help="save a resumable state every N steps (rerun the same command to resume)")
+    q.add_argument("--threads", type=int, default=None)
+    q.set_defaults(func=_cmd_prune)
 
     t = sub.add_parser("targets", help="list known SoCs, or show one with its TVM targets")
     t.add_argument("name", nargs="?", default=None)

@@ -200,6 +200,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                     "embed": "embed",
                     "prefill": "prefill",
                     "decode": "decode",
+                    "score": "score",  # every position's logits (llama-aot eval)
                     "create_kv_cache": [f"create_paged_kv_cache_{g}" for g in range(len(model.groups))],
                 },
             },

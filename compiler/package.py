@@ -86,8 +86,11 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output_dir(out: Path, overwrite: bool = True, marker: str = PACKAGE_CONFIG,
+                      what: str = "a llama-aot package") -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``out`` only if the block succeeds.
+
+    An existing ``out`` is replaced only if it holds ``marker`` (our own earlier output, ``what``) or nothing.
 
     A compile killed at any point (SIGKILL included) leaves the old package or none, never a mix:
     the swap is one atomic rename.  Leftovers of a killed compile (its temporary sibling, the lock
@@ -98,8 +101,8 @@ def atomic_output_dir(out: Path, overwrite: bool = True) -> Iterator[Path]:
         if out.exists():
             if not overwrite:
                 raise LlamaAotError(f"output directory {out} already exists; remove it or pass --force")
-            if not out.is_dir() or (any(out.iterdir()) and not (out / PACKAGE_CONFIG).is_file()):
-                raise LlamaAotError(f"{out} exists and is not a llama-aot package; pass another -o (it is never replaced)")
+            if not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file()):
+                raise LlamaAotError(f"{out} exists and is not {what}; pass another -o (it is never replaced)")
         for stale in _siblings(out, "tmp") + _siblings(out, "old"):  # a killed compile's; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -150,6 +150,8 @@ class Engine:
         self._embed = self.vm[rt["functions"]["embed"]]
         self._prefill = self.vm[rt["functions"]["prefill"]]
         self._decode = self.vm[rt["functions"]["decode"]]
+        score = rt["functions"].get("score")  # packages from before llama-aot eval have none
+        self._score = self.vm[score] if score else None
         self._f_add_seq = tvm.get_global_func("vm.builtin.kv_state_add_sequence")
         self._f_remove_seq = tvm.get_global_func("vm.builtin.kv_state_remove_sequence")
         self._f_begin = tvm.get_global_func("vm.builtin.kv_state_begin_forward")
@@ -304,6 +306,22 @@ class Engine:
         for start in range(0, len(ids), self.prefill_chunk):
             logits = self._forward(self._prefill, ids[start : start + self.prefill_chunk])
         return logits
+
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] of every position of a new sequence ``ids`` (row i predicts ids[i + 1]),
+        computed by the library's ``score`` function chunk by chunk over the KV cache, as prefill is."""
+        ids = [int(t) for t in ids]
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if not ids or bad:
+            raise LlamaAotError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})" if bad
+                                else "nothing to score: give at least one token")
+        if self._score is None:
+            raise LlamaAotError(f"{self.package_dir} has no score function (compiled before llama-aot eval); "
+                                "recompile it")
+        self.reset()
+        rows = [self._forward(self._score, ids[s : s + self.prefill_chunk]).reshape(-1, self.vocab_size)
+                for s in range(0, len(ids), self.prefill_chunk)]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def decode(self, token: int) -> np.ndarray:
         return self._forward(self._decode, [token])

@@ -1,70 +1,16 @@
-"""Independent references for end-to-end checks: transformers' LlamaForCausalLM on given weights.
-
-For pruned (heterogeneous) checkpoints transformers has no config for per-layer shapes, so the
-reference model is built uniform and each layer's projections are replaced with modules of that
-layer's shape (transformers' eager attention reshapes with -1 heads, so this is exact).
-"""
+"""Independent references for end-to-end checks: transformers' LlamaForCausalLM on given weights
+(``reference_model``: evaluation/reference.py, which ``llama-aot eval`` scores checkpoints with)."""
 
 from __future__ import annotations
 
 import contextlib
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def _hf_config(model_dir: Path):
-    from transformers import LlamaConfig
-
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    cfg.pop("layer_shapes", None)
-    return LlamaConfig(**cfg)
-
-
-def reference_model(model_dir: Path, weights: dict[str, np.ndarray] | None = None):
-    """A float32 transformers Llama with the checkpoint's (or the given) weights, heterogeneous layers included."""
-    from safetensors import safe_open
-    from transformers import LlamaForCausalLM
-
-    model_dir = Path(model_dir)
-    raw = json.loads((model_dir / "config.json").read_text())
-    config = _hf_config(model_dir)
-    config._attn_implementation = "eager"
-    model = LlamaForCausalLM(config).eval().to(torch.float32)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    for i, shape in enumerate(raw.get("layer_shapes") or []):
-        nh = shape.get("num_attention_heads", config.num_attention_heads)
-        nkv = shape.get("num_key_value_heads", config.num_key_value_heads)
-        ffn = shape.get("intermediate_size", config.intermediate_size)
-        layer = model.model.layers[i]
-        h = config.hidden_size
-        attn = layer.self_attn
-        attn.q_proj = torch.nn.Linear(h, nh * head_dim, bias=False)
-        attn.k_proj = torch.nn.Linear(h, nkv * head_dim, bias=False)
-        attn.v_proj = torch.nn.Linear(h, nkv * head_dim, bias=False)
-        attn.o_proj = torch.nn.Linear(nh * head_dim, h, bias=False)
-        attn.num_key_value_groups = nh // nkv
-        layer.mlp.gate_proj = torch.nn.Linear(h, ffn, bias=False)
-        layer.mlp.up_proj = torch.nn.Linear(h, ffn, bias=False)
-        layer.mlp.down_proj = torch.nn.Linear(ffn, h, bias=False)
-    if weights is None:
-        weights = {}
-        for f in sorted(model_dir.glob("*.safetensors")):
-            with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
-                    weights[k] = st.get_tensor(k).to(torch.float32)
-    state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v for k, v in weights.items()}
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
-    assert not missing and not unexpected, (missing, unexpected)
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    return model
+from evaluation.reference import reference_model  # noqa: F401  (re-exported for the tests)
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:

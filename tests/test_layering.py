@@ -25,15 +25,17 @@ def _imported_packages(modules: list[str]) -> set[str]:
 
 @pytest.mark.parametrize("modules,forbidden", [
     (["runtime_stubs.engine", "runtime_stubs.package_format", "runtime_stubs.vulkan", "runtime_stubs.sampling"],
-     {"compiler", "schedules", "targets", "bench"}),
+     {"compiler", "schedules", "targets", "evaluation", "compression", "bench"}),
+    (["evaluation.perplexity", "evaluation.documents"], {"compiler", "schedules", "compression", "bench", "cli"}),
+    (["compression.prune"], {"schedules", "bench", "cli"}),
     (["targets.registry", "targets.cpu_facts", "targets.schema"], {"compiler", "bench", "cli"}),
-    (["compiler.compile", "compiler.pipeline", "compiler.export", "schedules.tuning"], {"bench", "cli"}),
+    (["compiler.compile", "compiler.pipeline", "compiler.export", "schedules.tuning"], {"compression", "bench", "cli"}),
 ])
 def test_lower_floors_do_not_import_upper_ones(modules, forbidden):
     assert _imported_packages(modules) & forbidden == set()
 
 
-PACKAGES = ("cli", "compiler", "schedules", "targets", "runtime_stubs", "bench")
+PACKAGES = ("cli", "compiler", "schedules", "targets", "runtime_stubs", "evaluation", "compression", "bench")
 
 
 def _import_graph() -> dict[str, set[str]]:

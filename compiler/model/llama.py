@@ -4,6 +4,8 @@ Exported functions (the package's calling convention, also read by the C runtime
   embed(input_ids[seq] int32, params)                  -> [1, seq, hidden]
   prefill(input_embed[1, seq, hidden], kv_0.., params) -> logits[1, 1, vocab] f32 (last position)
   decode(input_embed[1, 1, hidden], kv_0.., params)    -> logits[1, 1, vocab] f32
+  score(input_embed[1, seq, hidden], kv_0.., params)   -> logits[1, seq, vocab] f32 (every position: what
+      ``llama-aot eval`` measures perplexity with; the same kernels as prefill plus an lm_head GEMM)
   create_paged_kv_cache_<g>(max_batch, max_total_seq, prefill_chunk, page_size, sliding) -> cache
 With a sliding window (runtime_stubs/attention_window.py) prefill and decode take ``positions[seq] int32`` after
 ``input_embed``: the tokens' indices in the whole sequence, for the RoPE the model applies itself.
@@ -188,17 +190,18 @@ class LlamaForCausalLM(nn.Module):
                 a.rope_at_positions = ropes[a.num_heads, a.num_kv_heads]
         self.prefill = _with_cache_args(self._prefill, len(self.groups), window is not None)
         self.decode = _with_cache_args(self._decode, len(self.groups), window is not None)
+        self.score = _with_cache_args(self._score, len(self.groups), window is not None)
 
     # --- exported functions -------------------------------------------------------------------
     def embed(self, input_ids: nn.Tensor) -> nn.Tensor:
         x = self.embed_tokens(input_ids)
         return op.reshape(x, (1, input_ids.shape[0], self.spec.hidden_size))
 
-    def _forward(self, x: nn.Tensor, caches, positions=None) -> nn.Tensor:
+    def _forward(self, x: nn.Tensor, caches, positions=None, every_position: bool = False) -> nn.Tensor:
         for i, layer in enumerate(self.layers):
             g, local = self.cache_slot[i]
             x = layer(x, caches[g], local, positions)
-        x = self.norm(_last_position(x))
+        x = self.norm(x if every_position else _last_position(x))
         if self.spec.tie_word_embeddings:
             logits = self.embed_tokens.lm_head_forward(x)
         else:
@@ -212,6 +215,9 @@ class LlamaForCausalLM(nn.Module):
 
     def _decode(self, input_embed: nn.Tensor, *args) -> nn.Tensor:
         return self._forward(input_embed, *self._split_positions(args))
+
+    def _score(self, input_embed: nn.Tensor, *args) -> nn.Tensor:
+        return self._forward(input_embed, *self._split_positions(args), every_position=True)
 
     def _split_positions(self, args):
         """(caches, positions): windowed models take ``positions`` before the caches."""
@@ -275,6 +281,12 @@ class LlamaForCausalLM(nn.Module):
                 "$": packed,
             },
             "decode": {"input_embed": nn.spec.Tensor([1, 1, h], self.dtype), **pos(1), **caches, "$": packed},
+            "score": {
+                "input_embed": nn.spec.Tensor([1, "seq_len", h], self.dtype),
+                **pos("seq_len"),
+                **caches,
+                "$": packed,
+            },
         }
         for g in range(len(self.groups)):
             spec[f"create_paged_kv_cache_{g}"] = {

@@ -56,6 +56,14 @@ def test_prefill_matches_masked_reference(package, hf, n):
         assert np.abs(reference_logits(hf, ids)[-1] - ref).max() > 0.05
 
 
+def test_score_gives_every_positions_windowed_logits(package, hf):
+    """The library's score function (llama-aot eval) over 61 tokens: every row is the masked reference's."""
+    from runtime_stubs.engine import Engine
+
+    ids = _prompt(61)
+    np.testing.assert_allclose(Engine(package).score(ids), _reference(hf, ids), atol=2e-3, rtol=1e-3)
+
+
 def test_decode_across_the_window_matches_reference(package, hf):
     """Greedy decode from a 10-token prompt to 90 tokens (past W and past the 64-token context window): every
     step's logits equal the masked reference's on the same sequence."""

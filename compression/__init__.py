@@ -1,0 +1,1 @@
+"""Model compression before compilation: structured pruning (``llama-aot prune``)."""

@@ -1,0 +1,1 @@
+"""Quality measurement: perplexity and bits per byte of packages and checkpoints (``llama-aot eval``)."""
