@@ -59,6 +59,7 @@ class PackageScorer:
         from runtime_stubs.engine import Engine
 
         self.engine = Engine(package_dir, num_threads=num_threads)
+        self.engine.require_score()  # before any progress bar
         cfg = self.engine.config
         q = cfg["quantization"]
         acts = cfg.get("projection_activations", "")

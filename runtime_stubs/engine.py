@@ -307,6 +307,12 @@ class Engine:
             logits = self._forward(self._prefill, ids[start : start + self.prefill_chunk])
         return logits
 
+    def require_score(self) -> None:
+        """Raise the one-line error for a package compiled before ``score`` existed (callers check up front)."""
+        if self._score is None:
+            raise LlamaAotError(f"{self.package_dir} has no score function (compiled before llama-aot eval); "
+                                "recompile it")
+
     def score(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), vocab] of every position of a new sequence ``ids`` (row i predicts ids[i + 1]),
         computed by the library's ``score`` function chunk by chunk over the KV cache, as prefill is."""
@@ -315,9 +321,7 @@ class Engine:
         if not ids or bad:
             raise LlamaAotError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})" if bad
                                 else "nothing to score: give at least one token")
-        if self._score is None:
-            raise LlamaAotError(f"{self.package_dir} has no score function (compiled before llama-aot eval); "
-                                "recompile it")
+        self.require_score()
         self.reset()
         rows = [self._forward(self._score, ids[s : s + self.prefill_chunk]).reshape(-1, self.vocab_size)
                 for s in range(0, len(ids), self.prefill_chunk)]
