@@ -144,11 +144,13 @@ def prune(model_dir: str | Path, out: str | Path, options: PruneOptions, progres
         "recovery_distillation_loss": final_loss,
         "seconds": round(run.elapsed(), 1),  # resumed runs count every session
     }
-    weights = {k: v for k, v in student.state_dict().items() if not (raw.get("tie_word_embeddings") and k == "lm_head.weight")}
+    dtype = _source_dtype(model_dir)  # trained in float32, written as the source was stored
+    weights = {k: v.to(dtype).contiguous() for k, v in student.state_dict().items()
+               if not (raw.get("tie_word_embeddings") and k == "lm_head.weight")}
     from safetensors.torch import save_file
 
     with atomic_output_dir(out, marker=REPORT, what="a llama-aot prune output") as tmp:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copy_tokenizer(model_dir, tmp)
         (tmp / REPORT).write_text(json.dumps(report, indent=1) + "\n")
@@ -161,6 +163,17 @@ def distill(student, teacher, stream: np.ndarray, options: PruneOptions, steps: 
     trained from scratch at the same compute, bench/prune_curve.py); returns the last loss."""
     run = _Run(Path("."), "", replace(options, save_every=steps + 1), progress)
     return _recover(student, teacher, stream, run.options, run, {"recovery_steps": steps})
+
+
+def _source_dtype(model_dir: Path) -> torch.dtype:
+    """The floating-point type the checkpoint's first weight is stored in (float32 if it is not a float)."""
+    from safetensors import safe_open
+
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                return {"BF16": torch.bfloat16, "F16": torch.float16}.get(st.get_slice(k).get_dtype(), torch.float32)
+    return torch.float32
 
 
 def _check(model_dir: Path, options: PruneOptions) -> dict:

@@ -131,6 +131,26 @@ def test_taylor_method_keeps_every_layer(tmp_path):
     assert report["layers_kept"] == [0, 1, 2, 3] and report["non_embedding_params"]["kept"] <= 0.5
 
 
+def test_a_bfloat16_checkpoint_is_written_in_bfloat16(tmp_path):
+    """Training runs in float32; the output keeps the source's storage type (a 1B model stays 2 bytes a weight)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = tmp_path / "bf16"
+    src.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (DEFAULT_MODEL / f).is_file():
+            shutil.copy(DEFAULT_MODEL / f, src / f)
+    with safe_open(str(DEFAULT_MODEL / "model.safetensors"), "pt") as f:
+        save_file({k: f.get_tensor(k).to(torch.bfloat16) for k in f.keys()}, str(src / "model.safetensors"))
+    out = tmp_path / "out"
+    assert main(["prune", str(src), "-o", str(out), "--target-params", "0.8", *FAST]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    reference_model(out)  # and transformers still loads it
+
+
 def _prune_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli", "prune", str(DEFAULT_MODEL), "-o", str(out), "--steps", "12",
             "--recovery-steps", "10", "--batch", "2", "--seq-len", "64", "--save-every", "2", "--threads", "1", *extra]
