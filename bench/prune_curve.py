@@ -74,15 +74,13 @@ def _options_json(options) -> dict:
 def _scratch(out: Path, shape_of: Path, steps: int, options) -> None:
     """The pruned shape of ``shape_of`` trained from random weights by distillation for ``steps``."""
     import torch
-    from safetensors.torch import save_file
 
-    from compiler.package import atomic_output_dir, copy_tokenizer
     from compression.distill import token_stream
-    from compression.prune import distill
+    from compression.prune import distill, write_checkpoint
     from evaluation.reference import model_from_config, reference_model
 
-    done = out / "scratch.json"
-    if done.is_file() and json.loads(done.read_text()) == {"steps": steps, "lr": SCRATCH_LR, "seed": options.seed}:
+    done, record = out / "scratch.json", {"steps": steps, "lr": SCRATCH_LR, "seed": options.seed}
+    if done.is_file() and json.loads(done.read_text()) == record:
         return
     config = json.loads((shape_of / "config.json").read_text())
     torch.manual_seed(options.seed)
@@ -91,12 +89,7 @@ def _scratch(out: Path, shape_of: Path, steps: int, options) -> None:
     for p in teacher.parameters():
         p.requires_grad_(False)
     distill(student, teacher, token_stream(TINY, options.data), replace(options, lr=SCRATCH_LR), steps)
-    weights = {k: v.contiguous() for k, v in student.state_dict().items() if k != "lm_head.weight"}
-    with atomic_output_dir(out, marker="scratch.json", what="a from-scratch baseline") as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        copy_tokenizer(TINY, tmp)
-        (tmp / "scratch.json").write_text(json.dumps({"steps": steps, "lr": SCRATCH_LR, "seed": options.seed}))
+    write_checkpoint(out, student, config, TINY, done.name, record, "a from-scratch baseline")
 
 
 def quality(args) -> list[dict]:
@@ -139,7 +132,7 @@ def decode(args) -> list[dict]:
         write_random_checkpoint(pruned, config, dtype="bfloat16", seed=0)
     rows = []
     for name, model in (("dense", dense), ("pruned", pruned)):
-        pkg = work / f"pkg-1b-{args.quant}-{name if name == 'pruned' else 'dense'}-{Path(args.pruned).name}"
+        pkg = work / f"pkg-1b-{args.quant}-{name}-{Path(args.pruned).name}"
         _, cfg = compile_timed(model, pkg, args.quant, args.threads)
         rows.append({"model": name, "package": pkg, "bytes_per_token": cfg["weights"]["bytes_read_per_decoded_token"],
                      "decode_tok_s": 0.0})

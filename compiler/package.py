@@ -85,6 +85,14 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def refuse_foreign_output(out: Path, marker: str = PACKAGE_CONFIG, what: str = "a llama-aot package") -> None:
+    """Raise unless ``out`` is absent, empty or our own earlier output (holds ``marker``): never replace a stranger.
+    Long jobs call it before they start, atomic_output_dir again at the swap."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
+        raise LlamaAotError(f"{out.resolve()} exists and is not {what}; pass another -o (it is never replaced)")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = True, marker: str = PACKAGE_CONFIG,
                       what: str = "a llama-aot package") -> Iterator[Path]:
@@ -101,8 +109,7 @@ def atomic_output_dir(out: Path, overwrite: bool = True, marker: str = PACKAGE_C
         if out.exists():
             if not overwrite:
                 raise LlamaAotError(f"output directory {out} already exists; remove it or pass --force")
-            if not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file()):
-                raise LlamaAotError(f"{out} exists and is not {what}; pass another -o (it is never replaced)")
+            refuse_foreign_output(out, marker, what)
         for stale in _siblings(out, "tmp") + _siblings(out, "old"):  # a killed compile's; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

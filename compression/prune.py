@@ -106,13 +106,12 @@ class _GateHooks:
 
 def prune(model_dir: str | Path, out: str | Path, options: PruneOptions, progress: bool = True) -> dict:
     """Prune ``model_dir`` to ``options.target_params`` and write the recovered checkpoint to ``out``."""
-    from compiler.package import atomic_output_dir, copy_tokenizer
+    from compiler.package import refuse_foreign_output
     from evaluation.reference import model_from_config, reference_model
 
     model_dir, out = Path(model_dir), Path(out)
     raw = _check(model_dir, options)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT).is_file())):
-        raise LlamaAotError(f"{out} exists and is not a llama-aot prune output; pass another -o (it is never replaced)")
+    refuse_foreign_output(out, REPORT, "a llama-aot prune output")  # before any training
     dims = Dims.from_config(raw)
     full = dims.non_embedding_params()
     budget = int(options.target_params * full)
@@ -144,18 +143,28 @@ def prune(model_dir: str | Path, out: str | Path, options: PruneOptions, progres
         "recovery_distillation_loss": final_loss,
         "seconds": round(run.elapsed(), 1),  # resumed runs count every session
     }
-    dtype = _source_dtype(model_dir)  # trained in float32, written as the source was stored
-    weights = {k: v.to(dtype).contiguous() for k, v in student.state_dict().items()
-               if not (raw.get("tie_word_embeddings") and k == "lm_head.weight")}
-    from safetensors.torch import save_file
-
-    with atomic_output_dir(out, marker=REPORT, what="a llama-aot prune output") as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        copy_tokenizer(model_dir, tmp)
-        (tmp / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+    write_checkpoint(out, student, config, model_dir, REPORT, report, "a llama-aot prune output")
     shutil.rmtree(partial, ignore_errors=True)
     return report
+
+
+def write_checkpoint(out: Path, model, config: dict, source_dir: Path, report_name: str, report: dict,
+                     what: str) -> None:
+    """``model``'s weights as a Hugging Face checkpoint in ``out`` (atomically; an earlier one with ``report_name``
+    is replaced): stored in the source checkpoint's type (training runs in float32), the tied lm_head left out,
+    config.json, the source's tokenizer files, and the report."""
+    from safetensors.torch import save_file
+
+    from compiler.package import atomic_output_dir, copy_tokenizer
+
+    dtype = _source_dtype(source_dir)
+    weights = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()
+               if not (config.get("tie_word_embeddings") and k == "lm_head.weight")}
+    with atomic_output_dir(out, marker=report_name, what=what) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        copy_tokenizer(source_dir, tmp)
+        (tmp / report_name).write_text(json.dumps(report, indent=1) + "\n")
 
 
 def distill(student, teacher, stream: np.ndarray, options: PruneOptions, steps: int, progress: bool = True) -> float:

@@ -174,11 +174,20 @@ def _tokenize(scorer, doc: Document) -> _Tokenized:
                             "the tokenizer.json does not belong to this model")
     # bytes covered through each token: the UTF-8 length of the text up to its end offset (exact where a window
     # ends on a character boundary, which a byte-level tokenizer's offsets always are)
-    ends = [len(doc.text[: e].encode("utf-8")) for _, e in enc.offsets]
+    utf8_before = _utf8_prefix_bytes(doc.text)
+    ends = [int(utf8_before[e]) for _, e in enc.offsets]
     lead = [scorer.bos] if scorer.bos is not None else []
     tail = [scorer.eos] if scorer.eos is not None else []
     n_bytes = len(doc.text.encode("utf-8"))
     return _Tokenized(ids=lead + ids + tail, ends=[0] * len(lead) + ends + [n_bytes] * len(tail))
+
+
+def _utf8_prefix_bytes(text: str) -> np.ndarray:
+    """[len(text) + 1]: the UTF-8 bytes of text[:i] for every i, in one pass (a prefix encoded per token would
+    make a long document quadratic)."""
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    width = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+    return np.concatenate([[0], np.cumsum(width)])
 
 
 def _plan(docs: list[_Tokenized], context: int, max_tokens: int | None) -> list[tuple[int, list[int], int]]:
