@@ -251,6 +251,21 @@ def measure_read_bandwidth(threads: int = 2, size_bytes: int | None = None, reps
     return measure(threads, size_bytes, reps, kernel, seconds=seconds)["gbps"]
 
 
+PROBE_KERNEL_OF_KIND = {"nta": "tvm-nta", "t0": "tvm-t0", "none": "tvm-hw"}  # cache.stream_prefetch -> probe kernel
+
+
+def stream_prefetch_note(r: dict, kind: str) -> str | None:
+    """A note when the prefetch kind this machine's facts derive (``kind``: targets/hostdetect.py, what the
+    int8 GEMV emits) streamed more than 10% below the fastest kind in probe ``r``; None when it is within."""
+    rates = r.get("kernels", {})
+    ours, (best, best_gbps) = rates.get(PROBE_KERNEL_OF_KIND[kind]), max(rates.items(), key=lambda kv: kv[1])
+    if ours is None or ours >= 0.9 * best_gbps:
+        return None
+    fact = {v: k for k, v in PROBE_KERNEL_OF_KIND.items()}.get(best, best)
+    return (f"note: the derived stream prefetch {kind!r} read {ours:.1f} GB/s in the probe, {fact!r} read {best_gbps:.1f}; "
+            f"pin cache.stream_prefetch = {fact!r} in a host.toml ($LLAMA_AOT_SOC_PATH) or run llama-aot tune")
+
+
 def describe(r: dict) -> str:
     kernels = ", ".join(f"{k} {v:.1f}" for k, v in r["kernels"].items())
     return (f"{r['gbps']:.2f} GB/s ({r['kernel']}: best of {r['chunks']} chunks of {r['chunk_mib']} MiB, median "

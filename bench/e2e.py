@@ -86,10 +86,14 @@ def compile_timed(model_dir: Path, out: Path, quant: str, threads: int) -> tuple
 
 def measure_bandwidth(threads: int) -> dict:
     """The streaming-read probe (bench/bandwidth.py) in its own process, like every engine."""
-    from bench.bandwidth import describe
+    from bench.bandwidth import describe, stream_prefetch_note
+    from targets.cpu_facts import CPUFacts
 
     r = _subprocess_json(["bench.bandwidth", "--threads", str(threads), "--json"])
     print(f"memory read bandwidth: {describe(r)}", file=sys.stderr)
+    note = stream_prefetch_note(r, CPUFacts.host().stream_prefetch)
+    if note:
+        print(note, file=sys.stderr)
     return r
 
 

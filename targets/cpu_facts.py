@@ -48,6 +48,7 @@ class CPUFacts:
     l2_ways: int = DEFAULT_WAYS
     l3_ways: int = 16
     line_bytes: int = 64
+    stream_prefetch: str = "t0"  # software prefetch kind for read-once streams (targets/schema.py)
     num_cores: int | None = None  # threads the kernels are sized for (None: the target's num-cores)
     peak_bandwidth_gbs: float | None = None
     source: str = "default"
@@ -70,6 +71,7 @@ class CPUFacts:
             l2_ways=ways(c.l2_ways, DEFAULT_WAYS),
             l3_ways=ways(c.l3_ways, 16),
             line_bytes=c.line_bytes.value,
+            stream_prefetch=c.stream_prefetch.value if c.stream_prefetch is not None else "t0",
             num_cores=soc.num_threads,
             peak_bandwidth_gbs=soc.memory.peak_bandwidth_gbs.value if soc.memory.peak_bandwidth_gbs else None,
             source=f"soc:{soc.name}",
@@ -125,11 +127,13 @@ _OVERRIDE_KEYS = {  # short name -> (field, is a size)
     "l1d": ("l1d_bytes", True), "l2": ("l2_bytes", True), "l3": ("l3_bytes", True),
     "l1d_ways": ("l1d_ways", False), "l2_ways": ("l2_ways", False), "l3_ways": ("l3_ways", False),
     "line": ("line_bytes", False),  # cores: --threads
+    "stream_prefetch": ("stream_prefetch", None),  # a kind, not a number
 }
 
 
 def parse_overrides(text: str) -> dict:
-    """``"l1d=48K,l2=1M,l3=0,l1d_ways=12"`` -> CPUFacts field overrides (sizes take K/M suffixes)."""
+    """``"l1d=48K,l2=1M,l3=0,l1d_ways=12,stream_prefetch=nta"`` -> CPUFacts field overrides (sizes take K/M
+    suffixes)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, _, value = item.partition("=")
@@ -139,6 +143,13 @@ def parse_overrides(text: str) -> dict:
                 "(e.g. l1d=48K,l2=1M,l3=32M,l1d_ways=12)"
             )
         field_name, is_size = _OVERRIDE_KEYS[key]
+        if is_size is None:
+            from .schema import STREAM_PREFETCH_KINDS  # pylint: disable=import-outside-toplevel
+
+            if value.strip() not in STREAM_PREFETCH_KINDS:
+                raise LlamaAotError(f"--cpu-facts: {key} must be one of {', '.join(STREAM_PREFETCH_KINDS)}, got {value!r}")
+            out[field_name] = value.strip()
+            continue
         m = re.fullmatch(r"(\d+)([KM]?)", value.strip().upper()) if is_size else re.fullmatch(r"(\d+)()", value.strip())
         number = int(m.group(1)) * {"": 1, "K": KiB, "M": MiB}[m.group(2)] if m else -1
         if number < (0 if key == "l3" else 1):

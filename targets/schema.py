@@ -23,6 +23,9 @@ GPU_APIS = ("opencl", "vulkan", "metal")
 OS_NAMES = ("android", "ios", "linux", "macos", "windows")
 CLUSTER_ROLES = ("prime", "performance", "efficiency")
 DETECT_KINDS = ("host",)
+# Software prefetch for a read-once stream: "nta" (non-temporal, x86 prefetchnta / locality 0), "t0" (into L1
+# and the outer levels, prefetcht0 / locality 3), "none" (hardware prefetchers only)
+STREAM_PREFETCH_KINDS = ("nta", "t0", "none")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _MATTR_RE = re.compile(r"^[+-][a-z0-9][a-z0-9._-]*$")
@@ -82,6 +85,9 @@ class CacheSpec:
     l1d_ways: Fact[int] | None = None
     l2_ways: Fact[int] | None = None
     l3_ways: Fact[int] | None = None
+    # how software prefetch should bring in a read-once stream (the decode weights): "nta", "t0" or "none"
+    # (STREAM_PREFETCH_KINDS above); "t0" when unknown
+    stream_prefetch: Fact[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,9 +319,14 @@ def _parse_cache(ctx: _Ctx, raw: Any) -> CacheSpec:
     t = _table(ctx, "cache", raw)
     keys = ("line_bytes", "l1d_kib", "l2_kib", "l2_shared_cores", "l3_kib", "slc_kib")
     ways = ("l1d_ways", "l2_ways", "l3_ways")
-    _check_keys(ctx, "cache", t, keys, ways)
+    _check_keys(ctx, "cache", t, keys, ways + ("stream_prefetch",))
+    optional = {k: _fact(ctx, f"cache.{k}", t[k], _positive_int) for k in ways if k in t}
+    if "stream_prefetch" in t:
+        optional["stream_prefetch"] = _fact(
+            ctx, "cache.stream_prefetch", t["stream_prefetch"], _one_of(STREAM_PREFETCH_KINDS, "stream prefetch kind")
+        )
     return CacheSpec(
-        **{k: _fact(ctx, f"cache.{k}", t[k], _positive_int) for k in ways if k in t},
+        **optional,
         line_bytes=_fact(ctx, "cache.line_bytes", t["line_bytes"], _power_of_two),
         l1d_kib=_fact(ctx, "cache.l1d_kib", t["l1d_kib"], _positive_int),
         l2_kib=_fact(ctx, "cache.l2_kib", t["l2_kib"], _positive_int),

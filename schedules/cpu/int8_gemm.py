@@ -227,16 +227,17 @@ def int8_gemm_func(
 def int8_matmul_func(
     scheme, n_out: int, k_in: int, rows: tuple, isa: str = "avx512vnni", prefetch: bool = True,
     ahead: int | None = None, mr: int | None = None, nrv: int | None = None, nt: int | None = None,
+    locality: int | None = None,
 ):
     """The int8-activation kernel for an input of leading shape ``rows`` (the model's hook, set on each
     projection with the target's ``isa``): the GEMV of int8_gemv.py for one row (decode, the lm_head), this
     GEMM for ``[b, s]`` rows (prefill). Both fit every q4f16 weight with N % 16 == 0 (K % 32 == 0 holds for
     q4f16); None otherwise, and the caller keeps the f32 fused-dequant matmul for that projection.
-    ``prefetch``, ``ahead``: the GEMV's (see int8_gemv_func); ``mr``, ``nrv``, ``nt``: the GEMM's."""
+    ``prefetch``, ``ahead``, ``locality``: the GEMV's (see int8_gemv_func); ``mr``, ``nrv``, ``nt``: the GEMM's."""
     if n_out % 16:  # the GEMM's column tiles; the same rule for the GEMV keeps prefill and decode alike
         return None
     if all(isinstance(d, int) and d == 1 for d in rows):
-        return int8_gemv_func(scheme, n_out, k_in, tuple(rows), ahead=ahead, isa=isa, prefetch=prefetch)
+        return int8_gemv_func(scheme, n_out, k_in, tuple(rows), ahead=ahead, isa=isa, prefetch=prefetch, locality=locality)
     if len(rows) == 2:
         return int8_gemm_func(scheme, n_out, k_in, mr=mr, nrv=nrv, nt=nt, isa=isa)
     return None
@@ -244,7 +245,7 @@ def int8_matmul_func(
 
 def derived_int8_matmul(scheme, n_out: int, k_in: int, rows: tuple, params, isa: str, prefetch: bool = True, **knobs):
     """``int8_matmul_func`` with the knobs ``params`` (schedules/cpu/params.py CPUParams) derives for this
-    [K, N]: the GEMV's prefetch distance, the GEMM's panel width and register tile. ``knobs`` are CPUParams
+    [K, N]: the GEMV's prefetch distance and kind, the GEMM's panel width and register tile. ``knobs`` are CPUParams
     fields (a tuning record's: ``int8_prefetch_bytes``, ``int8_gemm_mr`` ...) that override the derivation.
     The one builder of the model's int8 kernels, so a tuner measures exactly what compile builds."""
     import dataclasses  # pylint: disable=import-outside-toplevel
@@ -256,6 +257,6 @@ def derived_int8_matmul(scheme, n_out: int, k_in: int, rows: tuple, params, isa:
     nbytes = params.int8_gemv_prefetch_bytes() if prefetch else 0
     return int8_matmul_func(
         scheme, n_out, k_in, rows, isa=isa, prefetch=nbytes > 0,
-        ahead=prefetch_rows(nbytes, k_in) if nbytes else None,
+        ahead=prefetch_rows(nbytes, k_in) if nbytes else None, locality=params.int8_gemv_prefetch_locality(),
         mr=params.int8_gemm_mr, nrv=params.int8_gemm_nrv, nt=params.int8_gemm_panel_cols(k_in, n_out, 16),
     )

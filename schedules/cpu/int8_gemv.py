@@ -43,9 +43,11 @@ _NIBBLES = 0x0F0F0F0F
 # Software prefetch: one row per thread at a time, the prefetch a fixed number of bytes ahead (whole rows,
 # ``prefetch_rows``). The distance is derived from the L1d (schedules/cpu/params.py int8_gemv_prefetch_bytes:
 # a quarter of it; Zen 5's 48 KiB gives 12 KiB, measured best there at 8-16 KiB; 4-row tiles, i.e. 4
-# interleaved streams, reached only ~80% of the bandwidth). The prefetch is non-temporal (locality 0,
-# prefetchnta): the weights are read once per token, and keeping them out of the outer caches gave 96-99% of
-# the streaming-read bandwidth instead of 80-92% on Zen 5 (K 8192 x N 2048: 43 -> 52 GB/s).
+# interleaved streams, reached only ~80% of the bandwidth). The prefetch kind is a fact of the core
+# (CPUParams.int8_gemv_prefetch_locality): non-temporal (prefetchnta) where it keeps the read-once weights out
+# of the outer caches without limiting the stream (Zen 5: 96-99% of the streaming-read bandwidth instead of
+# 80-92%, K 8192 x N 2048: 43 -> 52 GB/s), prefetcht0 where NTA lines fill L1d only and the L1d's fill
+# buffers cap the stream (Intel; Emerald Rapids, 2 threads: 15 GB/s with nta, 25 GB/s with t0).
 
 
 def prefetch_rows(nbytes: int, k_in: int) -> int:
@@ -186,21 +188,25 @@ def _layout(planar: bool, lanes: int, groups: int):
 
 def int8_gemv_func(
     scheme, n_out: int, k_in: int, x_shape: tuple = (1, 1), ahead: int | None = None,
-    isa: str = "avx512vnni", prefetch: bool = True,
+    isa: str = "avx512vnni", prefetch: bool = True, locality: int | None = None,
 ):
     """PrimFunc ``(x[*x_shape, K] f32, qweight, scale, y[*x_shape, N] f32)`` for one activation row, or None
     when it does not fit (not q4f16, K not a multiple of 32, x of more than one row). ``ahead``: how many
     rows ahead the weight prefetch reaches (default: what this machine's facts derive, see prefetch_rows);
+    ``locality``: the prefetch's (0 = non-temporal .. 3 = all levels; default: this machine's, see
+    CPUParams.int8_gemv_prefetch_locality);
     ``isa``: see ``int8_dot.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
     AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
     if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
         return None
     K, N, G = k_in, n_out, k_in // GROUP
     lay = _layout(scheme.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
-    if ahead is None:
+    if ahead is None or locality is None:
         from .params import CPUParams  # pylint: disable=import-outside-toplevel
 
-        ahead = prefetch_rows(CPUParams.from_target(None).int8_gemv_prefetch_bytes() or 1, k_in)
+        host = CPUParams.from_target(None)
+        ahead = prefetch_rows(host.int8_gemv_prefetch_bytes() or 1, k_in) if ahead is None else ahead
+        locality = host.int8_gemv_prefetch_locality() if locality is None else locality
     V, P = lay.lanes, lay.parts
     KU = K // lay.k_per_unit
     S = 2 if KU % 2 == 0 else 1  # accumulators per row: halves the dependent FMA chain
@@ -306,7 +312,7 @@ def int8_gemv_func(
                         for pl in T.unroll(lines):
                             T.evaluate(
                                 T.call_intrin(
-                                    "void", "tirx.prefetch", T.address_of(qweight[n + ahead, uo * S * V * P + pl * 16]), 0, 0, 1
+                                    "void", "tirx.prefetch", T.address_of(qweight[n + ahead, uo * S * V * P + pl * 16]), 0, locality, 1
                                 )
                             )
                     for sa in T.unroll(S):

@@ -77,6 +77,7 @@ class CPUParams:
     l1d_ways: int = 8
     l2_ways: int = 8
     line_bytes: int = 64
+    stream_prefetch: str = "t0"  # software prefetch kind for a read-once stream (targets/schema.py)
     has_fma: bool = True
     facts_source: str = "default"  # where the memory facts came from (targets.cpu_facts)
 
@@ -93,6 +94,7 @@ class CPUParams:
     gemm_panel_rows: int | None = None  # N rows of the dequantized weight panel per parallel task
     gemm_k_block: int | None = None  # K block of the broadcast-form GEMM
     int8_prefetch_bytes: int | None = None  # int8 GEMV: software prefetch distance in weight bytes (0 = off)
+    int8_prefetch_locality: int | None = None  # int8 GEMV: prefetch locality, 0 = prefetchnta .. 3 = prefetcht0
     int8_gemm_mr: int | None = None  # int8 GEMM: activation rows of the register tile
     int8_gemm_nrv: int | None = None  # int8 GEMM: dot-product vectors (columns) of the register tile
     int8_gemm_nt: int | None = None  # int8 GEMM: weight columns per parallel task (panel width)
@@ -140,6 +142,7 @@ class CPUParams:
             l1d_ways=facts.l1d_ways,
             l2_ways=facts.l2_ways,
             line_bytes=facts.line_bytes,
+            stream_prefetch=facts.stream_prefetch,
             has_fma=has_fma,
             facts_source=facts.source,
         )
@@ -345,9 +348,18 @@ class CPUParams:
         Zen 5 (48 KiB L1d): 12 KiB, what was measured best there (8-16 KiB). 0 = no software prefetch."""
         if self.int8_prefetch_bytes is not None:
             return self.int8_prefetch_bytes
-        if self.gemv_prefetch is False:
+        if self.gemv_prefetch is False or self.stream_prefetch == "none":
             return 0
         return self.l1d_bytes // 4
+
+    def int8_gemv_prefetch_locality(self) -> int:
+        """Locality of the int8 GEMV's weight prefetch (LLVM's: 0 = x86 prefetchnta, 3 = prefetcht0), from the
+        facts' ``stream_prefetch`` kind (targets/hostdetect.py stream_prefetch_for_vendor says why it is a
+        fact of the core, not of its cache sizes): on Emerald Rapids the non-temporal kind streamed at 40%
+        of the bandwidth, on Zen 5 it was the fastest."""
+        if self.int8_prefetch_locality is not None:
+            return self.int8_prefetch_locality
+        return 0 if self.stream_prefetch == "nta" else 3
 
     def int8_gemm_panel_cols(self, k: int, n: int, col_multiple: int, max_cols: int = 64) -> int:
         """Weight columns per parallel task of the int8 GEMM: its panel (K bytes of nibbles-as-u8 per column
@@ -492,7 +504,8 @@ class CPUParams:
             (f"gemm_bcast_planar_K{example_k}_N{example_n}", blk(blk_pl), "as above with planar q4's 128-k granule"),
             ("gemm_dot_tile", {"rows": dot[0], "cols": dot[1]}, "dot form (unpacked weights): accumulators + operands fit the registers, tile < 1 KiB (TVM stack limit)"),
             (f"gemm_dot_panel_K{example_k}_N{example_n}", self.gemm_panel(example_k, example_n), "dequantized [rows, K] f32 panel in half of L2, >= 4 tasks per core"),
-            ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes)"),
+            ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes); 0 where the facts' stream_prefetch is none"),
+            ("int8_gemv_prefetch_locality", self.int8_gemv_prefetch_locality(), src("int8_prefetch_locality") or f"0 (non-temporal) where the facts' stream_prefetch is nta, else 3; here {self.stream_prefetch!r}"),
             (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
             ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until the staged queries (QV x head_dim f32) fit L1d / 2"),
             ("attn_decode_tiling_d64_gqa4_kv8_f32", self.attention_decode_tiling(64, 4, 8, 4), "pages per softmax step: keys x (V row + group scores) in L1d / 2, at most L1d ways - 2 pages; splits: cores / gcd(KV heads, cores); prefetch: pages ahead, lines in flight in L1d / 4; heads per block: outputs in half the registers and under 1 KiB (see attention_decode_tiling)"),
@@ -505,7 +518,7 @@ class CPUParams:
             "facts": {
                 k: getattr(self, k)
                 for k in ("arch", "vector_bits", "num_vector_regs", "num_cores", "l1d_bytes", "l1d_ways",
-                          "l2_bytes", "l2_ways", "l3_bytes", "line_bytes", "facts_source")
+                          "l2_bytes", "l2_ways", "l3_bytes", "line_bytes", "stream_prefetch", "facts_source")
             },
             "knobs": self.knobs(),
             "derived": {name: value for name, value, _ in self.derivations()},

@@ -147,6 +147,11 @@ def _int8_gemv(task, eff: dict, tt) -> float:
         stream = 0.8 + 0.18 * min(1.0, nbytes / (4 * latency_bytes))
         if nbytes > p.l1d_bytes // 2:
             stream -= 0.1 * min(1.0, (nbytes - p.l1d_bytes // 2) / p.l1d_bytes)
+        # the kind the facts do not name is slower (measured: nta at 0.4x of t0 on Emerald Rapids, t0 at
+        # 0.83x of nta on Zen 5; targets/hostdetect.py stream_prefetch_for_vendor)
+        locality = eff.get("int8_prefetch_locality")
+        if locality is not None and (int(locality) == 0) != (p.int8_gemv_prefetch_locality() == 0):
+            stream *= 0.5 if int(locality) == 0 else 0.85
     return _mem_us(task, tt, stream)
 
 

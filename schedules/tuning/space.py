@@ -11,7 +11,8 @@ compile does without a record), then the alternatives worth a measurement:
 * ``dequant_gemm`` (f32 prefill GEMM, broadcast form): the register tile ``gemm_rows`` x ``gemm_cols`` (MR rows
   x NRV vectors; register-feasible tiles of at least half the largest area), ``gemm_k_block`` (Kc),
   ``gemm_panel_rows`` (Tn);
-* ``int8_gemv``: ``int8_prefetch_bytes`` (0 = no software prefetch);
+* ``int8_gemv``: ``int8_prefetch_bytes`` (0 = no software prefetch), ``int8_prefetch_locality`` (0 = non-temporal,
+  3 = prefetcht0: which one streams faster is a fact of the core that only a measurement confirms);
 * ``int8_gemm``: ``int8_gemm_mr``, ``int8_gemm_nrv``, ``int8_gemm_nt``.
 
 A knob dict names only what differs from the derivation (``{}`` is the derived kernel); ``effective`` fills in
@@ -185,7 +186,11 @@ def _int8_gemv(task, tt) -> Space:
     derived = tt.params.int8_gemv_prefetch_bytes()
     if not tt.prefetch_allowed or not task.meta.get("prefetch", True):
         return Space("int8_gemv", [])
-    return Space("int8_gemv", [Dim("int8_prefetch_bytes", _uniq([derived, 0, 4096, 8192, 16384, 24576, 32768]))])
+    locality = tt.params.int8_gemv_prefetch_locality()
+    return Space("int8_gemv", [
+        Dim("int8_prefetch_bytes", _uniq([derived, 0, 4096, 8192, 16384, 24576, 32768])),
+        Dim("int8_prefetch_locality", _uniq([locality, 0, 3])),
+    ])
 
 
 def _int8_gemm(task, tt) -> Space:

@@ -388,3 +388,14 @@ def test_measure_llama_cpp_end_to_end(models_dir, tmp_path):
     q4 = peers.quantize_gguf(f32, tmp_path / "m-q4_0.gguf", "Q4_0")
     m = peers.measure_llama_cpp(q4, prompt_tokens=32, gen_tokens=8, threads=2, reps=1)
     assert m["prefill_tok_s"] > 0 and m["decode_tok_s"] > 0 and m["peak_rss_mb"] > 1
+
+
+def test_stream_prefetch_note():
+    """The bench says when the facts' prefetch kind streamed clearly slower than another kind in its probe."""
+    from bench.bandwidth import stream_prefetch_note
+
+    probe = {"kernels": {"tvm-hw": 34.6, "tvm-nta": 14.1, "tvm-t0": 35.6}}  # Emerald Rapids, 2 threads
+    assert stream_prefetch_note(probe, "t0") is None
+    assert stream_prefetch_note(probe, "none") is None  # within 10%
+    note = stream_prefetch_note(probe, "nta")
+    assert "'nta' read 14.1 GB/s" in note and "stream_prefetch = 't0'" in note

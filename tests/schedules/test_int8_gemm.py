@@ -222,3 +222,16 @@ def test_dot_product_refusals():
     with pytest.raises(ValueError):
         dot4_sum("avx2", w, [(w, w)] * (PAIR_TERMS + 1), 8)
     assert PAIR_TERMS * 2 * 15 * 127 <= 32767
+
+
+@pytest.mark.parametrize("locality,instr", [(0, "prefetchnta"), (3, "prefetcht0")])
+def test_gemv_prefetch_kind(locality, instr):
+    """The prefetch kind the facts derive (CPUParams.int8_gemv_prefetch_locality) is the instruction emitted,
+    and either kind computes the same numbers (checked against numpy on this CPU)."""
+    _require("avx512vnni" if "avx512vnni" in HOST_FEATURES else "avx2")
+    isa = int8_dot_isa(HOST)
+    q4 = get_scheme("q4f16")
+    func = int8_gemv_func(q4, 64, 256, ahead=1, locality=locality, isa=isa)
+    asm = _asm(func, HOST)
+    assert instr in asm and ("prefetchnta" if locality else "prefetcht0") not in asm
+    _check(func, 256, 64, (1, 1), seed=locality)
