@@ -75,13 +75,30 @@ def ensure_gguf(model_name: str, model_dir: Path, workdir: Path, qtype: str) -> 
     return gguf
 
 
-def compile_timed(model_dir: Path, out: Path, quant: str, threads: int) -> tuple[float, dict]:
+def compile_timed(model_dir: Path, out: Path, quant: str, threads: int, soc: str | None = None) -> tuple[float, dict]:
+    """Compile for this machine (``soc``: a host file, see ``host_soc``); returns (seconds, llama-aot.json)."""
     from compiler.compile import CompileOptions, compile_model
 
     t0 = time.perf_counter()
-    compile_model(model_dir, out, CompileOptions(quant=quant, num_threads=threads, context_window=1024))
+    where = {"soc": soc, "device": "cpu"} if soc else {}
+    compile_model(model_dir, out, CompileOptions(quant=quant, num_threads=threads, context_window=1024, **where))
     seconds = time.perf_counter() - t0
     return seconds, json.loads((out / "llama-aot.json").read_text())
+
+
+def host_soc(name_or_path: str | None) -> str | None:
+    """``--soc``: bench runs everything here, so only a host file (``detect = "host"``) is taken, e.g. one that pins
+    ``cpu.mcpu = "haswell"`` to measure this machine as an AVX2-only CPU with its own caches (docs/socs.md)."""
+    if not name_or_path:
+        return None
+    from runtime_stubs.errors import LlamaAotError
+    from targets import load_soc
+
+    soc = load_soc(name_or_path)
+    if not soc.is_host:
+        raise LlamaAotError(f"bench runs on this machine: --soc takes a host file (detect = \"host\"), not {soc.name}; "
+                            "time a phone's kernels with llama-aot tune --rpc (docs/tuning.md)")
+    return str(name_or_path)
 
 
 def measure_bandwidth(threads: int) -> dict:
@@ -120,6 +137,7 @@ def gguf_bytes_per_token(path: Path) -> int:
 def run(args) -> list[dict]:
     """One row per engine, model and weights; with ``--profile`` our rows carry their "profile"."""
     workdir = Path(args.workdir)
+    soc = host_soc(getattr(args, "soc", None))
     workdir.mkdir(parents=True, exist_ok=True)
     bandwidth = measure_bandwidth(args.threads)
     models = {"tiny": TINY, "1b": None}
@@ -127,14 +145,15 @@ def run(args) -> list[dict]:
     for model_name in args.models.split(","):
         model_dir = models[model_name] or ensure_1b_model(workdir, args.vocab)
         for quant in args.quants.split(","):
-            out = workdir / f"pkg-{model_name}-{quant}"
-            compile_s, cfg = compile_timed(model_dir, out, quant, args.threads)
+            out = workdir / (f"pkg-{model_name}-{quant}" + (f"-{Path(soc).stem}" if soc else ""))
+            compile_s, cfg = compile_timed(model_dir, out, quant, args.threads, soc)
             m = _subprocess_json(
                 ["bench.e2e", "_measure", str(out), str(args.prompt), str(args.gen), str(args.threads)]
             )
             bytes_per_token = cfg["weights"]["bytes_read_per_decoded_token"]
             rows.append(
-                {"model": model_name, "engine": "llama-aot", "weights": quant, "compile_s": compile_s,
+                {"model": model_name, "engine": "llama-aot", "weights": quant + (f" ({Path(soc).stem})" if soc else ""),
+                 "compile_s": compile_s,
                  "bytes_per_token": bytes_per_token, **m}
             )
             print(rows[-1], file=sys.stderr)
@@ -260,6 +279,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and show it next to the derived one, e.g. the decode attention's fixed tiling "
                         "attn_decode_tile_pages=1,attn_decode_splits=1,attn_decode_prefetch_pages=0,"
                         "attn_decode_heads_per_block=1,attn_decode_keys_per_reduction=1")
+    p.add_argument("--soc", default=None, metavar="HOST.toml",
+                   help="compile our packages from a host file (detect = \"host\") instead of this CPU as detected, "
+                        "e.g. one pinning cpu.mcpu = \"haswell\" (an AVX2-only build; pair it with LLAMA_CPP_DIR of a "
+                        "llama.cpp built without AVX-512, bench/README.md)")
     p.add_argument("--profile", action="store_true",
                    help="also print where one decode step and one prefill chunk of each package spend their time, "
                         "by kernel category (bench/profile.py)")

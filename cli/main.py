@@ -252,6 +252,8 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.long and args.soc:
+        raise LlamaAotError("bench: --soc applies to the default comparison, not to --long; drop one of them")
     if args.long:
         from bench.long_context import main as long_main
 

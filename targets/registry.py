@@ -76,7 +76,13 @@ class SocSpec:
         if self.is_host:
             from .host import host_target_dict
 
-            return host_target_dict(self.num_threads)
+            # the detected CPU, or the one a host file pins (e.g. mcpu "haswell": this machine as an AVX2-only CPU,
+            # with its own caches); no mtriple, so it stays a host build (a shared library, prefetches allowed)
+            target = host_target_dict(self.num_threads)
+            target["mcpu"] = self.cpu.mcpu.value
+            if self.cpu.mattr.value:
+                target["mattr"] = list(self.cpu.mattr.value)
+            return target
         target = {
             "kind": "llvm",
             "mtriple": self.cpu.mtriple.value,

@@ -399,3 +399,24 @@ def test_stream_prefetch_note():
     assert stream_prefetch_note(probe, "none") is None  # within 10%
     note = stream_prefetch_note(probe, "nta")
     assert "'nta' read 14.1 GB/s" in note and "stream_prefetch = 't0'" in note
+
+
+def test_bench_soc_takes_only_host_files(tmp_path):
+    """``bench --soc`` measures here, so a phone's file is refused in one line; a host file pinning an mcpu is taken."""
+    import subprocess
+    import sys
+
+    from bench.e2e import host_soc
+    from runtime_stubs.errors import LlamaAotError
+
+    assert host_soc(None) is None
+    with pytest.raises(LlamaAotError, match="bench runs on this machine: --soc takes a host file.*not snapdragon-8-gen-3"):
+        host_soc("snapdragon-8-gen-3")
+    path = tmp_path / "host-haswell.toml"
+    path.write_text('name = "host-haswell"\ndisplay_name = "x"\ndetect = "host"\n[cpu]\nmcpu = { value = "haswell", source = "t" }\n'
+                    '[memory]\npeak_bandwidth_gbs = { value = 30.0, source = "t" }\n')
+    assert host_soc(str(path)) == str(path)
+    proc = subprocess.run([sys.executable, "-m", "cli", "bench", "--long", "512", "--soc", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--soc applies to the default comparison, not to --long" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

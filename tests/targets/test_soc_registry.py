@@ -106,6 +106,26 @@ def test_host_is_detected(socs):
     assert host.tvm_host_target() == host_target_dict(host.num_threads)
 
 
+def test_host_file_may_pin_another_mcpu(tmp_path):
+    """A host file (detect = "host") that pins cpu.mcpu builds for that CPU with this machine's caches, still as a
+    host build (no mtriple): how an AVX2-only CPU is emulated here (issue 11 §3)."""
+    from schedules.cpu.params import CPUParams
+    from targets.cpu_facts import CPUFacts
+
+    path = tmp_path / "host-haswell.toml"
+    path.write_text(
+        'name = "host-haswell"\ndisplay_name = "this machine as haswell"\ndetect = "host"\n'
+        '[cpu]\nmcpu = { value = "haswell", source = "test" }\n'
+        '[memory]\npeak_bandwidth_gbs = { value = 30.0, source = "test" }\n'
+    )
+    soc = load_soc(path)
+    target = soc.tvm_host_target()
+    assert target["mcpu"] == "haswell" and "mtriple" not in target
+    params = CPUParams.for_build(target, facts=CPUFacts.from_soc(soc))
+    host = CPUFacts.host()
+    assert params.vector_bits == 256 and (params.l1d_bytes, params.l2_bytes) == (host.l1d_bytes, host.l2_bytes)
+
+
 def test_unknown_name_suggests_close_names():
     with pytest.raises(LlamaAotError) as e:
         load_soc("snapdragon-8-gen3")
