@@ -57,11 +57,14 @@ def _perplexity(path: Path, threads: int) -> float:
 
 
 def _prune(out: Path, options) -> dict:
-    from compression.prune import REPORT, prune
+    from compression.prune import REPORT, SizeController, prune
 
     report = out / REPORT
-    if report.is_file() and json.loads(report.read_text())["options"] == _options_json(options):
-        return json.loads(report.read_text())
+    if report.is_file():
+        old = json.loads(report.read_text())
+        control = SizeController.NAME if options.method == "l0" else None
+        if old["options"] == _options_json(options) and old.get("size_control") == control:
+            return old
     return prune(TINY, out, options)
 
 

@@ -55,15 +55,42 @@ class PruneOptions:
     save_every: int = 25
 
 
+class SizeController:
+    """The Lagrange multiplier of the size constraint, as a PI controller (Stooke et al. 2020, "PID Lagrangian").
+
+    Why not gradient ascent on the multiplier with Adam (the first version): Adam moves it by about its learning
+    rate every step whatever the gap's size, so it kept rising while the gates lagged the ramped target and then
+    carried the size past it (target 0.65 ended at 0.46 expected). Here the multiplier is
+    ``KP * gap + KI * sum(gaps)``: the integral is plain gradient ascent (it grows with the gap, not by a fixed
+    step) and the proportional term follows the current gap, so the push stops as the gap closes.
+
+    Scale: the gap is a fraction of the non-embedding parameters and the KL is ~0.1-1 nats; a lag of 0.1 gives a
+    proportional push of 2, and a lag of 0.01 held for 100 steps an integral of 1. The integral is clamped to
+    +-INTEGRAL_MAX (anti-windup: while the gates cannot keep up with the ramp it would otherwise grow without
+    bound and then overshoot); 2 is above the KL's change per unit of size at these targets (0 -> ~0.3 nats for
+    -35% on the tiny model), so the clamp never holds the size off its target."""
+
+    NAME = "pi-1"  # recorded in pruning.json and in the resume key: outputs of another controller are not reused
+    KP = 20.0
+    KI = 1.0
+    INTEGRAL_MAX = 2.0
+
+    def __init__(self, integral: float = 0.0):
+        self.integral = float(integral)
+
+    def multiplier(self, gap: float) -> float:
+        self.integral = max(-self.INTEGRAL_MAX, min(self.INTEGRAL_MAX, self.integral + self.KI * gap))
+        return self.KP * gap + self.integral
+
+
 class _Gates(torch.nn.Module):
-    """Per layer: a gate per KV group and per FFN channel; one gate per layer; the two Lagrange multipliers."""
+    """Per layer: a gate per KV group and per FFN channel; one gate per layer."""
 
     def __init__(self, dims: Dims):
         super().__init__()
         self.heads = torch.nn.ModuleList(HardConcrete(d.kv_heads) for d in dims.layers)
         self.ffn = torch.nn.ModuleList(HardConcrete(d.ffn) for d in dims.layers)
         self.layers = HardConcrete(len(dims.layers))
-        self.lagrange = torch.nn.Parameter(torch.zeros(2))
 
     def sample(self, generator) -> tuple[list, list, torch.Tensor]:
         return ([g(generator) for g in self.heads], [g(generator) for g in self.ffn], self.layers(generator))
@@ -134,6 +161,7 @@ def prune(model_dir: str | Path, out: str | Path, options: PruneOptions, progres
     kept = dims.non_embedding_params(keep)
     report = {
         "source": model_dir.name, "method": options.method, "options": asdict(options),
+        **({"size_control": SizeController.NAME} if options.method == "l0" else {}),
         "non_embedding_params": {"before": full, "after": kept, "kept": kept / full, "target": options.target_params},
         "embedding_params": dims.embedding_params(),
         "total_params": {"before": full + dims.embedding_params(), "after": kept + dims.embedding_params()},
@@ -141,6 +169,8 @@ def prune(model_dir: str | Path, out: str | Path, options: PruneOptions, progres
         "layer_shapes": config["layer_shapes"],
         "steps": {"select": state["select_steps"], "recovery": state["recovery_steps"]},
         "recovery_distillation_loss": final_loss,
+        # l0: [step, ramped target, expected size] every 10 gate steps (how the size controller tracked the target)
+        **({"size_trace": state["size_trace"]} if "size_trace" in state else {}),
         "seconds": round(run.elapsed(), 1),  # resumed runs count every session
     }
     write_checkpoint(out, student, config, model_dir, REPORT, report, "a llama-aot prune output")
@@ -208,7 +238,8 @@ def _check(model_dir: Path, options: PruneOptions) -> dict:
 
 def _run_key(model_dir: Path, options: PruneOptions) -> str:
     """What a saved state must match to be resumed: the options but the time budget, the config, the weights' sizes."""
-    h = hashlib.sha256(json.dumps({**asdict(options), "budget_minutes": None}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({**asdict(options), "budget_minutes": None, "size_control": SizeController.NAME},
+                                  sort_keys=True).encode())
     h.update((model_dir / "config.json").read_bytes())
     for f in sorted(model_dir.glob("*.safetensors")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
@@ -270,7 +301,8 @@ def _choose(teacher, dims: Dims, stream, budget: int, options: PruneOptions, run
     keep, cut, steps = fn(teacher, dims, stream, budget, options, run, state)
     state = {"key": run.key, "phase": "recovery", "step": 0, "select_steps": steps,
              "keep": [{"source": k.source, "kv_groups": list(k.kv_groups), "ffn": list(k.ffn)} for k in keep],
-             "cut": cut, "recovery_steps": state.get("recovery_steps", options.recovery_steps)}
+             "cut": cut, "recovery_steps": state.get("recovery_steps", options.recovery_steps),
+             **({"size_trace": state["size_trace"]} if "size_trace" in state else {})}
     run.save(state)
     return keep, state
 
@@ -291,6 +323,8 @@ def _learn_gates(teacher, dims, stream, budget, options, run, state):
         opt_w.load_state_dict(state["opt_w"])
         opt_g.load_state_dict(state["opt_g"])
         total, later = state["select_steps"], state["recovery_steps"]
+    control = SizeController(state.get("size_integral", 0.0))
+    trace = list(state.get("size_trace", []))
     hooks = _GateHooks(student, dims)
     full = float(dims.non_embedding_params())
     target = budget / full
@@ -306,17 +340,17 @@ def _learn_gates(teacher, dims, stream, budget, options, run, state):
         hooks.values = gates.sample(_generator(options.seed, step))
         kl = distillation_loss(student(input_ids=x, use_cache=False).logits, teacher_logits(teacher, x))
         gap = gates.expected_params(dims) / full - ramp
-        lam = gates.lagrange
-        loss = kl + lam[0] * gap + lam[1] * gap * gap
+        loss = kl + control.multiplier(gap.item()) * gap
         opt_w.zero_grad(set_to_none=True)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        lam.grad.neg_()  # the multipliers ascend: a constraint still violated raises its price
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt_w.step()
         opt_g.step()
         bar.update(1)
         bar.set_postfix(kl=f"{kl.item():.3f}", size=f"{gap.item() + ramp:.3f}", target=f"{ramp:.3f}")
+        if step % 10 == 0 or step + 1 == total:
+            trace.append([step, round(ramp, 4), round(gap.item() + ramp, 4)])
         t_steps.append(time.perf_counter() - t)
         if len(t_steps) == 3:
             total, later = run.fit_steps(step + 1, total, later, float(np.median(t_steps)))
@@ -324,7 +358,8 @@ def _learn_gates(teacher, dims, stream, budget, options, run, state):
         if (step + 1) % options.save_every == 0 and step + 1 < total:
             run.save({**state, "phase": "select", "step": step + 1, "student": student.state_dict(),
                       "gates": gates.state_dict(), "opt_w": opt_w.state_dict(), "opt_g": opt_g.state_dict(),
-                      "select_steps": total, "recovery_steps": later})
+                      "select_steps": total, "recovery_steps": later, "size_integral": control.integral,
+                      "size_trace": trace})
     bar.close()
     hooks.remove()
     gates.eval()
@@ -336,6 +371,7 @@ def _learn_gates(teacher, dims, stream, budget, options, run, state):
                       [g.keep_probability().numpy() for g in gates.ffn], budget)
         cut = cut_weights(student.state_dict(), dims, keep, heads, ffn, layers)
     state["recovery_steps"] = later
+    state["size_trace"] = trace
     return keep, cut, total
 
 

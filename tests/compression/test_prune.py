@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from cli.main import DEFAULT_MODEL, main
 from compression.hard_concrete import HardConcrete
-from compression.prune import _GateHooks
+from compression.prune import SizeController, _GateHooks
 from compression.structure import GROUP_SIZE, Dims, cut_weights, pruned_config, select
 from evaluation.reference import model_from_config, reference_model
 
@@ -90,6 +90,29 @@ def test_cut_model_computes_what_the_gated_model_did():
     assert [s["source_layer"] for s in pruned_config(RAW, DIMS, keep)["layer_shapes"]] == [0, 2, 3]
 
 
+def _track(multiplier, target: float, speed: float, steps: int = 200) -> tuple[float, float]:
+    """A plant like the gates under Adam: the size moves at most ``speed`` per step, in the direction the
+    multiplier pushes (tanh: saturating); the target ramps to ``target`` over half the steps, as in prune.
+    Returns (lowest size, final size)."""
+    import math
+
+    size, lowest = 1.0, 1.0
+    for step in range(steps):
+        ramp = 1 - (1 - target) * min(1.0, (step + 1) / (steps // 2))
+        size -= speed * math.tanh(multiplier(size - ramp))
+        lowest = min(lowest, size)
+    return lowest, size
+
+
+@pytest.mark.parametrize("target", [0.9, 0.65, 0.5])
+@pytest.mark.parametrize("speed", [0.005, 0.01, 0.03])
+def test_size_controller_reaches_the_target_without_overshoot(target, speed):
+    """The PI multiplier settles on the target (within 0.005 after the ramp's hold) and undershoots it by less
+    than 0.07 even when the plant is only just fast enough for the ramp (speed 0.005 for target 0.5)."""
+    lowest, final = _track(SizeController().multiplier, target, speed)
+    assert abs(final - target) < 0.005 and target - lowest < 0.07
+
+
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "p65"
@@ -107,6 +130,8 @@ def test_pruned_checkpoint_meets_target_and_loads(pruned):
     assert non_embedding > 0.55 * 3_016_960  # the budget is used, not wasted
     assert all(s["intermediate_size"] % GROUP_SIZE == 0 for s in config["layer_shapes"])
     assert "lm_head.weight" not in numel and (pruned / "tokenizer.json").is_file()
+    trace = report["size_trace"]  # [step, ramped target, expected size]: the controller's evidence
+    assert [t[0] for t in trace] == [0, 3] and trace[-1][1] == pytest.approx(0.65, abs=1e-4)
     assert not list(pruned.parent.glob(".p65.*"))  # no partial state or temporary left
     model = reference_model(pruned)  # transformers runs it (per-layer shapes)
     assert model(input_ids=torch.tensor([[0, 5, 9]]), use_cache=False).logits.shape == (1, 3, 4096)
