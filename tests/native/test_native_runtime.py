@@ -244,6 +244,103 @@ def test_c_api_through_ctypes_rtld_local_bind_now(native_x86, package_x86, tmp_p
     assert r["top_p_keeps_best"] and r["deterministic"]
 
 
+def test_x86_turns_match_the_python_engine(native_x86, package_x86):
+    """The turn API (llama_aot_generate) over three turns of one conversation, each appended to the KV cache
+    after the previous turn's last token: the same greedy tokens as the Python engine generating from the whole
+    conversation with reuse_cache, and the streaming callback sees exactly the turn's tokens."""
+    from runtime_stubs.engine import Engine
+
+    prompt, then, n = PROMPT[:10], [[50, 51, 52], [60, 61]], 8
+    args = [str(native_x86.run), str(package_x86), "--prompt-ids", ",".join(map(str, prompt)), "--max-tokens", str(n)]
+    for ids in then:
+        args += ["--then-ids", ",".join(map(str, ids))]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    engine, conversation, want = Engine(package_x86), list(prompt), []
+    for turn in range(len(then) + 1):
+        if turn:
+            conversation += want[-1] + then[turn - 1]
+        want.append(engine.generate(conversation, max_tokens=n, reuse_cache=True).token_ids)
+    assert out["turns"] == want and all(len(t) == n for t in want)
+    assert out["streamed_matches"] and out["streamed"] == [t for turn in want for t in turn]
+    assert out["seq_len"] == len(conversation) + n - 1  # the last token of the last turn is not fed
+
+
+TURNS_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, json, sys, threading
+    lib = ctypes.CDLL(sys.argv[1])
+    lib.llama_aot_last_error.restype = ctypes.c_char_p
+    lib.llama_aot_generate.restype = ctypes.c_int32
+
+    class Params(ctypes.Structure):
+        _fields_ = [("max_tokens", ctypes.c_int32), ("temperature", ctypes.c_float), ("top_p", ctypes.c_float),
+                    ("seed", ctypes.c_uint64), ("stop_on_eos", ctypes.c_int)]
+
+    CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_void_p)
+    h = ctypes.c_void_p()
+    assert lib.llama_aot_open(sys.argv[2].encode(), b"cpu", ctypes.byref(h)) == 0, lib.llama_aot_last_error()
+    ids = (ctypes.c_int32 * 4)(3, 4, 5, 6)
+    out = (ctypes.c_int32 * 16)()
+    res, seen = {}, []
+    second, cancelled = threading.Event(), threading.Event()
+
+    def on_token(token, _user):  # runs on the generating thread
+        seen.append(token)
+        if len(seen) == 2:
+            second.set()
+            cancelled.wait(30)  # the main thread cancels while this turn is still running
+        return 0
+
+    cb = CB(on_token)
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(rc=lib.llama_aot_generate(
+        h, ids, 4, ctypes.byref(Params(16, 0.0, 1.0, 0, 0)), cb, None, out, 16)))
+    worker.start()
+    second.wait(30)
+    lib.llama_aot_cancel(h)  # from another thread than the one generating
+    cancelled.set()
+    worker.join(60)
+    res["cancel_rc"], res["delivered"] = box["rc"], len(seen)
+    res["seq_len_after_cancel"] = lib.llama_aot_seq_len(h)
+    # the cancel was consumed: the next turn runs; a callback returning nonzero stops after that token
+    stop_at = []
+    stopper = CB(lambda token, _u: (stop_at.append(token), len(stop_at) == 3)[1])
+    more = (ctypes.c_int32 * 1)(out[1])
+    res["stop_rc"] = lib.llama_aot_generate(h, more, 1, ctypes.byref(Params(16, 0.7, 0.9, 5, 0)), stopper, None, None, 0)
+    res["stop_seen"] = len(stop_at)
+    res["bad_params"] = lib.llama_aot_generate(h, more, 1, ctypes.byref(Params(0, 0.0, 1.0, 0, 0)), None, None, None, 0)
+    res["bad_params_msg"] = lib.llama_aot_last_error().decode()
+    lib.llama_aot_reset(h)
+    res["null_callback"] = lib.llama_aot_generate(h, ids, 4, ctypes.byref(Params(5, 0.0, 1.0, 0, 0)), None, None, out, 16)
+    res["null_callback_ids"] = list(out[:5])
+    lib.llama_aot_close(h)
+    print(json.dumps(res))
+    """
+)
+
+
+def test_c_api_turn_streaming_and_cancel(native_x86, package_x86, tmp_path):
+    """llama_aot_cancel from another thread stops a running llama_aot_generate after its current token
+    (LLAMA_AOT_ERR_CANCELLED, the tokens so far delivered and kept); the cancel is consumed, a callback that
+    returns nonzero stops the turn at that token, bad params are refused, and no callback is needed."""
+    from runtime_stubs.engine import Engine
+
+    script = tmp_path / "turns.py"
+    script.write_text(TURNS_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), str(native_x86.shared_lib), str(package_x86)],
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["cancel_rc"] == -7 and r["delivered"] == 2
+    assert r["seq_len_after_cancel"] == 4 + 2  # the prompt and both delivered tokens (the second was fed)
+    assert r["stop_rc"] == 3 and r["stop_seen"] == 3
+    assert r["bad_params"] == -1 and "max_tokens > 0" in r["bad_params_msg"]
+    assert r["null_callback"] == 5
+    assert r["null_callback_ids"] == Engine(package_x86).generate([3, 4, 5, 6], max_tokens=5, stop_on_eos=False).token_ids
+
+
 def test_jni_binding_runs(native_x86, package_x86, reference, tmp_path):
     need("javac", "java")
     if native_x86.jni_lib is None:
@@ -266,6 +363,8 @@ def test_jni_binding_runs(native_x86, package_x86, reference, tmp_path):
     assert [int(t) for t in lines["tokens"].split(",")] == reference[0]
     assert abs(float(lines["first_logit"]) - float(reference[1][0][0])) < 1e-5
     assert lines["error_path"] == "-1" and lines["open_error"] == "-2"
+    assert lines["turn"] == lines["streamed"] == lines["tokens"]  # generate() = the sample/decode loop, streamed
+    assert lines["cancelled"] == "-7" and lines["seen"] == "2"  # cancel() from another thread
 
 
 def test_compat_headers_match_tvm_formats(native_x86, tmp_path):

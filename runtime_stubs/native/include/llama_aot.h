@@ -47,7 +47,8 @@ typedef enum llama_aot_status {
   LLAMA_AOT_ERR_FORMAT = -3,           /* llama-aot.json / manifest malformed or inconsistent */
   LLAMA_AOT_ERR_RUNTIME = -4,          /* TVM raised while loading or running the model */
   LLAMA_AOT_ERR_CONTEXT_FULL = -5,     /* the sequence would exceed the context window */
-  LLAMA_AOT_ERR_UNSUPPORTED = -6       /* e.g. a device kind this runtime was built without */
+  LLAMA_AOT_ERR_UNSUPPORTED = -6,      /* e.g. a device kind this runtime was built without */
+  LLAMA_AOT_ERR_CANCELLED = -7         /* llama_aot_cancel stopped llama_aot_generate */
 } llama_aot_status;
 
 typedef struct llama_aot_model llama_aot_model;
@@ -79,6 +80,38 @@ LLAMA_AOT_API int llama_aot_decode(llama_aot_model* m, int32_t token, float* log
  * Returns the token id (>= 0) or a negative llama_aot_status. */
 LLAMA_AOT_API int32_t llama_aot_sample(const llama_aot_model* m, const float* logits,
                                        float temperature, float top_p, uint64_t seed);
+
+/* Called by llama_aot_generate with each token as it is sampled (streaming); return nonzero to stop after
+ * this token (a stop string was completed, the user closed the view, ...). */
+typedef int (*llama_aot_token_callback)(int32_t token, void* user_data);
+
+typedef struct llama_aot_generate_params {
+  int32_t max_tokens; /* > 0 */
+  float temperature;  /* <= 0: greedy */
+  float top_p;        /* >= 1: no restriction */
+  uint64_t seed;      /* step i samples with seed + i (see llama_aot_sample) */
+  int stop_on_eos;    /* nonzero: stop after an end-of-sequence token (llama_aot_is_eos) */
+} llama_aot_generate_params;
+
+/* One turn of a conversation, on the sequence the handle holds: append the `n` ids (the new part of the
+ * conversation, rendered by the caller's chat template), then sample up to params->max_tokens, calling
+ * `on_token` (may be NULL) with each.  The KV cache keeps every earlier turn, so a turn costs only its
+ * own tokens.  Afterwards the sequence holds the ids and every generated token except the last (its K/V
+ * is computed only when it is fed): the next turn's ids start with that last token, e.g. Llama 3's
+ * <|eot_id|> followed by the next user header.  `out_ids` (may be NULL) receives up to `out_capacity`
+ * generated ids.  Returns how many tokens were generated (>= 0: it stopped at max_tokens, at an EOS, when
+ * on_token returned nonzero, or when the context window filled up), or a negative llama_aot_status:
+ * LLAMA_AOT_ERR_CANCELLED when llama_aot_cancel was called during the turn (the tokens so far were
+ * delivered to on_token and are all in the sequence; llama_aot_last_error is set on the generating
+ * thread). */
+LLAMA_AOT_API int32_t llama_aot_generate(llama_aot_model* m, const int32_t* ids, int32_t n,
+                                         const llama_aot_generate_params* params,
+                                         llama_aot_token_callback on_token, void* user_data,
+                                         int32_t* out_ids, int32_t out_capacity);
+
+/* Safe from any thread: the llama_aot_generate running on `m` stops after its current step and returns
+ * LLAMA_AOT_ERR_CANCELLED; a cancel with no turn running applies to the next one. */
+LLAMA_AOT_API void llama_aot_cancel(llama_aot_model* m);
 
 /* Drop the sequence (KV cache contents) and start an empty one. */
 LLAMA_AOT_API int llama_aot_reset(llama_aot_model* m);

@@ -14,8 +14,13 @@
  *     }
  *   }
  *
+ * or, one turn of a chat at a time, streamed (the KV cache keeps the earlier turns):
+ *
+ *   int[] reply = m.generate(turnIds, 256, 0.7f, 0.95f, seed, true, tok -> { show(tok); return false; });
+ *   // the next turn's ids start with reply[reply.length - 1]; a stop button calls m.cancel()
+ *
  * Errors surface as LlamaAot.LlamaAotException carrying the C status code.  An instance is not
- * thread-safe: use it from one thread at a time.
+ * thread-safe: use it from one thread at a time, except cancel(), which any thread may call.
  */
 package org.llamaaot;
 
@@ -41,6 +46,12 @@ public final class LlamaAot implements AutoCloseable {
   public static final int ERR_RUNTIME = -4;
   public static final int ERR_CONTEXT_FULL = -5;
   public static final int ERR_UNSUPPORTED = -6;
+  public static final int ERR_CANCELLED = -7;
+
+  /** Sees each token of a turn as it is sampled; return true to stop after it (a stop string). */
+  public interface TokenListener {
+    boolean onToken(int token);
+  }
 
   private long handle;
 
@@ -62,6 +73,24 @@ public final class LlamaAot implements AutoCloseable {
   /** temperature <= 0: greedy; else softmax/top-p with one draw determined by {@code seed}. */
   public int sample(float[] logits, float temperature, float topP, long seed) {
     return nativeSample(live(), logits, temperature, topP, seed);
+  }
+
+  /**
+   * One turn (llama_aot_generate): append {@code ids} to the sequence, then sample up to {@code maxTokens}
+   * (temperature <= 0: greedy; step i uses seed + i), each token passed to {@code listener} (may be null) as
+   * it comes. Returns the generated ids; every one but the last is in the KV cache afterwards, so the next
+   * turn's ids start with the last. {@link #cancel()} from another thread ends it with a
+   * LlamaAotException of status ERR_CANCELLED; an exception thrown by the listener ends it and propagates.
+   */
+  public int[] generate(int[] ids, int maxTokens, float temperature, float topP, long seed, boolean stopOnEos,
+                        TokenListener listener) {
+    return nativeGenerate(live(), ids, maxTokens, temperature, topP, seed, stopOnEos, listener);
+  }
+
+  /** Safe from any thread: the running generate() stops after its current token. */
+  public void cancel() {
+    long h = handle;
+    if (h != 0) nativeCancel(h);
   }
 
   /** Start an empty sequence. */
@@ -107,6 +136,9 @@ public final class LlamaAot implements AutoCloseable {
   private static native float[] nativePrefill(long handle, int[] ids);
   private static native float[] nativeDecode(long handle, int token);
   private static native int nativeSample(long handle, float[] logits, float temperature, float topP, long seed);
+  private static native int[] nativeGenerate(long handle, int[] ids, int maxTokens, float temperature, float topP,
+                                             long seed, boolean stopOnEos, TokenListener listener);
+  private static native void nativeCancel(long handle);
   private static native void nativeReset(long handle);
   private static native int nativeVocabSize(long handle);
   private static native int nativeContextWindow(long handle);

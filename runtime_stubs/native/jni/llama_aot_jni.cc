@@ -41,6 +41,19 @@ jfloatArray ToJava(JNIEnv* env, const std::vector<float>& v) {
   return arr;
 }
 
+/*! \brief The Java TokenListener of one generate call, called on the generating thread. */
+struct Listener {
+  JNIEnv* env;
+  jobject obj;
+  jmethodID on_token;
+};
+
+int OnToken(int32_t token, void* user) {
+  auto* l = static_cast<Listener*>(user);
+  jboolean stop = l->env->CallBooleanMethod(l->obj, l->on_token, static_cast<jint>(token));
+  return (l->env->ExceptionCheck() || stop) ? 1 : 0;  // a listener's exception stops the turn, then propagates
+}
+
 }  // namespace
 
 extern "C" {
@@ -112,6 +125,38 @@ JNIEXPORT jint JNICALL Java_org_llamaaot_LlamaAot_nativeSample(JNIEnv* env, jcla
   if (tok < 0) ThrowLast(env, tok);
   return tok;
 }
+
+JNIEXPORT jintArray JNICALL Java_org_llamaaot_LlamaAot_nativeGenerate(JNIEnv* env, jclass, jlong h, jintArray ids,
+                                                                      jint max_tokens, jfloat temperature,
+                                                                      jfloat top_p, jlong seed, jboolean stop_on_eos,
+                                                                      jobject listener) {
+  if (ids == nullptr || max_tokens <= 0) {
+    Throw(env, LLAMA_AOT_ERR_INVALID_ARGUMENT, "generate: ids must not be null and maxTokens must be > 0");
+    return nullptr;
+  }
+  jsize n = env->GetArrayLength(ids);
+  std::vector<int32_t> in(static_cast<size_t>(n)), out(static_cast<size_t>(max_tokens));
+  env->GetIntArrayRegion(ids, 0, n, reinterpret_cast<jint*>(in.data()));
+  Listener l{env, listener, nullptr};
+  if (listener != nullptr) {
+    l.on_token = env->GetMethodID(env->GetObjectClass(listener), "onToken", "(I)Z");
+    if (l.on_token == nullptr) return nullptr;  // NoSuchMethodError is pending
+  }
+  llama_aot_generate_params p{static_cast<int32_t>(max_tokens), temperature, top_p, static_cast<uint64_t>(seed),
+                              stop_on_eos ? 1 : 0};
+  int32_t made = llama_aot_generate(H(h), in.data(), static_cast<int32_t>(n), &p, listener ? OnToken : nullptr, &l,
+                                    out.data(), static_cast<int32_t>(max_tokens));
+  if (env->ExceptionCheck()) return nullptr;  // the listener threw
+  if (made < 0) {
+    ThrowLast(env, made);
+    return nullptr;
+  }
+  jintArray arr = env->NewIntArray(made);
+  if (arr != nullptr) env->SetIntArrayRegion(arr, 0, made, reinterpret_cast<const jint*>(out.data()));
+  return arr;
+}
+
+JNIEXPORT void JNICALL Java_org_llamaaot_LlamaAot_nativeCancel(JNIEnv*, jclass, jlong h) { llama_aot_cancel(H(h)); }
 
 JNIEXPORT void JNICALL Java_org_llamaaot_LlamaAot_nativeReset(JNIEnv* env, jclass, jlong h) {
   int rc = llama_aot_reset(H(h));

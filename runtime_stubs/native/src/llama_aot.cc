@@ -28,6 +28,7 @@
 #include <tvm/runtime/tensor.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -56,6 +57,7 @@ struct llama_aot_model {
   int64_t seq_len = 0;
   int64_t vocab_size = -1;
   std::string device_info;  // llama_aot_device_info's JSON, built on first request
+  std::atomic<bool> cancel{false};  // llama_aot_cancel -> the running llama_aot_generate stops
 };
 
 namespace {
@@ -534,6 +536,37 @@ int32_t llama_aot_sample(const llama_aot_model* m, const float* logits, float te
   return probs[keep - 1].second;
 }
 
+int32_t llama_aot_generate(llama_aot_model* m, const int32_t* ids, int32_t n,
+                           const llama_aot_generate_params* params, llama_aot_token_callback on_token,
+                           void* user_data, int32_t* out_ids, int32_t out_capacity) {
+  if (m == nullptr || params == nullptr || params->max_tokens <= 0 || (out_ids == nullptr && out_capacity > 0)) {
+    return Fail(LLAMA_AOT_ERR_INVALID_ARGUMENT,
+                "llama_aot_generate: need a handle, params with max_tokens > 0, and out_ids for out_capacity > 0");
+  }
+  std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(m->vocab_size, 1)));
+  int rc = llama_aot_prefill(m, ids, n, logits.data());  // checks ids, n and the context window
+  int32_t made = 0;
+  for (; rc == LLAMA_AOT_OK && made < params->max_tokens; ++made) {
+    if (m->cancel.exchange(false)) {
+      rc = Fail(LLAMA_AOT_ERR_CANCELLED, "llama_aot_generate: cancelled after " + std::to_string(made) + " tokens");
+      break;
+    }
+    int32_t token = llama_aot_sample(m, logits.data(), params->temperature, params->top_p, params->seed + made);
+    if (token < 0) return token;
+    if (out_ids != nullptr && made < out_capacity) out_ids[made] = token;
+    bool stop = (on_token != nullptr && on_token(token, user_data) != 0) ||
+                (params->stop_on_eos && llama_aot_is_eos(m, token)) || made + 1 == params->max_tokens ||
+                m->seq_len + 1 > m->cfg.context_window;
+    if (stop) return made + 1;
+    rc = llama_aot_decode(m, token, logits.data());
+  }
+  return rc == LLAMA_AOT_OK ? made : rc;
+}
+
+void llama_aot_cancel(llama_aot_model* m) {
+  if (m != nullptr) m->cancel.store(true);
+}
+
 int llama_aot_reset(llama_aot_model* m) {
   if (m == nullptr) return Fail(LLAMA_AOT_ERR_INVALID_ARGUMENT, "llama_aot_reset: NULL handle");
   return Guard("llama_aot_reset", [&] { ResetSequence(m); });
@@ -590,6 +623,7 @@ const char* llama_aot_status_string(int status) {
     case LLAMA_AOT_ERR_RUNTIME: return "runtime error";
     case LLAMA_AOT_ERR_CONTEXT_FULL: return "context window full";
     case LLAMA_AOT_ERR_UNSUPPORTED: return "unsupported";
+    case LLAMA_AOT_ERR_CANCELLED: return "cancelled";
     default: return "unknown status";
   }
 }

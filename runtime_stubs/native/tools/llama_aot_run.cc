@@ -4,6 +4,7 @@
  *   llama_aot_run PACKAGE_DIR --prompt-ids 1,2,3 --max-tokens N
  *                 [--device cpu|vulkan[:N]|auto] [--threads N] [--temperature T] [--top-p P] [--seed S]
  *                 [--no-stop-on-eos] [--logits-out FILE] [--force-ids 4,5,6] [--verbose]
+ *                 [--then-ids 7,8 [--then-ids ...]]
  *
  * Prints one JSON object on stdout: the generated token ids and timings (same keys as the Python
  * engine's Generation.to_json, plus load_seconds).  --logits-out writes the float32 logits row each
@@ -11,6 +12,10 @@
  * --force-ids feeds the given tokens (teacher forcing) instead of the sampled ones for the first
  * steps: the logits then score that continuation, which is how a build is compared with a
  * reference on the same sequence.  --verbose adds "device_info" (llama_aot_device_info) to the JSON.
+ * --then-ids makes it a conversation through llama_aot_generate (the turn API): the first turn is
+ * --prompt-ids, each --then-ids is one more turn, appended after the previous turn's last token (which
+ * the turn API leaves out of the cache), and the JSON is {"turns": [[ids], ...], "streamed": ...}:
+ * the ids the streaming callback saw, which must equal the turns' out_ids ("streamed_matches").
  * Exit status: 0 on success, 2 on bad usage, 1 when the runtime reports an error (on stderr).
  */
 #include <sys/resource.h>
@@ -49,7 +54,7 @@ double PeakRssMb() {
                "       [--device cpu|vulkan[:N]|auto] (default: the package's target device;\n"
                "        LLAMA_AOT_VULKAN_DEVICE = index or name picks the Vulkan GPU)\n"
                "       [--threads N] [--temperature T] [--top-p P] [--seed S] [--no-stop-on-eos]\n"
-               "       [--logits-out FILE] [--force-ids 4,5,6] [--verbose]\n",
+               "       [--logits-out FILE] [--force-ids 4,5,6] [--verbose] [--then-ids 7,8 ...]\n",
                msg);
   std::exit(2);
 }
@@ -81,6 +86,44 @@ void PrintIds(const std::vector<int32_t>& v) {
   std::printf("]");
 }
 
+int Record(int32_t token, void* user) {
+  static_cast<std::vector<int32_t>*>(user)->push_back(token);
+  return 0;
+}
+
+/*! \brief A conversation through llama_aot_generate: turn 0 = prompt, turn i = last token + then[i - 1]. */
+int RunTurns(llama_aot_model* m, const std::vector<int32_t>& prompt, const std::vector<std::vector<int32_t>>& then,
+             const llama_aot_generate_params& params) {
+  std::vector<std::vector<int32_t>> turns;
+  std::vector<int32_t> streamed, ids = prompt;
+  bool matches = true;
+  for (size_t t = 0; t <= then.size(); ++t) {
+    if (t > 0) {
+      ids.assign(1, turns.back().back());
+      ids.insert(ids.end(), then[t - 1].begin(), then[t - 1].end());
+    }
+    std::vector<int32_t> out(static_cast<size_t>(params.max_tokens)), seen;
+    int32_t made = llama_aot_generate(m, ids.data(), static_cast<int32_t>(ids.size()), &params, Record, &seen,
+                                      out.data(), static_cast<int32_t>(out.size()));
+    if (made < 0) return Die("llama_aot_generate", made);
+    if (made == 0) return Die("llama_aot_generate (no token)", LLAMA_AOT_ERR_CONTEXT_FULL);
+    out.resize(static_cast<size_t>(made));
+    matches = matches && seen == out;
+    streamed.insert(streamed.end(), seen.begin(), seen.end());
+    turns.push_back(out);
+  }
+  std::printf("{\"turns\": [");
+  for (size_t t = 0; t < turns.size(); ++t) {
+    if (t) std::printf(", ");
+    PrintIds(turns[t]);
+  }
+  std::printf("], \"streamed\": ");
+  PrintIds(streamed);
+  std::printf(", \"streamed_matches\": %s, \"seq_len\": %d}\n", matches ? "true" : "false", llama_aot_seq_len(m));
+  llama_aot_close(m);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -95,6 +138,7 @@ int main(int argc, char** argv) {
   bool stop_on_eos = true;
   bool verbose = false;
   std::vector<int32_t> forced;
+  std::vector<std::vector<int32_t>> then;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -112,6 +156,7 @@ int main(int argc, char** argv) {
     else if (a == "--logits-out") logits_path = next();
     else if (a == "--force-ids") forced = ParseIds(next());
     else if (a == "--verbose") verbose = true;
+    else if (a == "--then-ids") then.push_back(ParseIds(next()));
     else if (a == "-h" || a == "--help") Usage("help requested");
     else if (!a.empty() && a[0] == '-') Usage(("unknown option " + a).c_str());
     else if (!package) package = argv[i];
@@ -129,6 +174,10 @@ int main(int argc, char** argv) {
   llama_aot_model* m = nullptr;
   if ((rc = llama_aot_open(package, device, &m)) != LLAMA_AOT_OK) return Die("llama_aot_open", rc);
   double load_seconds = Now() - t0;
+  if (!then.empty()) {
+    llama_aot_generate_params params{static_cast<int32_t>(max_tokens), temperature, top_p, seed, stop_on_eos ? 1 : 0};
+    return RunTurns(m, prompt, then, params);
+  }
   const int32_t vocab = llama_aot_vocab_size(m);
   // The vocab size may only be known after the first forward when llama-aot.json lacks it.
   std::vector<float> logits(vocab > 0 ? static_cast<size_t>(vocab) : 0);

@@ -20,6 +20,36 @@ public class JniSmoke {
         logits = m.decode(tok);
       }
       System.out.println("tokens=" + sb + " first_logit=" + first + " vocab=" + m.vocabSize());
+      // the turn API: the same greedy tokens as the loop above, streamed to the listener
+      m.reset();
+      StringBuilder streamed = new StringBuilder();
+      int[] turn = m.generate(prompt, maxTokens, 0f, 1f, 0, true, tok -> {
+        streamed.append(streamed.length() == 0 ? "" : ",").append(tok);
+        return false;
+      });
+      StringBuilder returned = new StringBuilder();
+      for (int i = 0; i < turn.length; i++) returned.append(i == 0 ? "" : ",").append(turn[i]);
+      System.out.println("turn=" + returned + " streamed=" + streamed);
+      // a cancel from another thread ends a running turn with ERR_CANCELLED
+      m.reset();
+      final int[] seen = {0};
+      try {
+        m.generate(prompt, maxTokens, 0f, 1f, 0, false, tok -> {
+          if (++seen[0] == 2) {
+            Thread t = new Thread(m::cancel);
+            t.start();
+            try {
+              t.join();
+            } catch (InterruptedException e) {
+              throw new RuntimeException(e);
+            }
+          }
+          return false;
+        });
+        System.out.println("cancelled=missing");
+      } catch (LlamaAot.LlamaAotException e) {
+        System.out.println("cancelled=" + e.status + " seen=" + seen[0]);
+      }
       try {
         m.decode(-5);
         System.out.println("error_path=missing");
