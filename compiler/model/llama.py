@@ -184,7 +184,10 @@ class LlamaForCausalLM(nn.Module):
 
                     raise LlamaAotError("--sliding-window supports Llama-form RoPE only (this checkpoint's rope_type "
                                         "is not); compile without --sliding-window")
-                ropes[heads, kv_heads] = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)})  # apply_rope
+                # apply_rope = 1; no global symbol of its own: groups of other head counts get their own kernel,
+                # named by the module it is added to (two "fused_rope" symbols would collide)
+                ropes[heads, kv_heads] = rope.specialize({rope.params[-1]: tirx.IntImm("int64", 1)}).without_attr(
+                    "global_symbol")
             for layer in self.layers:
                 a = layer.self_attn
                 a.rope_at_positions = ropes[a.num_heads, a.num_kv_heads]

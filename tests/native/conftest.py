@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from native_helpers import (  # noqa: E402
     ANDROID_X86_64,
     MAX_TOKENS,
+    PACKAGE_OPTIONS,
     PHONE_SOC,
     PROMPT,
     build,
@@ -28,9 +29,6 @@ from native_helpers import (  # noqa: E402
     need_phone_toolchain,
 )
 
-# q4f16 (packed 4-bit weights, f32 activations on CPUs), prefill chunk 16, KV pages of 16 tokens
-# int8_activations off: the host package is the float reference of the phone builds (which have no VNNI kernel)
-PACKAGE_OPTIONS = dict(quant="q4f16", prefill_chunk=16, context_window=96, int8_activations=False)
 
 
 @pytest.fixture(scope="session")

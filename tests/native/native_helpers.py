@@ -24,6 +24,10 @@ if str(REPO) not in sys.path:
 from runtime_stubs import native_build  # noqa: E402
 
 NATIVE = REPO / "runtime_stubs" / "native"
+# q4f16 (packed 4-bit weights, f32 activations on CPUs), prefill chunk 16, KV pages of 16 tokens
+# int8_activations off: the host package is the float reference of the phone builds (which have no VNNI kernel)
+PACKAGE_OPTIONS = dict(quant="q4f16", prefill_chunk=16, context_window=96, int8_activations=False)
+PACKAGE_OPTIONS_WINDOWED = dict(PACKAGE_OPTIONS, sliding_window=24, attention_sinks=4)
 PROMPT = list(range(3, 40))  # 37 tokens: three prefill chunks of 16
 MAX_TOKENS = 40  # 77 tokens in all: crosses four 16-token pages, inside the 96-token window
 PHONE_SOC = "snapdragon-8-gen-3"  # aarch64-linux-android: runs under qemu-aarch64 on Debian's glibc

@@ -79,17 +79,49 @@ def test_x86_driver_stops_at_context_window(native_x86, package_x86):
     assert len(out["token_ids"]) == 7 and out["decode_steps"] == 6
 
 
-def test_x86_driver_refuses_a_windowed_package(native_x86, package_x86, tmp_path):
-    """A package compiled with --sliding-window needs positions and a sliding cache, which the C runtime does not
-    drive yet: it refuses the package with what to do, before loading anything."""
-    windowed = tmp_path / "windowed"
-    shutil.copytree(package_x86, windowed)
-    cfg = package_config(windowed)
-    cfg["attention"] = {"sliding_window": 24, "attention_sinks": 4, "cache_window": 39}
-    (windowed / "llama-aot.json").write_text(json.dumps(cfg))
-    rerecord(windowed, "llama-aot.json")
-    res = subprocess.run([str(native_x86.run), str(windowed), "--prompt-ids", "1"], capture_output=True, text=True)
-    assert res.returncode == 1 and "sliding window" in res.stderr and "recompile" in res.stderr
+@pytest.mark.parametrize("which", ["every-layer", "per-layer"])
+def test_x86_driver_runs_windowed_packages(native_x86, checkpoint, tmp_path_factory, tmp_path, which):
+    """--sliding-window packages (positions passed to the model, sliding caches): the same greedy tokens and
+    logits as the Python engine. Windowed in every layer, generation goes past the 96-token context window
+    with flat memory (llama_aot_context_window: INT32_MAX); in one KV-cache group only (the checkpoint's
+    layer_types), the full group bounds it."""
+    from runtime_stubs.engine import Engine
+
+    from native_helpers import PACKAGE_OPTIONS_WINDOWED  # W 24, S 4
+
+    src = checkpoint
+    if which == "per-layer":
+        src = tmp_path / "ckpt"
+        shutil.copytree(checkpoint, src)
+        config = json.loads((src / "config.json").read_text())
+        layers = config["num_hidden_layers"]
+        config["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        config["sliding_window"] = PACKAGE_OPTIONS_WINDOWED["sliding_window"]
+        (src / "config.json").write_text(json.dumps(config))
+    from compiler.compile import CompileOptions, compile_model
+
+    options = {k: v for k, v in PACKAGE_OPTIONS_WINDOWED.items() if which == "every-layer" or k != "sliding_window"}
+    pkg = compile_model(src, tmp_path_factory.mktemp(f"win-{which}") / "pkg", CompileOptions(**options))
+    cfg = package_config(pkg)
+    n = 120 if which == "every-layer" else 96 - len(PROMPT)  # past the 96-token window / up to it
+    gen = Engine(pkg).generate(PROMPT, max_tokens=n, stop_on_eos=False, keep_logits=True)
+    out, rows = run_driver([], native_x86.run, pkg, max_tokens=n, tmp=tmp_path, extra=["--no-stop-on-eos"])
+    assert any(cfg["runtime"].get("kv_cache_windowed", [True]))
+    assert out["token_ids"] == gen.token_ids and len(gen.token_ids) == n
+    np.testing.assert_allclose(rows, np.stack(gen.logits), atol=1e-5, rtol=0)
+
+
+def test_x86_driver_refuses_unknown_attention_options(native_x86, package_x86, tmp_path):
+    """An attention option this runtime does not know (a newer compiler's) is refused with what to do, before
+    anything is loaded, as `llama-aot run` refuses it."""
+    newer = tmp_path / "newer"
+    shutil.copytree(package_x86, newer)
+    cfg = package_config(newer)
+    cfg["attention"] = {"sliding_window": None, "sparse_attention": {"block": 64}}
+    (newer / "llama-aot.json").write_text(json.dumps(cfg))
+    rerecord(newer, "llama-aot.json")
+    res = subprocess.run([str(native_x86.run), str(newer), "--prompt-ids", "1"], capture_output=True, text=True)
+    assert res.returncode == 1 and '"sparse_attention"' in res.stderr and "recompile" in res.stderr
 
 
 def test_x86_driver_refuses_a_package_for_missing_cpu_features(native_x86, package_x86, tmp_path):

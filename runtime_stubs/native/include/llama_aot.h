@@ -116,7 +116,9 @@ LLAMA_AOT_API void llama_aot_cancel(llama_aot_model* m);
 /* Drop the sequence (KV cache contents) and start an empty one. */
 LLAMA_AOT_API int llama_aot_reset(llama_aot_model* m);
 
-/* Model facts (0 / -1 when m is NULL). */
+/* Model facts (0 / -1 when m is NULL).  llama_aot_context_window: the most tokens the sequence may hold;
+ * INT32_MAX when every layer has a sliding window (compile --sliding-window: the caches slide, so generation
+ * goes on with flat memory).  Packages with a window in some layers only are bounded by the full layers. */
 LLAMA_AOT_API int32_t llama_aot_vocab_size(const llama_aot_model* m);
 LLAMA_AOT_API int32_t llama_aot_context_window(const llama_aot_model* m);
 LLAMA_AOT_API int32_t llama_aot_seq_len(const llama_aot_model* m); /* tokens in the KV cache */

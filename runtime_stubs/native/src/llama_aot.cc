@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -50,7 +51,7 @@ struct llama_aot_model {
   ffi::Optional<ffi::Module> lib;  // Optional: ffi::Module has no empty state
   ffi::Optional<ffi::Module> vm;
   ffi::Function f_embed, f_prefill, f_decode;
-  ffi::Function f_add_seq, f_remove_seq, f_begin, f_end;
+  ffi::Function f_add_seq, f_remove_seq, f_begin, f_end, f_enable_window;
   std::vector<ffi::Any> caches;
   ffi::Array<ffi::Tensor> params;
   std::vector<std::shared_ptr<MappedFile>> shards;  // kept alive by the tensors as well
@@ -256,15 +257,19 @@ ffi::Tensor ParamTensor(llama_aot_model* m, const llama_aot::ParamEntry& p,
 /*!
  * \brief The KV-cache constructor call: the ONE place that knows its argument list.
  *  create_paged_kv_cache_g(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size,
- *  support_sliding_window), each an nn `int` spec, i.e. a 1-element ShapeTuple at run time.
+ *  support_sliding_window), each an nn `int` spec, i.e. a 1-element ShapeTuple at run time.  A sliding
+ *  cache holds its window, a chunk being appended and a partial page at each end
+ *  (runtime_stubs/attention_window.py AttentionWindow.cache_tokens); a full one the context window.
  */
-ffi::Any CreateKVCache(const ffi::Function& create, const PackageConfig& c) {
+ffi::Any CreateKVCache(const ffi::Function& create, const PackageConfig& c, bool windowed) {
   const int64_t max_batch_size = 1;
-  const int64_t support_sliding_window = 0;
-  return create(ffi::Shape({max_batch_size}), ffi::Shape({c.context_window}),
-                ffi::Shape({c.prefill_chunk}), ffi::Shape({c.page_size}),
-                ffi::Shape({support_sliding_window}));
+  const int64_t tokens = windowed ? c.cache_window + c.prefill_chunk + 2 * c.page_size : c.context_window;
+  return create(ffi::Shape({max_batch_size}), ffi::Shape({tokens}), ffi::Shape({c.prefill_chunk}),
+                ffi::Shape({c.page_size}), ffi::Shape({windowed ? 1 : 0}));
 }
+
+/*! \brief Whether the sequence is bounded by the context window (not when every layer slides). */
+bool Bounded(const llama_aot_model* m) { return !m->cfg.window_every_layer; }
 
 ffi::Function VMFunction(llama_aot_model* m, const std::string& name) {
   ffi::Optional<ffi::Function> f = m->vm.value()->GetFunction(name);
@@ -276,7 +281,10 @@ ffi::Function VMFunction(llama_aot_model* m, const std::string& name) {
 }
 
 void AddSequence(llama_aot_model* m) {
-  for (const ffi::Any& c : m->caches) m->f_add_seq(c, 0);
+  for (size_t i = 0; i < m->caches.size(); ++i) {
+    m->f_add_seq(m->caches[i], 0);
+    if (m->cfg.kv_cache_windowed[i]) m->f_enable_window(m->caches[i], 0, m->cfg.cache_window, m->cfg.attention_sinks);
+  }
   m->seq_len = 0;
 }
 
@@ -302,8 +310,16 @@ void Forward(llama_aot_model* m, const ffi::Function& fn, const int32_t* ids, in
                                  embeds->dtype);
     }
     std::vector<ffi::AnyView> args;
-    args.reserve(m->caches.size() + 2);
+    args.reserve(m->caches.size() + 3);
     args.emplace_back(embeds);
+    tvm::runtime::Tensor positions;  // a windowed model rotates q/k itself, at the tokens' sequence positions
+    if (m->cfg.sliding_window > 0) {
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(m->seq_len + i);
+      positions = tvm::runtime::Tensor::Empty(ffi::Shape({n}), DLDataType{kDLInt, 32, 1}, m->device);
+      positions.CopyFromBytes(pos.data(), sizeof(int32_t) * pos.size());
+      args.emplace_back(positions);
+    }
     for (const ffi::Any& c : m->caches) args.emplace_back(c);
     args.emplace_back(m->params);
     ffi::Any rv;
@@ -424,6 +440,8 @@ int llama_aot_open(const char* package_dir, const char* device, llama_aot_model*
     m->f_remove_seq = ffi::Function::GetGlobalRequired("vm.builtin.kv_state_remove_sequence");
     m->f_begin = ffi::Function::GetGlobalRequired("vm.builtin.kv_state_begin_forward");
     m->f_end = ffi::Function::GetGlobalRequired("vm.builtin.kv_state_end_forward");
+    m->f_enable_window =
+        ffi::Function::GetGlobalRequired("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq");
 
     // ---- params ----
     std::vector<std::pair<std::string, std::shared_ptr<MappedFile>>> open_files;
@@ -433,8 +451,9 @@ int llama_aot_open(const char* package_dir, const char* device, llama_aot_model*
     m->params = ffi::Array<ffi::Tensor>(params.begin(), params.end());
 
     // ---- KV caches ----
-    for (const std::string& name : m->cfg.fn_create_kv_cache) {
-      m->caches.push_back(CreateKVCache(VMFunction(m.get(), name), m->cfg));
+    for (size_t i = 0; i < m->cfg.fn_create_kv_cache.size(); ++i) {
+      m->caches.push_back(CreateKVCache(VMFunction(m.get(), m->cfg.fn_create_kv_cache[i]), m->cfg,
+                                        m->cfg.kv_cache_windowed[i]));
     }
     AddSequence(m.get());
   });
@@ -446,7 +465,7 @@ int llama_aot_prefill(llama_aot_model* m, const int32_t* ids, int32_t n, float* 
   if (m == nullptr || ids == nullptr || n <= 0) {
     return Fail(LLAMA_AOT_ERR_INVALID_ARGUMENT, "llama_aot_prefill: need a handle and n > 0 ids");
   }
-  if (m->seq_len + n > m->cfg.context_window) {
+  if (Bounded(m) && m->seq_len + n > m->cfg.context_window) {
     return Fail(LLAMA_AOT_ERR_CONTEXT_FULL,
                 "llama_aot_prefill: " + std::to_string(m->seq_len + n) +
                     " tokens exceed the context window of " + std::to_string(m->cfg.context_window) +
@@ -476,7 +495,7 @@ int llama_aot_decode(llama_aot_model* m, int32_t token, float* logits_out) {
                                                     std::to_string(token) + " is outside [0, " +
                                                     std::to_string(m->vocab_size) + ")");
   }
-  if (m->seq_len + 1 > m->cfg.context_window) {
+  if (Bounded(m) && m->seq_len + 1 > m->cfg.context_window) {
     return Fail(LLAMA_AOT_ERR_CONTEXT_FULL, "llama_aot_decode: the context window of " +
                                                 std::to_string(m->cfg.context_window) +
                                                 " tokens is full (llama_aot_reset to start over)");
@@ -556,7 +575,7 @@ int32_t llama_aot_generate(llama_aot_model* m, const int32_t* ids, int32_t n,
     if (out_ids != nullptr && made < out_capacity) out_ids[made] = token;
     bool stop = (on_token != nullptr && on_token(token, user_data) != 0) ||
                 (params->stop_on_eos && llama_aot_is_eos(m, token)) || made + 1 == params->max_tokens ||
-                m->seq_len + 1 > m->cfg.context_window;
+                (Bounded(m) && m->seq_len + 1 > m->cfg.context_window);
     if (stop) return made + 1;
     rc = llama_aot_decode(m, token, logits.data());
   }
@@ -584,7 +603,8 @@ const char* llama_aot_device_info(const llama_aot_model* m) {
 }
 
 int32_t llama_aot_context_window(const llama_aot_model* m) {
-  return m ? static_cast<int32_t>(m->cfg.context_window) : -1;
+  if (m == nullptr) return -1;
+  return Bounded(m) ? static_cast<int32_t>(m->cfg.context_window) : INT32_MAX;
 }
 
 int32_t llama_aot_seq_len(const llama_aot_model* m) {

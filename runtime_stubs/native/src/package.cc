@@ -15,9 +15,11 @@
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/string.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "llama_aot.h"
@@ -80,6 +82,18 @@ struct Obj {
     for (const Any& v : *arr) out.push_back(AsInt(v, key));
     return out;
   }
+  std::vector<bool> BoolList(const char* key) const {
+    auto arr = Get(key).try_cast<json::Array>();
+    if (!arr.has_value()) FormatError(where, std::string("\"") + key + "\" is not a list");
+    std::vector<bool> out;
+    for (const Any& v : *arr) {
+      auto b = v.try_cast<bool>();
+      if (!b.has_value()) FormatError(where, std::string("\"") + key + "\" is not a list of true/false");
+      out.push_back(*b);
+    }
+    return out;
+  }
+  bool IsNull(const char* key) const { return Has(key) && Get(key) == nullptr; }
   std::vector<std::string> StrList(const char* key) const {
     auto arr = Get(key).try_cast<json::Array>();
     if (!arr.has_value()) FormatError(where, std::string("\"") + key + "\" is not a list");
@@ -145,14 +159,36 @@ PackageConfig ReadPackage(const std::string& package_dir) {
     FormatError(rt.where, "context_window, prefill_chunk and page_size must be positive");
   }
 
-  // attention options this runtime cannot honour yet: refuse the package rather than run it wrong
+  // attention options (runtime_stubs/attention_window.py KNOWN_OPTIONS): one this runtime does not know (a newer
+  // compiler's) is refused rather than ignored
   if (top.Has("attention")) {
-    Obj attention = top.Child("attention");
-    if (attention.Has("sliding_window") && attention.Get("sliding_window").try_cast<int64_t>().has_value()) {
-      FormatError(attention.where, "the package uses a sliding window (compile --sliding-window), which this "
-                                   "runtime cannot run yet; recompile without --sliding-window or run it "
-                                   "with `llama-aot run`");
+    Obj att = top.Child("attention");
+    static const char* kKnown[] = {"sliding_window", "attention_sinks", "cache_window", "windowed_layers",
+                                   "kv_cache_dtype"};
+    for (const auto& kv : att.o) {
+      std::string key(kv.first.cast<String>());
+      if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return key == k; })) {
+        FormatError(att.where, "the package uses attention option \"" + key + "\", which this runtime cannot "
+                               "honour; run it with the llama-aot that compiled it, or recompile it with this one");
+      }
     }
+    if (att.Has("sliding_window") && !att.IsNull("sliding_window")) {
+      cfg.sliding_window = att.Int("sliding_window");
+      cfg.attention_sinks = att.Has("attention_sinks") ? att.Int("attention_sinks") : 0;
+      cfg.cache_window = att.Has("cache_window") ? att.Int("cache_window") : cfg.sliding_window + cfg.prefill_chunk - 1;
+      cfg.window_every_layer = !att.Has("windowed_layers") || att.IsNull("windowed_layers");
+      if (cfg.sliding_window <= cfg.attention_sinks || cfg.attention_sinks < 0 || cfg.cache_window < cfg.sliding_window) {
+        FormatError(att.where, "sliding_window must exceed attention_sinks >= 0, and cache_window be >= sliding_window");
+      }
+    }
+  }
+  cfg.kv_cache_windowed = rt.Has("kv_cache_windowed")
+                              ? rt.BoolList("kv_cache_windowed")
+                              : std::vector<bool>(cfg.fn_create_kv_cache.size(), cfg.sliding_window > 0);
+  if (cfg.kv_cache_windowed.size() != cfg.fn_create_kv_cache.size() ||
+      (cfg.sliding_window == 0 &&
+       std::any_of(cfg.kv_cache_windowed.begin(), cfg.kv_cache_windowed.end(), [](bool w) { return w; }))) {
+    FormatError(rt.where, "kv_cache_windowed does not match the KV caches and the attention window");
   }
   if (top.Has("target")) {
     Obj target = top.Child("target");

@@ -46,6 +46,14 @@ struct PackageConfig {
   std::string fn_prefill = "prefill";
   std::string fn_decode = "decode";
   std::vector<std::string> fn_create_kv_cache;
+  // attention window (compile --sliding-window W --attention-sinks S; runtime_stubs/attention_window.py):
+  // 0 = none. cache_window: the window TVM's cache slides to (W + prefill_chunk - 1); kv_cache_windowed[i]:
+  // cache i slides (its layers are windowed); window_every_layer: all do, so the sequence is unbounded
+  int64_t sliding_window = 0;
+  int64_t attention_sinks = 0;
+  int64_t cache_window = 0;
+  bool window_every_layer = false;
+  std::vector<bool> kv_cache_windowed;
   // target.device: the device kind the package was compiled for ("cpu", "vulkan", "opencl");
   // empty when llama-aot.json has no target section (hand-made packages), which means "cpu"
   std::string target_device;
