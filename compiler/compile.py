@@ -60,6 +60,10 @@ class CompileOptions:
     schedule_knobs: str | None = None
     # the KV cache's element type: "f32" or "f16" (CPU builds; None: the activation dtype)
     kv_cache: str | None = None
+    # codebook schemes (cb*): text whose Fisher information weights the k-means (compression/fisher.py):
+    # "train" (the embedded model's training split) or a UTF-8 file; None: unweighted k-means
+    calibration_data: str | None = None
+    calibration_sequences: int = 256
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
@@ -94,6 +98,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
+    if bt.device_api and getattr(scheme, "uses_importance", False):
+        raise LlamaAotError(f"--quant {scheme.name} has no {bt.device_api} kernels yet (the codebook schemes run on CPUs); "
+                            "build for the CPU (no --target vulkan / --device gpu) or use q4f16 on the GPU")
     # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
     params = None if bt.device_api else CPUParams.for_build(target, facts_for_build(bt.soc, options.cpu_facts))
     if options.schedule_knobs:
@@ -116,6 +123,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
+        importance = _calibration(model_dir, options, scheme, head_scheme)  # before the build: bad data fails fast
         plan = weight_plan(spec, scheme, head_scheme)
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
@@ -156,7 +164,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         if platform != "host":
             library["system_lib_prefix"] = prefix
 
-        stream = converted_params(checkpoint, plan, param_names, param_dtypes)
+        stream = converted_params(checkpoint, plan, param_names, param_dtypes, importance)
         entries = write_params(
             tmp, _checked(tqdm(stream, total=len(param_names), desc="convert weights", unit="tensor"), param_shapes)
         )
@@ -171,6 +179,11 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 "name": scheme.name,
                 "layout": scheme.layout(),
                 "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
+                # what weighted the codebooks' k-means (None: unweighted, or no codebook scheme)
+                "calibration": None if importance is None else {
+                    "importance": "fisher_diagonal", "data": options.calibration_data,
+                    "sequences": options.calibration_sequences, "seq_len": FISHER_SEQ_LEN,
+                },
             },
             "activation_dtype": dtype,
             # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
@@ -216,6 +229,24 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         write_checksums(tmp)  # last: lists every other file (runtime_stubs/integrity.py)
     logger.info("compiled in %.1f s (library %.1f s)", time.perf_counter() - t_start, build_seconds)
     return Path(out)
+
+
+FISHER_SEQ_LEN = 256  # tokens per calibration sequence (compression/fisher.py DEFAULT_SEQ_LEN)
+
+
+def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> dict | None:
+    """The Fisher importance per weight for codebook schemes (None without --calibration-data); a one-line
+    error when calibration data is given to schemes that do not use it."""
+    if options.calibration_data is None:
+        return None
+    if not any(getattr(s, "uses_importance", False) for s in schemes):
+        raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16); "
+                            f"{options.quant} does not use it: drop it")
+    if options.calibration_sequences <= 0:
+        raise LlamaAotError(f"--calibration-sequences must be positive, got {options.calibration_sequences}")
+    from compression.fisher import fisher_importance
+
+    return fisher_importance(model_dir, options.calibration_data, options.calibration_sequences, FISHER_SEQ_LEN)
 
 
 def _kv_cache_dtype(option: str | None, activation_dtype: str, device_api: str | None) -> str:

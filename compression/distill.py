@@ -21,16 +21,19 @@ def token_stream(model_dir: Path, data: str) -> np.ndarray:
     from evaluation.documents import load_documents
     from runtime_stubs.tokenizer import load_tokenizer
 
+    docs = [d.text for d in load_documents(data)]  # bad data first: its error names the file
+    if not (model_dir / "tokenizer.json").is_file():
+        raise LlamaAotError(f"{model_dir} has no tokenizer.json: text for training or calibration is tokenized with "
+                            "the model's own tokenizer; copy the checkpoint's tokenizer.json there")
     config = json.loads((model_dir / "config.json").read_text())
     tok = load_tokenizer(model_dir / "tokenizer.json")
     bos, eos = config.get("bos_token_id"), config.get("eos_token_id")
     eos = eos[0] if isinstance(eos, list) else eos
-    docs = [d.text for d in load_documents(data)]
     ids = [([bos] if bos is not None else []) + e.ids + ([eos] if eos is not None else [])
            for e in tok.encode_batch(docs, add_special_tokens=False)]
     stream = np.concatenate([np.asarray(d, dtype=np.int64) for d in ids])
     if stream.size < 2:
-        raise LlamaAotError(f"--data {data} gives {stream.size} token(s); pruning needs text to train on")
+        raise LlamaAotError(f"{data} gives {stream.size} token(s); pruning and calibration need text")
     return stream
 
 

@@ -46,11 +46,13 @@ def weight_plan(spec: ModelSpec, scheme: QuantScheme, head_scheme: QuantScheme) 
 
 
 def converted_params(
-    checkpoint, plan: dict[str, WeightSource], param_names: list[str], param_dtypes: dict[str, str]
+    checkpoint, plan: dict[str, WeightSource], param_names: list[str], param_dtypes: dict[str, str],
+    importance: dict[str, np.ndarray] | None = None,
 ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     """Yield (param name, array, extra manifest fields) in ``param_names`` order, converting one
     module at a time. The extra fields are the scheme's ``manifest_fields`` (e.g. q4f16's nibble
-    order, which depends on the tensor's K).
+    order, which depends on the tensor's K). ``importance`` (HF name -> array of the tensor's shape, from
+    a calibration pass) reaches the schemes that weight their fit by it (codebooks).
 
     Only one module's source tensors and packed arrays are alive at once, so peak memory
     stays near the largest (fused) tensor.
@@ -63,7 +65,13 @@ def converted_params(
             tensors = [checkpoint.read(n) for n in source.hf_names]
             w = tensors[0] if len(tensors) == 1 else np.concatenate(tensors, axis=0)
             del tensors
-            packed = {"weight": w} if source.scheme is None else source.scheme.pack(w)
+            if source.scheme is None:
+                packed = {"weight": w}
+            elif importance is not None and getattr(source.scheme, "uses_importance", False):
+                h = [importance[n] for n in source.hf_names]
+                packed = source.scheme.pack(w, importance=h[0] if len(h) == 1 else np.concatenate(h, axis=0))
+            else:
+                packed = source.scheme.pack(w)
             fields = {} if source.scheme is None else source.scheme.manifest_fields(*w.shape)
             current_prefix = prefix
         arr = packed.pop(suffix)

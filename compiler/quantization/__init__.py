@@ -17,6 +17,7 @@ from typing import Any
 
 from runtime_stubs.errors import LlamaAotError
 from .base import QuantScheme
+from .codebook import CodebookScheme, make_codebook
 from .group import Q4F16Scheme, Q8F16Scheme, make_q4f16, make_q8f16
 from .q0 import NoQuantScheme, make_q0
 
@@ -25,6 +26,9 @@ _FACTORIES: dict[str, Callable[..., QuantScheme]] = {
     "q0f16": make_q0,
     "q8f16": make_q8f16,
     "q4f16": make_q4f16,
+    "cb8f16": make_codebook,
+    "cb4f16": make_codebook,
+    "cb3f16": make_codebook,
 }
 
 #: Registered scheme names.
@@ -76,6 +80,7 @@ def __getattr__(attr: str):  # lazy: keep `import compiler.quantization` free of
 __all__ = [
     "SCHEMES",
     "HIGH_PRECISION_SCHEME",
+    "CodebookScheme",
     "LlamaAotError",
     "NoQuantScheme",
     "Q4F16Scheme",

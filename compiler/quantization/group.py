@@ -220,13 +220,21 @@ class Q4F16Scheme(GroupQuantScheme):
         n, k, g = self._check_shape(*w.shape)
         qweight = np.empty((n, k // self.PACK), dtype=np.uint32)
         scale = np.empty((n, k // g), dtype=np.float16)
-        shifts = (np.arange(self.PACK, dtype=np.uint32) * np.uint32(4))
         for r0 in range(0, n, PACK_ROW_CHUNK):
             rows = slice(r0, r0 + PACK_ROW_CHUNK)
             q, scale[rows] = self._quantize_rows(w[rows], g)
-            nib = self._to_words((q.astype(np.int32) + 8).astype(np.uint32))
-            qweight[rows] = np.bitwise_or.reduce(nib << shifts, axis=-1)
+            qweight[rows] = self.pack_nibbles(q.astype(np.int32) + 8)
         return {"qweight": qweight, "scale": scale}
+
+    def pack_nibbles(self, nib: np.ndarray) -> np.ndarray:
+        """Logical nibbles [r, K] (0..15) -> uint32 words [r, K // 8] in K's nibble order."""
+        shifts = np.arange(self.PACK, dtype=np.uint32) * np.uint32(4)
+        return np.bitwise_or.reduce(self._to_words(nib.astype(np.uint32)) << shifts, axis=-1)
+
+    def unpack_nibbles(self, words: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`pack_nibbles`: uint32 [r, K // 8] -> logical nibbles int32 [r, K]."""
+        shifts = np.arange(self.PACK, dtype=np.uint32) * np.uint32(4)
+        return self._from_words((words[:, :, None] >> shifts) & np.uint32(0xF)).astype(np.int32)
 
     def _logical_shape(self, packed: dict[str, np.ndarray]) -> tuple[int, int]:
         if "qweight" not in packed or np.ndim(packed["qweight"]) != 2:
@@ -236,9 +244,7 @@ class Q4F16Scheme(GroupQuantScheme):
 
     def dequantize(self, packed: dict[str, np.ndarray]) -> np.ndarray:
         n, k = self._check_packed(packed)
-        shifts = np.arange(self.PACK, dtype=np.uint32) * np.uint32(4)
-        nib = (packed["qweight"][:, :, None] >> shifts) & np.uint32(0xF)
-        q = self._from_words(nib).astype(np.int32) - 8
+        q = self.unpack_nibbles(packed["qweight"]) - 8
         return q.astype(np.float32) * self._scales_f32(packed["scale"], self.group_for(k))
 
     def layout(self) -> dict[str, Any]:
@@ -284,12 +290,12 @@ class Q4F16Scheme(GroupQuantScheme):
             "accumulate_dtype": "float32",
         }
 
-    def dequant_expr(self, tensors: dict, row, col):
+    def nibble_expr(self, qweight, row, col):
+        """uint32 nibble (0..15) of logical element ``(row, col)`` of the packed ``qweight`` tensor, in
+        its nibble order (also the index layout of cb4f16, codebook.py)."""
         from tvm import tirx  # pylint: disable=import-outside-toplevel
 
-        qweight, scale = tensors["qweight"], tensors["scale"]
-        planar = self.nibble_order(int(qweight.shape[-1]) * self.PACK) == "planar"
-        if planar:
+        if self.nibble_order(int(qweight.shape[-1]) * self.PACK) == "planar":
             # the index form schedules/cpu/analysis.py:pack_layout recognizes as planar
             planes = self.PLANAR_BLOCK // self.PACK
             word = qweight[row, (col // self.PLANAR_BLOCK) * planes + col % planes]
@@ -298,7 +304,14 @@ class Q4F16Scheme(GroupQuantScheme):
             word = qweight[row, col // self.PACK]
             pos = col % self.PACK
         shift = pos.astype("uint32") * tirx.const(4, "uint32")
-        nibble = (word >> shift) & tirx.const(0xF, "uint32")
+        return (word >> shift) & tirx.const(0xF, "uint32")
+
+    def dequant_expr(self, tensors: dict, row, col):
+        from tvm import tirx  # pylint: disable=import-outside-toplevel
+
+        qweight, scale = tensors["qweight"], tensors["scale"]
+        planar = self.nibble_order(int(qweight.shape[-1]) * self.PACK) == "planar"
+        nibble = self.nibble_expr(qweight, row, col)
         q = nibble.astype("float32") - tirx.const(8.0, "float32")
         s = scale[row, col // self.group_size].astype("float32")
         # Planar: scale first, so the block reads scale before qweight and dlight's GPU GEMV takes the scale

@@ -59,6 +59,14 @@ CASES = {
     "vulkan_profile_not_vulkan": (None, ["--target", "vulkan", "--vulkan-profile", "{profile_dir}/cuda.json"], "kind"),
     "max_memory_too_low": (None, ["--max-memory", "1M"], "needs about"),
     "max_memory_unreadable": (None, ["--max-memory", "lots"], "size like 6G"),
+    "codebook_on_gpu": (None, ["--quant", "cb4f16", "--target", "vulkan"], "no vulkan kernels"),
+    "calibration_without_codebook": (None, ["--calibration-data", "train"], "does not use it"),
+    "calibration_empty": (None, ["--quant", "cb4f16", "--calibration-data", "{profile_dir}/empty.txt"], "empty.txt"),
+    "calibration_binary": (None, ["--quant", "cb4f16", "--calibration-data", "{profile_dir}/blob.bin"], "blob.bin"),
+    "calibration_missing": (None, ["--quant", "cb3f16", "--calibration-data", "{profile_dir}/nope.txt"], "nope.txt"),
+    "calibration_without_tokenizer": (None, ["--quant", "cb4f16", "--calibration-data", "train"], "no tokenizer.json"),
+    "calibration_sequences": (None, ["--quant", "cb4f16", "--calibration-data", "train", "--calibration-sequences", "0"],
+                              "must be positive"),
 }
 
 
@@ -70,6 +78,8 @@ def test_bad_checkpoint(case, tmp_path, capsys):
         edit(src)
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "cuda.json").write_text('{"kind": "cuda", "arch": "sm_90"}')
+    (tmp_path / "profiles" / "empty.txt").write_text("")
+    (tmp_path / "profiles" / "blob.bin").write_bytes(bytes(range(256)) * 4)
     extra_args = [a.replace("{profile_dir}", str(tmp_path / "profiles")) for a in extra_args]
     out = tmp_path / "out"
     code = main(["compile", str(src), "-o", str(out), *extra_args])

@@ -88,7 +88,7 @@ def _weights(n, k, seed=0):
 
 
 def test_registry_names():
-    assert SCHEMES == ("q0f32", "q0f16", "q8f16", "q4f16")
+    assert SCHEMES == ("q0f32", "q0f16", "q8f16", "q4f16", "cb8f16", "cb4f16", "cb3f16")
     for name in SCHEMES:
         assert get_scheme(name).name == name
 
@@ -150,11 +150,15 @@ def test_bytes_per_weight():
     assert get_scheme("q8f16").bytes_per_weight() == 1.0 + 2 / 32
     assert get_scheme("q4f16").bytes_per_weight() == 0.5 + 2 / 32
     assert get_scheme("q8f16", group_size=-1).bytes_per_weight(4096) == 1.0 + 2 / 4096
-    # consistent with the actual array sizes
+    assert get_scheme("cb4f16").bytes_per_weight(4096) == 0.5 + 18 / 4096
+    assert get_scheme("cb3f16").bytes_per_weight(4096) == 3 / 8 + 10 / 4096
+    # consistent with the actual array sizes (cb8f16's shared codebooks also depend on N: its own test)
     for name in SCHEMES:
         s = get_scheme(name)
         packed = s.pack(np.ones((8, 64), np.float32))
-        assert sum(a.nbytes for a in packed.values()) == s.bytes_per_weight() * 8 * 64
+        per_row = name.startswith(("cb4", "cb3"))
+        if name != "cb8f16":
+            assert sum(a.nbytes for a in packed.values()) == s.bytes_per_weight(64 if per_row else None) * 8 * 64
 
 
 @pytest.mark.parametrize("name", SCHEMES)
