@@ -67,13 +67,14 @@ class CompileOptions:
 
 
 def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
-    from schedules.cpu.int8_dot import int8_dot_isa
+    from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
 
-    supported = quant == "q4f16" and dtype == "float32" and int8_dot_isa(target) is not None
+    isa = int8_dot_isa(target)
+    supported = dtype == "float32" and isa is not None and weight_offset(quant, isa) is not None
     if options.int8_activations and not supported:
         raise LlamaAotError(
             "int8 activations need --quant q4f16 on a CPU target with an int8 dot product "
-            "(x86 AVX-512 VNNI, AVX-VNNI or AVX2; AArch64 dotprod)"
+            "(x86 AVX-512 VNNI, AVX-VNNI or AVX2; AArch64 dotprod), or cb4f16 on one with VNNI or dotprod"
         )
     return supported if options.int8_activations is None else bool(options.int8_activations)
 
@@ -186,7 +187,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 },
             },
             "activation_dtype": dtype,
-            # inputs of the q4 projections and lm_head: rounded to int8 per row and group of 32
+            # inputs of the q4 / cb4 projections and lm_head: rounded to int8 per row and group of 32
             # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
             "projection_activations": "int8_group32" if int8_activations else dtype,
             "target": {**bt.describe(), **_cpu_features(bt)},

@@ -47,6 +47,34 @@ def int8_dot_isa(target) -> str | None:
     return None
 
 
+def weight_offset(scheme_name: str, isa: str) -> int | None:
+    """What the weight bytes the dot products see are offset by, per scheme and ISA, or None (no int8 kernel):
+
+    * q4f16: the nibble, q + 8 (0..15: a valid u8 and s8 operand), on every ISA: 8;
+    * cb4f16: its int8 code from the row's 16-byte table (``lut``): ``vpdpbusd`` wants the weight as the u8
+      operand, so the table is stored + 128 (``code ^ 0x80``, 1..255) and 128 is the offset; ``sdot`` takes
+      it signed as it is: 0. AVX2's ``vpmaddubsw`` would saturate its int16 pair sums (2 x 255 x 127 > 32767):
+      no cb4 kernel there, the f32 one stays."""
+    if scheme_name == "q4f16":
+        return 8
+    if scheme_name == "cb4f16" and isa in ("avx512vnni", "avxvnni"):
+        return 128
+    if scheme_name == "cb4f16" and isa == "dotprod":
+        return 0
+    return None
+
+
+def lut(isa: str, table, idx, nbytes: int):
+    """Bytes ``table[idx[i]]`` (idx 0..15; ``table`` holds the same 16 bytes in every 16-byte lane): one
+    ``vpshufb`` (x86, within each 16-byte lane) or ``tbl`` (AArch64)."""
+    vec = f"int8x{nbytes}"
+    if isa == "dotprod":
+        name = "llvm.aarch64.neon.tbl1.v16i8"
+    else:
+        name = {64: "llvm.x86.avx512.pshuf.b.512", 32: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.ssse3.pshuf.b.128"}[nbytes]
+    return _intrin(name, vec, table, T.reinterpret(vec, idx))
+
+
 def _intrin(name, dtype, *args):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
 
@@ -111,13 +139,21 @@ def numpy_reference(x, nibbles, wscale):
     (q + 8); wscale: f16 [N, K/32]."""
     import numpy as np  # pylint: disable=import-outside-toplevel
 
+    return numpy_reference_int(x, nibbles.astype(np.int64) - 8, wscale)
+
+
+def numpy_reference_int(x, wint, wscale):
+    """``numpy_reference`` for any integer weights ``wint`` [N, K] (|w| <= 127) with scales [N, K/32]: the
+    cb4f16 kernels' numerics with wint = the row's codes at the indices and wscale = the row scale per group."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
     rows, k = x.shape
     xg = x.astype(np.float32).reshape(rows, k // GROUP, GROUP)
     d = np.abs(xg).max(-1) / np.float32(127)
     inv = np.zeros_like(d)
     np.divide(np.float32(1), d, out=inv, where=d > 0)
     q = np.rint(xg * inv[..., None]).astype(np.int64)
-    w = nibbles.astype(np.int64).reshape(nibbles.shape[0], k // GROUP, GROUP) - 8
+    w = wint.astype(np.int64).reshape(wint.shape[0], k // GROUP, GROUP)
     dots = np.einsum("rgk,ngk->rng", q, w).astype(np.float32)  # exact int sums, < 2**24
     scl = wscale.astype(np.float32)[None, :, :] * d[:, None, :]
     return (dots * scl).sum(-1, dtype=np.float32)

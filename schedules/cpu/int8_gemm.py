@@ -19,6 +19,9 @@ Kernel (one PrimFunc, hand-scheduled, marked ``tirx.is_scheduled``):
    VNNI / sdot steps accumulate int32 lanes; AVX2 steps add ``vpmaddubsw`` int16 pair sums, widened once per
    group by one ``vpmaddwd`` (8 steps x 3810 <= 32767: exact), so a step is 2 instructions, not 3.
 
+cb4f16: the panel holds the codes the nibbles index (+ 128 on VNNI, int8_dot.weight_offset), built 32 k at a
+time with two table lookups (``code_column``), and the row scale stands for every group's.
+
 The nibble of logical (n, k) comes from the scheme's own ``dequant_expr`` (peeled down to its integer), so
 any q4 packing order (sequential or planar) is correct; the sequential one is the fast case (one gathered
 word gives a lane).
@@ -29,8 +32,8 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .int8_dot import GROUP, ISA_LANES, dot4, pair_sums, widen_pairs
-from .int8_gemv import int8_gemv_func
+from .int8_dot import GROUP, ISA_LANES, dot4, lut, pair_sums, weight_offset, widen_pairs
+from .int8_gemv import TRANSPOSE_4X4, int8_gemv_func, shuffle
 
 # Default register tile (mr rows x nrv dot-product vectors) per ISA: the int32 (AVX2: int16) step
 # accumulators, the f32 accumulators, nrv weight vectors and one broadcast activation must fit the registers.
@@ -74,8 +77,10 @@ def int8_gemm_func(
     nt = nt or GEMM_NT
     while n_out % (L * nrv) and nrv > 1:
         nrv //= 2
-    if scheme.name != "q4f16" or k_in % GROUP or n_out % 16:
+    offset = weight_offset(scheme.name, isa)
+    if offset is None or k_in % GROUP or n_out % 16:
         return None
+    codebook = scheme.name != "q4f16"  # cb4f16: each nibble indexes its row's codes (+ 128 for vpdpbusd)
     # the panel: the widest nt <= the asked one that divides N and holds whole column blocks of L x nrv;
     # where none does (a narrow panel derived for a small N, wide AVX-512 vectors), fewer vectors per block
     while True:
@@ -93,8 +98,9 @@ def int8_gemm_func(
     K, N, G, K4 = k_in, n_out, k_in // GROUP, k_in // 4
     specs = scheme.param_specs(N, K)
     (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
+    cb_shape = specs["codebook"][0] if codebook else None
     probe = {"qweight": tirx.decl_buffer(qw_shape, qw_dtype, "qweight"), "scale": tirx.decl_buffer(sc_shape, sc_dtype, "scale")}
-    if nibble_expr(scheme, probe, tirx.Var("n", "int64"), tirx.Var("k", "int64")) is None:
+    if not codebook and nibble_expr(scheme, probe, tirx.Var("n", "int64"), tirx.Var("k", "int64")) is None:
         return None
     nw = nt // 16
     ncb = nt // (L * nrv)
@@ -103,15 +109,51 @@ def int8_gemm_func(
     pairs = isa == "avx2"
     AW, adt = (2 * L, "int16") if pairs else (L, "int32")
 
-    def lane(qweight, scale, n, k4):
-        """4 nibbles (k = 4*k4 .. +3) of row n as the bytes of one int32."""
-        t = {"qweight": qweight, "scale": scale}
+    def weight_byte(qweight, book, scale, n, k):
+        """uint32 weight byte of (n, k): the nibble (q4f16), or the code it indexes (cb4f16, + 128 when the
+        weights are vpdpbusd's u8 operand)."""
+        if not codebook:
+            return nibble_expr(scheme, {"qweight": qweight, "scale": scale}, n, k)
+        code = book[n, scheme.index_nibbles.nibble_expr(qweight, n, k).astype("int32")]
+        return (code.astype("int32") + offset).astype("uint32") & tirx.const(255, "uint32")
+
+    def lane(qweight, book, scale, n, k4):
+        """4 weight bytes (k = 4*k4 .. +3) of row n as the bytes of one int32."""
         out = None
         for j in range(4):
-            nib = nibble_expr(scheme, t, n, k4 * 4 + j)
+            nib = weight_byte(qweight, book, scale, n, k4 * 4 + j)
             term = nib << tirx.const(8 * j, "uint32") if j else nib
             out = term if out is None else out | term
         return tirx.reinterpret("int32", out)
+
+    planar = codebook and scheme.nibble_order(K) == "planar"
+
+    def table16(book, n):
+        """Row n's 16 codes (+ 128 for the u8 operand of vpdpbusd)."""
+        codes = book[n, T.ramp(0, 1, 16)]
+        return codes ^ T.broadcast(T.int8(-128), 16) if offset else codes
+
+    @T.macro
+    def code_column(wp, work, qweight, book, n, col):
+        """cb4f16: panel column ``col`` from weight row n, 32 k (4 words) at a time: the low and high nibbles
+        as bytes, one 16-byte table lookup each (int8_dot.lut), then into 4-consecutive-k lanes. Planar
+        (q4f16's nibble order): byte m of word 4c + i of block b holds k = 128b + 32m + 4c + i (low) and +16
+        (high), so the 4x4 byte transpose makes lane t hold k4 = 32b + 8t + c (low) and + 4 (high);
+        sequential: byte p holds k = 32u + 2p (low) and + 1 (high), interleaved into k order. A gather per
+        byte instead (the q4f16 lane()) costs the prefill a third of its speed."""
+        for u in T.serial(K // GROUP):
+            words = qweight[n, T.ramp(u * 4, 1, 4)]
+            lo = lut(isa, table16(book, n), words & T.broadcast(T.uint32(0x0F0F0F0F), 4), 16)
+            hi = lut(isa, table16(book, n), (words >> T.broadcast(T.uint32(4), 4)) & T.broadcast(T.uint32(0x0F0F0F0F), 4), 16)
+            if planar:  # work lanes 0..3: k4 = 32b + 8t + c; 4..7: + 4
+                work[T.ramp(0, 1, 4)] = T.reinterpret("int32x4", shuffle(lo, TRANSPOSE_4X4[:16]))
+                work[T.ramp(4, 1, 4)] = T.reinterpret("int32x4", shuffle(hi, TRANSPOSE_4X4[:16]))
+                for t in T.unroll(8):
+                    wp[(u // 4) * 32 + (t % 4) * 8 + (t // 4) * 4 + u % 4, col] = work[t]
+            else:  # work lane t: k4 = 8u + t
+                work[T.ramp(0, 1, 8)] = T.reinterpret("int32x8", shuffle([lo, hi], [i // 2 + 16 * (i % 2) for i in range(32)]))
+                for t in T.unroll(8):
+                    wp[u * 8 + t, col] = work[t]
 
     def step(acc, w, xb):  # acc + one 4-byte dot per lane, the row's 4 activation bytes broadcast
         if pairs:
@@ -135,9 +177,8 @@ def int8_gemm_func(
         return T.broadcast(xc, L) + widen_pairs(acc, L) if pairs else acc
 
     # pylint: disable=invalid-name,too-many-locals
-    @T.prim_func(s_tir=True)
-    def int8_gemm(var_x: T.handle, qweight: T.Buffer(qw_shape, qw_dtype), scale: T.Buffer(sc_shape, sc_dtype), var_y: T.handle):
-        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+    @T.macro
+    def body(var_x, qweight, book, scale, var_y):
         b = T.int64()
         s = T.int64()
         x = T.match_buffer(var_x, (b, s, K), "float32")
@@ -164,7 +205,7 @@ def int8_gemm_func(
                         qv[l] = T.Cast("int32", T.nearbyint(x[r // s, r % s, g * GROUP + l] * inv[0]))
                     xc[r, g] = 0
                     for l in T.serial(GROUP):
-                        xc[r, g] = xc[r, g] - 8 * qv[l]
+                        xc[r, g] = xc[r, g] - offset * qv[l]
                     for l in T.vectorized(8):
                         xq[r, g * 8 + l] = (
                             (qv[l * 4] & 255)
@@ -178,16 +219,21 @@ def int8_gemm_func(
                 T.reads()
                 T.writes()
                 wp = T.sblock_alloc_buffer((K4, nt), "int32")
+                work = T.sblock_alloc_buffer((8,), "int32")  # cb4f16: the lanes of one 32-k unit on their way to wp
                 ws = T.sblock_alloc_buffer((G, nt), "float32")
                 iacc = T.sblock_alloc_buffer((mr, nrv * AW), adt)
                 facc = T.sblock_alloc_buffer((mr, nrv * L), "float32")
                 for c in T.serial(nw):
-                    for k4 in T.serial(K4):
-                        for l in T.vectorized(16):
-                            wp[k4, c * 16 + l] = lane(qweight, scale, nt_o * nt + c * 16 + l, k4)
+                    if codebook:
+                        for l in T.serial(16):
+                            code_column(wp, work, qweight, book, nt_o * nt + c * 16 + l, c * 16 + l)
+                    else:
+                        for k4 in T.serial(K4):
+                            for l in T.vectorized(16):
+                                wp[k4, c * 16 + l] = lane(qweight, book, scale, nt_o * nt + c * 16 + l, k4)
                     for g in T.serial(G):
                         for l in T.vectorized(16):
-                            ws[g, c * 16 + l] = T.Cast("float32", scale[nt_o * nt + c * 16 + l, g])
+                            ws[g, c * 16 + l] = T.Cast("float32", scale[nt_o * nt + c * 16 + l, 0 if codebook else g])
                 for ro in T.serial((b * s + (mr - 1)) // mr):
                     for cb in T.serial(ncb):
                         for i in T.unroll(mr):
@@ -220,6 +266,19 @@ def int8_gemm_func(
                                     y[(ro * mr + i) // s, (ro * mr + i) % s, nt_o * nt + cb * nrv * L + l] = T.Cast(
                                         out_dtype, facc[i, l]
                                     )
+
+    if codebook:
+        @T.prim_func(s_tir=True)
+        def int8_gemm(var_x: T.handle, qweight: T.Buffer(qw_shape, qw_dtype), book: T.Buffer(cb_shape, "int8"),
+                      scale: T.Buffer(sc_shape, sc_dtype), var_y: T.handle):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            body(var_x, qweight, book, scale, var_y)
+    else:
+        @T.prim_func(s_tir=True)
+        def int8_gemm(var_x: T.handle, qweight: T.Buffer(qw_shape, qw_dtype), scale: T.Buffer(sc_shape, sc_dtype),
+                      var_y: T.handle):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            body(var_x, qweight, None, scale, var_y)
 
     return int8_gemm.without_attr("global_symbol")  # symbols come from the module the caller adds it to
 

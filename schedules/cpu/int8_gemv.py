@@ -26,6 +26,11 @@ and ``y[n] = sum_L facc[L]``. With 8 lanes (``_Planar8``) a block is two 32-byte
 the same 4 groups: both halves' dot products go into one int32 accumulator (AVX2: their four int16 pair-sum
 vectors are added first and widened by one ``vpmaddwd``), then one convert-scale-FMA per block.
 
+cb4f16 (compiler/quantization/codebook.py) stores its centroid indices as these nibbles: the same unpack, then
+one byte shuffle (int8_dot.lut: ``vpshufb`` / ``tbl``) with the row's 16 codes in every 16-byte lane turns the
+nibbles into the codes (+ 128 for ``vpdpbusd``'s u8 operand, folded into ``xc`` as -8 is for q4f16), and the
+row's one scale replaces the group scales.
+
 Rows are split across threads in contiguous chunks and each thread walks its rows one after the other (a
 single sequential stream), with a software prefetch a derived distance ahead and two accumulators per row
 (even / odd units) to halve the dependent FMA chain.
@@ -36,7 +41,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .int8_dot import GROUP, ISA_LANES, dot4_sum
+from .int8_dot import GROUP, ISA_LANES, dot4_sum, lut, weight_offset
 
 BLOCK = 128  # k-values per planar block: 16 words = one 64-byte vector
 _NIBBLES = 0x0F0F0F0F
@@ -54,11 +59,12 @@ def prefetch_rows(nbytes: int, k_in: int) -> int:
     """Rows of K/2 weight bytes that a prefetch ``nbytes`` ahead reaches (at least one)."""
     return max(1, round(nbytes / (k_in // 2)))
 # vpshufb control: in each 16-byte lane, output byte 4t + u <- input byte 4u + t (4x4 transpose)
-_TRANSPOSE = [16 * c + 4 * u + t for c in range(4) for t in range(4) for u in range(4)]
+TRANSPOSE_4X4 = [16 * c + 4 * u + t for c in range(4) for t in range(4) for u in range(4)]
 
 
-def _shuffle(v, idx):
-    return tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in idx])
+def shuffle(v, idx):
+    """Lanes ``idx`` of vector v (or of the concatenation of a list of vectors)."""
+    return tirx.Shuffle(v if isinstance(v, list) else [v], [tirx.IntImm("int32", i) for i in idx])
 
 
 class _Planar:
@@ -86,7 +92,7 @@ class _Planar:
 
     @staticmethod
     def arrange(v):
-        return _shuffle(v, _TRANSPOSE)
+        return shuffle(v, TRANSPOSE_4X4)
 
     @staticmethod
     def scales(scale, n, u):  # wscale[n, 4u + L % 4]
@@ -96,7 +102,7 @@ class _Planar:
 
 class _Planar8:
     """Planar for 8-lane dot products (AVX2 / AVX-VNNI ymm): unit = one 128-k block as 2 parts of 8 words
-    (32 bytes; ``vpshufb`` ymm transposes within each 16-byte lane, the first 32 entries of _TRANSPOSE).
+    (32 bytes; ``vpshufb`` ymm transposes within each 16-byte lane, the first 32 entries of TRANSPOSE_4X4).
     Part h's lane L is piece c = 2h + L // 4 of group t = L % 4: both halves feed the same 8 accumulator
     lanes, so one block costs one int32 -> f32 convert, scale and FMA (and on AVX2 one ``vpmaddwd``, its
     4 pair-sum terms <= 4 x 3810 = 15240 in int16). Activation memory layout: that of _Planar."""
@@ -111,7 +117,7 @@ class _Planar8:
 
     @staticmethod
     def arrange(v):
-        return _shuffle(v, _TRANSPOSE[:32])
+        return shuffle(v, TRANSPOSE_4X4[:32])
 
     @staticmethod
     def scales(scale, n, u):  # wscale[n, 4u .. 4u + 3] twice
@@ -130,7 +136,7 @@ class _Planar4:
 
     @staticmethod
     def arrange(v):
-        return _shuffle(v, _TRANSPOSE[:16])
+        return shuffle(v, TRANSPOSE_4X4[:16])
 
     @staticmethod
     def scales(scale, n, u):  # wscale[n, 4b + t] for lane t
@@ -197,10 +203,13 @@ def int8_gemv_func(
     CPUParams.int8_gemv_prefetch_locality);
     ``isa``: see ``int8_dot.int8_dot_isa``; ``prefetch``: False for system-lib (phone) builds, where TVM 0.27's
     AttachGlobalSymbol rejects the prefetch call (as for the f32 GEMV, compiler/pipeline.py)."""
-    if scheme.name != "q4f16" or k_in % GROUP or any(d != 1 for d in x_shape):
+    offset = weight_offset(scheme.name, isa)
+    if offset is None or k_in % GROUP or any(d != 1 for d in x_shape):
         return None
+    codebook = scheme.name != "q4f16"  # cb4f16: the nibbles index the row's table (int8_dot.lut)
+    nibbles = scheme.index_nibbles if codebook else scheme
     K, N, G = k_in, n_out, k_in // GROUP
-    lay = _layout(scheme.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
+    lay = _layout(nibbles.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
     if ahead is None or locality is None:
         from .params import CPUParams  # pylint: disable=import-outside-toplevel
 
@@ -218,6 +227,7 @@ def int8_gemv_func(
     lines, every = max(1, step_bytes // 64), max(1, 64 // step_bytes)
     specs = scheme.param_specs(N, K)
     (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
+    cb_shape = specs["codebook"][0] if codebook else None
     lead = tuple(x_shape)
     zeros = (0,) * len(lead)
     bvec, fvec = f"int8x{4 * V}", f"float32x{V}"
@@ -230,23 +240,42 @@ def int8_gemv_func(
         v = v >> T.broadcast(T.uint32(shift), V) if shift else v
         return v & T.broadcast(T.uint32(_NIBBLES), V)
 
-    def unit_sum(qweight, xlo, xhi, xc, n, u):
-        """int32 lanes of unit u of row n: the -8 offset + the dot products of its parts' low and high nibbles."""
+    def weight_bytes(words, shift, table):
+        """The weight bytes of the nibbles (words >> shift) & 0xF: the nibbles themselves (q4f16) or the row's
+        table entries they index (cb4f16)."""
+        nib = nibble_bytes(words, shift)
+        return nib if table is None else lut(isa, table, nib, 4 * V)
+
+    def unit_sum(qweight, xlo, xhi, xc, n, u, table):
+        """int32 lanes of unit u of row n: the offset + the dot products of its parts' low and high nibbles."""
         terms = []
         for p in range(P):
             words = qweight[n, T.ramp((u * P + p) * V, 1, V)]
             terms += [
-                (nibble_bytes(words, 0), xlo[T.ramp((u * P + p) * V, 1, V)]),
-                (nibble_bytes(words, 4), xhi[T.ramp((u * P + p) * V, 1, V)]),
+                (weight_bytes(words, 0, table), xlo[T.ramp((u * P + p) * V, 1, V)]),
+                (weight_bytes(words, 4, table), xhi[T.ramp((u * P + p) * V, 1, V)]),
             ]
         return dot4_sum(isa, xc[T.ramp(u * V, 1, V)], terms, V)
+
+    def unit_scale(scale, n, u):
+        """The weight scale of unit u's lanes: per group (q4f16), the row's (cb4f16)."""
+        return T.broadcast(T.Cast("float32", scale[n, 0]), V) if codebook else lay.scales(scale, n, u)
+
+    def row_table(book, n):
+        """cb4f16: row n's 16 codes (+ 128 for the u8 operand of vpdpbusd) in every 16-byte lane."""
+        codes = book[n, T.ramp(0, 1, 16)]
+        if offset:
+            codes = codes ^ T.broadcast(T.int8(-128), 16)
+        if V == 4:
+            return codes
+        return tirx.Shuffle([codes] * (V // 4), [tirx.IntImm("int32", i) for i in range(4 * V)])  # out lanes <= in
 
     def hsum(v):
         """Sum of the lanes of v by halving (log2 V vector adds instead of V - 1 dependent scalar ones)."""
         n = V
         while n > 1:
             n //= 2
-            v = _shuffle(v, range(n)) + _shuffle(v, range(n, 2 * n))
+            v = shuffle(v, range(n)) + shuffle(v, range(n, 2 * n))
         return v
 
     def pack4(qv, off, c):
@@ -255,14 +284,8 @@ def int8_gemv_func(
         return (b[0] & 255) | ((b[1] & 255) << 8) | ((b[2] & 255) << 16) | (b[3] << 24)
 
     # pylint: disable=invalid-name,too-many-locals
-    @T.prim_func(s_tir=True)
-    def int8_gemv(
-        x: T.Buffer(lead + (K,), "float32"),
-        qweight: T.Buffer(qw_shape, qw_dtype),
-        scale: T.Buffer(sc_shape, sc_dtype),
-        y: T.Buffer(lead + (N,), "float32"),
-    ):
-        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+    @T.macro
+    def body(x, qweight, book, scale, y):
         xlo = T.alloc_buffer((KU * P * V,), "int32")
         xhi = T.alloc_buffer((KU * P * V,), "int32")
         xc = T.alloc_buffer((KU * V,), "int32")
@@ -293,7 +316,7 @@ def int8_gemv_func(
                 for c in T.serial(4):  # the group's 4 pieces, 4 + 4 bytes each
                     xlo[lay.slot(g, c)] = pack4(qv, lay.lo, c)
                     xhi[lay.slot(g, c)] = pack4(qv, lay.hi, c)
-                    xc[lay.cslot(g, c)] = xc[lay.cslot(g, c)] - 8 * (
+                    xc[lay.cslot(g, c)] = xc[lay.cslot(g, c)] - offset * (
                         qv[lay.lo(c, 0)] + qv[lay.lo(c, 1)] + qv[lay.lo(c, 2)] + qv[lay.lo(c, 3)]
                         + qv[lay.hi(c, 0)] + qv[lay.hi(c, 1)] + qv[lay.hi(c, 2)] + qv[lay.hi(c, 3)]
                     )
@@ -304,6 +327,9 @@ def int8_gemv_func(
                 T.reads()
                 T.writes()
                 facc = T.sblock_alloc_buffer((S, V), "float32")
+                table = T.sblock_alloc_buffer((4 * V,), "int8")
+                if codebook:
+                    table[T.ramp(0, 1, 4 * V)] = row_table(book, n)
                 for a in T.unroll(S):
                     for l in T.vectorized(V):
                         facc[a, l] = T.float32(0)
@@ -317,10 +343,32 @@ def int8_gemv_func(
                             )
                     for sa in T.unroll(S):
                         facc[sa, T.ramp(0, 1, V)] = facc[sa, T.ramp(0, 1, V)] + T.Cast(
-                            fvec, unit_sum(qweight, xlo, xhi, xc, n, uo * S + sa)
-                        ) * (lay.scales(scale, n, uo * S + sa) * xs[T.ramp((uo * S + sa) * V, 1, V)])
+                            fvec, unit_sum(qweight, xlo, xhi, xc, n, uo * S + sa, table[T.ramp(0, 1, 4 * V)] if codebook else None)
+                        ) * (unit_scale(scale, n, uo * S + sa) * xs[T.ramp((uo * S + sa) * V, 1, V)])
                 for sa in T.unroll(S - 1):
                     facc[0, T.ramp(0, 1, V)] = facc[0, T.ramp(0, 1, V)] + facc[sa + 1, T.ramp(0, 1, V)]
                 y[zeros + (n,)] = hsum(facc[0, T.ramp(0, 1, V)])
+
+    if codebook:
+        @T.prim_func(s_tir=True)
+        def int8_gemv(
+            x: T.Buffer(lead + (K,), "float32"),
+            qweight: T.Buffer(qw_shape, qw_dtype),
+            book: T.Buffer(cb_shape, "int8"),
+            scale: T.Buffer(sc_shape, sc_dtype),
+            y: T.Buffer(lead + (N,), "float32"),
+        ):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            body(x, qweight, book, scale, y)
+    else:
+        @T.prim_func(s_tir=True)
+        def int8_gemv(
+            x: T.Buffer(lead + (K,), "float32"),
+            qweight: T.Buffer(qw_shape, qw_dtype),
+            scale: T.Buffer(sc_shape, sc_dtype),
+            y: T.Buffer(lead + (N,), "float32"),
+        ):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            body(x, qweight, None, scale, y)
 
     return int8_gemv.without_attr("global_symbol")  # symbols come from the module the caller adds it to

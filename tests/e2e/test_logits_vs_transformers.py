@@ -45,7 +45,7 @@ def test_q0f32_matches_transformers(name, checkpoint_dir, compiled):
 
 
 # (scheme, bound of the error vs the fp32 model, relative to the logit scale)
-QUANT_BOUNDS = [("q0f16", 0.01), ("q8f16", 0.05), ("q4f16", 0.35)]
+QUANT_BOUNDS = [("q0f16", 0.01), ("q8f16", 0.05), ("q4f16", 0.35), ("cb8f16", 0.05), ("cb4f16", 0.35), ("cb3f16", 0.6)]
 
 
 @pytest.mark.parametrize("quant,fp32_bound", QUANT_BOUNDS)
@@ -86,6 +86,27 @@ def test_int8_activations_match_activation_quantized_reference(name, checkpoint_
     assert np.abs(ours - modelled).max() <= max(2.5e-3 * np.abs(modelled).max(), 1.5 * spread)
     # the activation rounding's own effect: same weights and tokens, f32 activations everywhere
     assert _rel_err(ours, _ref(model, PROMPT, gen.token_ids)) <= 0.05
+
+
+@pytest.mark.parametrize("name", ["tied_llama3rope", "heterogeneous"])
+def test_cb4_int8_kernels_match_activation_quantized_reference(name, checkpoint_dir, compiled):
+    """cb4f16 with int8 activations (the LUT GEMV and GEMM, hosts with VNNI): against the reference on the
+    package's dequantized codebooks that rounds its projections' inputs the same way."""
+    from compiler.build_target import resolve
+    from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
+
+    isa = int8_dot_isa(resolve("host", None, None, None).tvm_target())
+    if isa is None or weight_offset("cb4f16", isa) is None:
+        pytest.skip(f"cb4f16's int8 kernels need AVX-512 VNNI, AVX-VNNI or dotprod (this CPU: {isa or 'no int8 dot'})")
+    package = compiled(name, "cb4f16", int8_activations=True)
+    symbols = subprocess.run(["nm", "-D", str(package / "lib" / "model.so")], capture_output=True, text=True).stdout
+    for kernel in ("int8_gemm", "int8_gemv"):
+        assert kernel in symbols, f"{kernel} is not in the library (a silent fallback to f32 activations)"
+    gen, ours = _run(package)
+    model = reference_model(checkpoint_dir(name), dequantized_hf_weights(package))
+    ref, spread = int8_reference(model, list(PROMPT) + gen.token_ids[:-1])
+    modelled = ref[len(PROMPT) - 1 :]
+    assert np.abs(ours - modelled).max() <= max(2.5e-3 * np.abs(modelled).max(), 1.5 * spread)
 
 
 def test_int8_activations_with_fp16_head(checkpoint_dir, compiled):

@@ -43,10 +43,10 @@ MAX_TOKENS = 24
 REL_TOL = 1e-3  # of max |logit| of the reference; observed ~3e-7 (aarch64 NEON/FMA vs x86 codegen)
 
 
-def _compile(out: Path, **kw) -> Path:
+def _compile(out: Path, quant: str = QUANT, **kw) -> Path:
     from compiler.compile import CompileOptions, compile_model
 
-    opts = CompileOptions(quant=QUANT, prefill_chunk=PREFILL_CHUNK, context_window=CONTEXT_WINDOW, **kw)
+    opts = CompileOptions(quant=quant, prefill_chunk=PREFILL_CHUNK, context_window=CONTEXT_WINDOW, **kw)
     return compile_model(MODEL, out, opts)
 
 
@@ -57,11 +57,13 @@ def soc_package(tmp_path_factory):
     return _compile(tmp_path_factory.mktemp("soc") / "pkg", soc=PHONE_SOC, device="cpu", int8_activations=False)
 
 
-@pytest.fixture(scope="module")
-def soc_package_int8(tmp_path_factory):
-    """The phone build as compiled by default: int8 activations with the dotprod (sdot) kernels."""
+@pytest.fixture(scope="module", params=["q4f16", "cb4f16"])
+def soc_package_int8(request, tmp_path_factory):
+    """The phone build as compiled by default: int8 activations with the dotprod (sdot) kernels; for cb4f16
+    the codes looked up with ``tbl`` first."""
     need_phone_toolchain()
-    return _compile(tmp_path_factory.mktemp("soc-int8") / "pkg", soc=PHONE_SOC, device="cpu")
+    return _compile(tmp_path_factory.mktemp(f"soc-int8-{request.param}") / "pkg", soc=PHONE_SOC, device="cpu",
+                    quant=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +217,8 @@ def test_aarch64_int8_activation_kernels_under_qemu(native_aarch64, soc_package_
     asm_kernels = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(soc_package_int8 / "lib" / "model.so")],
                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "sdot" in asm_kernels, "no dot-product instruction in the phone library"
+    if cfg["quantization"]["name"] == "cb4f16":
+        assert "tbl" in asm_kernels, "no table lookup in the cb4f16 phone library"
     out, rows = run_package(native_aarch64.runner(), native_aarch64.run, soc_package_int8, tmp_path, threads=2)
     tokens = out["token_ids"]
     model = reference_model(MODEL, dequantized_hf_weights(soc_package_int8))

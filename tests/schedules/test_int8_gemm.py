@@ -12,7 +12,7 @@ import tvm
 from tvm.target import Target, codegen
 
 from compiler.quantization import get_scheme
-from schedules.cpu.int8_dot import PAIR_TERMS, dot4, dot4_sum, int8_dot_isa, numpy_reference
+from schedules.cpu.int8_dot import PAIR_TERMS, dot4, dot4_sum, int8_dot_isa, numpy_reference, numpy_reference_int
 from schedules.cpu.int8_gemm import int8_gemm_func, int8_matmul_func
 from schedules.cpu.int8_gemv import int8_gemv_func
 
@@ -51,10 +51,11 @@ def _nibbles(qweight: np.ndarray) -> np.ndarray:
     return (qweight[:, word] >> (4 * pos).astype(np.uint32)) & 15
 
 
-def _check(func, k, n, x_shape, seed, big=False, target=HOST):
-    """Run ``func`` (built for ``target``) on random q4 weights and x of shape x_shape + (k,); compare with
-    numpy_reference (the nibbles from _nibbles, not from the kernels' own expressions) and with f32."""
-    scheme = get_scheme("q4f16")
+def _check(func, k, n, x_shape, seed, big=False, target=HOST, quant="q4f16"):
+    """Run ``func`` (built for ``target``) on random q4 (or cb4) weights and x of shape x_shape + (k,); compare
+    with numpy_reference (the nibbles from _nibbles, not from the kernels' own expressions; cb4: the codes they
+    index) and with f32."""
+    scheme = get_scheme(quant)
     f = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)["main"]
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
@@ -67,9 +68,13 @@ def _check(func, k, n, x_shape, seed, big=False, target=HOST):
         x.reshape(-1, k)[0, 32:64] *= 1e4
     dev = tvm.cpu()
     y = tvm.runtime.tensor(np.full((*x_shape, n), np.nan, np.float32), dev)
-    f(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(packed["qweight"], dev), tvm.runtime.tensor(packed["scale"], dev), y)
+    f(tvm.runtime.tensor(x, dev), *(tvm.runtime.tensor(a, dev) for a in packed.values()), y)
     ours = y.numpy().reshape(-1, n)
-    ref = numpy_reference(x.reshape(-1, k), _nibbles(packed["qweight"]), packed["scale"])
+    if quant == "q4f16":
+        ref = numpy_reference(x.reshape(-1, k), _nibbles(packed["qweight"]), packed["scale"])
+    else:  # the row's int8 codes at the nibbles, the row scale for every group
+        codes = np.take_along_axis(packed["codebook"].astype(np.int64), _nibbles(packed["qweight"]).astype(np.int64), 1)
+        ref = numpy_reference_int(x.reshape(-1, k), codes, np.repeat(packed["scale"], k // 32, axis=1))
     # integer dots are exact; only the float32 order of the group sums differs
     assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
     # bound vs f32 activations on the same weights: x rounded to 1/254 of its group max per element
@@ -107,6 +112,40 @@ def test_gemm_tiles(isa, mr, nrv, nt):
 def test_gemv_matches_reference(isa, k, n, x_shape):
     _require(isa)
     _check(int8_gemv_func(get_scheme("q4f16"), n, k, x_shape, isa=isa), k, n, x_shape, seed=k * n)
+
+
+CB4_ISAS = ["avx512vnni", "avxvnni", "dotprod"]  # AVX2's vpmaddubsw would saturate on codes + 128
+
+
+@pytest.mark.parametrize("isa", CB4_ISAS)
+@pytest.mark.parametrize("k,n,rows", [(256, 128, 1), (192, 64, 1), (2048, 36, 1), (96, 16, 1), (256, 128, 7), (192, 64, 5),
+                                      (512, 256, 33)])
+def test_cb4_lut_kernels_match_reference(isa, k, n, rows):
+    """cb4f16: the nibbles index the row's 16 int8 codes with one byte shuffle (vpshufb / tbl) before the
+    dot products; the row scale replaces the group scales. Exact against the integer reference."""
+    _require(isa)
+    cb4 = get_scheme("cb4f16")
+    func = int8_gemv_func(cb4, n, k, isa=isa) if rows == 1 else int8_gemm_func(cb4, n, k, isa=isa)
+    _check(func, k, n, (1, rows), seed=k + n + rows, quant="cb4f16")
+
+
+def test_cb4_kernels_refused_where_they_would_saturate():
+    cb4 = get_scheme("cb4f16")
+    assert int8_gemv_func(cb4, 64, 256, isa="avx2") is None
+    assert int8_gemm_func(cb4, 64, 256, isa="avx2") is None
+    for name in ("cb3f16", "cb8f16", "q8f16"):
+        assert int8_gemv_func(get_scheme(name), 64, 256, isa="avx512vnni") is None
+
+
+@pytest.mark.parametrize("mcpu", ["znver4", "alderlake"])
+def test_cb4_gemv_looks_up_with_one_shuffle(mcpu):
+    """Compile only: the cb4 GEMV's table lookup is vpshufb on the dot product's registers."""
+    target = Target({"kind": "llvm", "num-cores": 2, "mcpu": mcpu})
+    isa = int8_dot_isa(target)
+    asm = _asm(int8_gemv_func(get_scheme("cb4f16"), 64, 256, isa=isa), target)
+    reg = "zmm" if isa == "avx512vnni" else "ymm"
+    assert re.search(rf"vpshufb\s+.*%{reg}", asm) and "vpdpbusd" in asm
+    assert "vpgather" not in asm  # no gathers from the table
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -75,3 +75,20 @@ def test_int8_kernels_use_sdot(kernel, n, k):
     if kernel == "gemv" and k % 128 == 0:
         assert "tbl" in asm
     assert int8_dot_isa(Target({"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]})) is None
+
+
+@pytest.mark.parametrize("kernel,n,k", [("gemv", 64, 256), ("gemv", 48, 192), ("gemm", 64, 256)])
+def test_cb4_kernels_look_up_with_tbl(kernel, n, k):
+    """cb4f16 for AArch64 dotprod: the signed codes by ``tbl`` from the row's 16-byte table (no offset), then
+    ``sdot``. Compile only here (the x86 builds of the same kernels run against the reference in
+    tests/schedules/test_int8_gemm.py)."""
+    from compiler.quantization import get_scheme
+    from schedules.cpu.int8_gemm import int8_gemm_func
+    from schedules.cpu.int8_gemv import int8_gemv_func
+
+    make = int8_gemv_func if kernel == "gemv" else int8_gemm_func
+    func = make(get_scheme("cb4f16"), n, k, isa="dotprod").with_attr("global_symbol", "main")
+    asm = tvm.compile(tvm.IRModule({"main": func}), target=TARGET).mod.inspect_source("asm")
+    assert "sdot" in asm
+    if kernel == "gemv":
+        assert "tbl" in asm
