@@ -86,6 +86,15 @@ class QuantScheme(abc.ABC):
         """
 
     # ------------------------------------------------------------------ helpers
+    def _layout_head(self, family: str) -> dict[str, Any]:
+        """The first keys of every :meth:`layout`: the scheme, its family and the logical axes."""
+        return {
+            "scheme": self.name,
+            "family": family,
+            "logical_shape": ["N", "K"],
+            "logical_axes": {"N": "output features (rows)", "K": "input features (columns)"},
+        }
+
     def param_names(self, out_features: int, in_features: int) -> tuple[str, ...]:
         return tuple(self.param_specs(out_features, in_features))
 

@@ -119,10 +119,7 @@ class CodebookScheme(QuantScheme):
 
     def _layout_common(self) -> dict[str, Any]:
         return {
-            "scheme": self.name,
-            "family": "codebook",
-            "logical_shape": ["N", "K"],
-            "logical_axes": {"N": "output features (rows)", "K": "input features (columns)"},
+            **self._layout_head("codebook"),
             "bits": self.bits,
             "centroids": self.clusters,
             "quantize": (

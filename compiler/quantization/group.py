@@ -147,10 +147,7 @@ class Q8F16Scheme(GroupQuantScheme):
 
     def layout(self) -> dict[str, Any]:
         return {
-            "scheme": self.name,
-            "family": "group_symmetric",
-            "logical_shape": ["N", "K"],
-            "logical_axes": {"N": "output features (rows)", "K": "input features (columns)"},
+            **self._layout_head("group_symmetric"),
             "bits": 8,
             "group_axis": "K",
             "group_size": "K" if self.group_size == -1 else self.group_size,
@@ -249,10 +246,7 @@ class Q4F16Scheme(GroupQuantScheme):
 
     def layout(self) -> dict[str, Any]:
         return {
-            "scheme": self.name,
-            "family": "group_symmetric",
-            "logical_shape": ["N", "K"],
-            "logical_axes": {"N": "output features (rows)", "K": "input features (columns)"},
+            **self._layout_head("group_symmetric"),
             "bits": 4,
             "group_axis": "K",
             "group_size": self.group_size,

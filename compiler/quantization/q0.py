@@ -61,10 +61,7 @@ class NoQuantScheme(QuantScheme):
 
     def layout(self) -> dict[str, Any]:
         return {
-            "scheme": self.name,
-            "family": "none",
-            "logical_shape": ["N", "K"],
-            "logical_axes": {"N": "output features (rows)", "K": "input features (columns)"},
+            **self._layout_head("none"),
             "params": {
                 "weight": {
                     "dtype": self.storage_dtype,
