@@ -129,6 +129,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
+        if getattr(scheme, "uses_importance", False) and not int8_activations:
+            logger.warning("%s has no LUT kernel for this target (cb4f16 has them on CPUs with VNNI or dotprod): its "
+                           "projections run the f32 fused-dequant kernels, 10x or more slower than q4f16 "
+                           "(docs/quantization.md)", scheme.name)
         model = LlamaForCausalLM(
             spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params,
             window=window, kv_dtype=kv_dtype,

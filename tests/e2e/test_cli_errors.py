@@ -126,3 +126,11 @@ def test_failed_compile_keeps_previous_output(tmp_path, capsys):
 def test_run_errors(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nothing"), "--prompt-ids", "1,2"]) != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_codebook_without_lut_kernel_warns(tmp_path, caplog):
+    """A codebook scheme that gets no LUT kernel here (cb3f16 has none yet) compiles, and says it will be slow."""
+    src = write_random_checkpoint(tmp_path / "ckpt", dict(BASE, tie_word_embeddings=True), seed=1)
+    with caplog.at_level("WARNING", logger="compiler.compile"):
+        assert main(["compile", str(src), "-o", str(tmp_path / "out"), "--quant", "cb3f16"]) == 0
+    assert any("cb3f16 has no LUT kernel" in r.getMessage() for r in caplog.records)
