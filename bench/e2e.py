@@ -138,6 +138,7 @@ def run(args) -> list[dict]:
     """One row per engine, model and weights; with ``--profile`` our rows carry their "profile"."""
     workdir = Path(args.workdir)
     soc = host_soc(getattr(args, "soc", None))
+    soc_name = Path(soc).stem if soc else None  # names the packages and the rows of a --soc run
     workdir.mkdir(parents=True, exist_ok=True)
     bandwidth = measure_bandwidth(args.threads)
     models = {"tiny": TINY, "1b": None}
@@ -145,14 +146,14 @@ def run(args) -> list[dict]:
     for model_name in args.models.split(","):
         model_dir = models[model_name] or ensure_1b_model(workdir, args.vocab)
         for quant in args.quants.split(","):
-            out = workdir / (f"pkg-{model_name}-{quant}" + (f"-{Path(soc).stem}" if soc else ""))
+            out = workdir / (f"pkg-{model_name}-{quant}" + (f"-{soc_name}" if soc_name else ""))
             compile_s, cfg = compile_timed(model_dir, out, quant, args.threads, soc)
             m = _subprocess_json(
                 ["bench.e2e", "_measure", str(out), str(args.prompt), str(args.gen), str(args.threads)]
             )
             bytes_per_token = cfg["weights"]["bytes_read_per_decoded_token"]
             rows.append(
-                {"model": model_name, "engine": "llama-aot", "weights": quant + (f" ({Path(soc).stem})" if soc else ""),
+                {"model": model_name, "engine": "llama-aot", "weights": quant + (f" ({soc_name})" if soc_name else ""),
                  "compile_s": compile_s,
                  "bytes_per_token": bytes_per_token, **m}
             )
