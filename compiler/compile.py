@@ -20,7 +20,7 @@ from tqdm import tqdm
 from runtime_stubs.errors import LlamaAotError
 from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
-from .quantization import get_scheme
+from .quantization import CodebookScheme, get_scheme
 from runtime_stubs.integrity import write_checksums
 from runtime_stubs.package_format import FORMAT_VERSION, MANIFEST, PACKAGE_CONFIG
 
@@ -99,7 +99,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
-    if bt.device_api and getattr(scheme, "uses_importance", False):
+    if bt.device_api and isinstance(scheme, CodebookScheme):
         raise LlamaAotError(f"--quant {scheme.name} has no {bt.device_api} kernels yet (the codebook schemes run on CPUs); "
                             "build for the CPU (no --target vulkan / --device gpu) or use q4f16 on the GPU")
     # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
@@ -124,12 +124,12 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
-        importance = _calibration(model_dir, options, scheme, head_scheme)  # before the build: bad data fails fast
+        importance, calibration = _calibration(model_dir, options, scheme, head_scheme)  # before the build: bad data fails fast
         plan = weight_plan(spec, scheme, head_scheme)
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
         int8_activations = _int8_activations(options, scheme.name, target, dtype)
-        if getattr(scheme, "uses_importance", False) and not int8_activations:
+        if isinstance(scheme, CodebookScheme) and not int8_activations:
             logger.warning("%s has no LUT kernel for this target (cb4f16 has them on CPUs with VNNI or dotprod): its "
                            "projections run the f32 fused-dequant kernels, 10x or more slower than q4f16 "
                            "(docs/quantization.md)", scheme.name)
@@ -185,10 +185,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 "layout": scheme.layout(),
                 "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
                 # what weighted the codebooks' k-means (None: unweighted, or no codebook scheme)
-                "calibration": None if importance is None else {
-                    "importance": "fisher_diagonal", "data": options.calibration_data,
-                    "sequences": options.calibration_sequences, "seq_len": FISHER_SEQ_LEN,
-                },
+                "calibration": calibration,
             },
             "activation_dtype": dtype,
             # inputs of the q4 / cb4 projections and lm_head: rounded to int8 per row and group of 32
@@ -236,22 +233,21 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     return Path(out)
 
 
-FISHER_SEQ_LEN = 256  # tokens per calibration sequence (compression/fisher.py DEFAULT_SEQ_LEN)
-
-
-def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> dict | None:
-    """The Fisher importance per weight for codebook schemes (None without --calibration-data); a one-line
-    error when calibration data is given to schemes that do not use it."""
+def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> tuple[dict | None, dict | None]:
+    """(the Fisher importance per weight for codebook schemes, its record for llama-aot.json), both None without
+    --calibration-data; a one-line error when calibration data is given to schemes that do not use it."""
     if options.calibration_data is None:
-        return None
-    if not any(getattr(s, "uses_importance", False) for s in schemes):
+        return None, None
+    if not any(isinstance(s, CodebookScheme) for s in schemes):
         raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16); "
                             f"{options.quant} does not use it: drop it")
     if options.calibration_sequences <= 0:
         raise LlamaAotError(f"--calibration-sequences must be positive, got {options.calibration_sequences}")
-    from compression.fisher import fisher_importance
+    from compression.fisher import DEFAULT_SEQ_LEN, fisher_importance
 
-    return fisher_importance(model_dir, options.calibration_data, options.calibration_sequences, FISHER_SEQ_LEN)
+    importance = fisher_importance(model_dir, options.calibration_data, options.calibration_sequences)
+    return importance, {"importance": "fisher_diagonal", "data": options.calibration_data,
+                        "sequences": options.calibration_sequences, "seq_len": DEFAULT_SEQ_LEN}
 
 
 def _kv_cache_dtype(option: str | None, activation_dtype: str, device_api: str | None) -> str:

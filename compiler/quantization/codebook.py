@@ -143,13 +143,10 @@ class _PerChannelCodebook(CodebookScheme):
         idx = clustering.assign(levels)  # the stored (rounded, still ascending) levels: the final assignment
         return {**self._pack_indices(idx), "codebook": codes, "scale": scale}
 
-    def _dequant_np(self, packed: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        lut = packed["codebook"].astype(np.float32) * packed["scale"].astype(np.float32)
-        return np.take_along_axis(lut, idx, axis=1)
-
     def dequantize(self, packed: dict[str, np.ndarray]) -> np.ndarray:
         self._check_packed(packed)
-        return self._dequant_np(packed, self._unpack_indices(packed))
+        levels = packed["codebook"].astype(np.float32) * packed["scale"].astype(np.float32)
+        return np.take_along_axis(levels, self._unpack_indices(packed), axis=1)
 
     def _codebook_layout(self) -> dict[str, Any]:
         return {
@@ -206,9 +203,12 @@ class Cb4F16Scheme(_PerChannelCodebook):
             "dequantize": "W[n, k] = float32(codebook[n, nibble(n, k)]) * float32(scale[n, 0])",
         }
 
+    def nibble_expr(self, qweight, row, col):
+        """uint32 index nibble of ``(row, col)``: ``Q4F16Scheme.nibble_expr`` (the int8 kernels read both alike)."""
+        return self.index_nibbles.nibble_expr(qweight, row, col)
+
     def dequant_expr(self, tensors: dict, row, col):
-        idx = self.index_nibbles.nibble_expr(tensors["qweight"], row, col)
-        return self._lut_expr(tensors, row, idx.astype("int32"))
+        return self._lut_expr(tensors, row, self.nibble_expr(tensors["qweight"], row, col).astype("int32"))
 
 
 class Cb3F16Scheme(_PerChannelCodebook):

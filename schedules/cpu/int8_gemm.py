@@ -45,25 +45,6 @@ GEMM_TILE = {"avx512vnni": (4, 2), "avxvnni": (3, 2), "avx2": (3, 2), "dotprod":
 GEMM_NT = 64  # weight columns per parallel task (the panel: 1.125 K bytes per column, re-read per row tile)
 
 
-def nibble_expr(scheme, tensors: dict, row, col):
-    """uint32 ``q + 8`` (0..15) of logical element (row, col) of a q4 scheme, peeled from its dequant_expr:
-    ``(float32(nibble) - 8.0) * float32(scale)`` in either operand order (the planar layout puts the
-    scale first). None when the expression has another form."""
-    expr = scheme.dequant_expr(tensors, row, col)
-    if type(expr).__name__ != "Mul":
-        return None
-    for sub in (expr.a, expr.b):
-        try:
-            if type(sub).__name__ != "Sub" or type(sub.a).__name__ != "Cast" or float(sub.b.value) != 8.0:
-                continue
-            nib = sub.a.value
-        except AttributeError:
-            continue
-        if str(nib.ty.dtype) == "uint32":
-            return nib
-    return None
-
-
 def int8_gemm_func(
     scheme, n_out: int, k_in: int, out_dtype: str = "float32", mr: int | None = None, nrv: int | None = None,
     nt: int | None = None, isa: str = "avx512vnni",
@@ -99,9 +80,6 @@ def int8_gemm_func(
     specs = scheme.param_specs(N, K)
     (qw_shape, qw_dtype), (sc_shape, sc_dtype) = specs["qweight"], specs["scale"]
     cb_shape = specs["codebook"][0] if codebook else None
-    probe = {"qweight": tirx.decl_buffer(qw_shape, qw_dtype, "qweight"), "scale": tirx.decl_buffer(sc_shape, sc_dtype, "scale")}
-    if not codebook and nibble_expr(scheme, probe, tirx.Var("n", "int64"), tirx.Var("k", "int64")) is None:
-        return None
     nw = nt // 16
     ncb = nt // (L * nrv)
     # Step accumulator of one group (8 steps of 4 k): int32 dot-product lanes, or on AVX2 the int16 pair sums
@@ -109,19 +87,20 @@ def int8_gemm_func(
     pairs = isa == "avx2"
     AW, adt = (2 * L, "int16") if pairs else (L, "int32")
 
-    def weight_byte(qweight, book, scale, n, k):
+    def weight_byte(qweight, book, n, k):
         """uint32 weight byte of (n, k): the nibble (q4f16), or the code it indexes (cb4f16, + 128 when the
         weights are vpdpbusd's u8 operand)."""
+        nib = scheme.nibble_expr(qweight, n, k)
         if not codebook:
-            return nibble_expr(scheme, {"qweight": qweight, "scale": scale}, n, k)
-        code = book[n, scheme.index_nibbles.nibble_expr(qweight, n, k).astype("int32")]
+            return nib
+        code = book[n, nib.astype("int32")]
         return (code.astype("int32") + offset).astype("uint32") & tirx.const(255, "uint32")
 
-    def lane(qweight, book, scale, n, k4):
+    def lane(qweight, book, n, k4):
         """4 weight bytes (k = 4*k4 .. +3) of row n as the bytes of one int32."""
         out = None
         for j in range(4):
-            nib = weight_byte(qweight, book, scale, n, k4 * 4 + j)
+            nib = weight_byte(qweight, book, n, k4 * 4 + j)
             term = nib << tirx.const(8 * j, "uint32") if j else nib
             out = term if out is None else out | term
         return tirx.reinterpret("int32", out)
@@ -230,7 +209,7 @@ def int8_gemm_func(
                     else:
                         for k4 in T.serial(K4):
                             for l in T.vectorized(16):
-                                wp[k4, c * 16 + l] = lane(qweight, book, scale, nt_o * nt + c * 16 + l, k4)
+                                wp[k4, c * 16 + l] = lane(qweight, book, nt_o * nt + c * 16 + l, k4)
                     for g in T.serial(G):
                         for l in T.vectorized(16):
                             ws[g, c * 16 + l] = T.Cast("float32", scale[nt_o * nt + c * 16 + l, 0 if codebook else g])

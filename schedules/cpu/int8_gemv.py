@@ -207,9 +207,8 @@ def int8_gemv_func(
     if offset is None or k_in % GROUP or any(d != 1 for d in x_shape):
         return None
     codebook = scheme.name != "q4f16"  # cb4f16: the nibbles index the row's table (int8_dot.lut)
-    nibbles = scheme.index_nibbles if codebook else scheme
     K, N, G = k_in, n_out, k_in // GROUP
-    lay = _layout(nibbles.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
+    lay = _layout(scheme.nibble_order(k_in) == "planar", ISA_LANES[isa], G)
     if ahead is None or locality is None:
         from .params import CPUParams  # pylint: disable=import-outside-toplevel
 
