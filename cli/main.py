@@ -35,6 +35,8 @@ def _cmd_compile(args) -> int:
         attention_sinks=args.attention_sinks,
         calibration_data=args.calibration_data,
         calibration_sequences=args.calibration_sequences,
+        bits_per_weight=args.bits_per_weight,
+        mixed_schemes=args.mixed_schemes,
     )
     t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
@@ -65,8 +67,8 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="the KV cache's element type on CPUs (default: the activations', f32): f16 halves its memory "
                         "and the bytes decode attention reads")
     p.add_argument("--device", default=None, help="with --soc: cpu, gpu (its preferred API), opencl, vulkan or metal")
-    p.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16, q4f16, or the codebook schemes cb8f16, cb4f16, cb3f16 "
-                   "(docs/quantization.md; default q4f16)")
+    p.add_argument("--quant", default="q4f16", help="q0f32, q0f16, q8f16, q4f16, the codebook schemes cb8f16, cb4f16, cb3f16, or mixed "
+                   "(a scheme per tensor by sensitivity, compile only) (docs/quantization.md; default q4f16)")
     p.add_argument("--prefill-chunk", type=int, default=128, help="max tokens per prefill call")
     p.add_argument("--keep-embedding-precision", action="store_true", help="store embedding and lm_head as q0f16")
     p.add_argument("--threads", type=int, default=None, help="cores the library is tuned for")
@@ -376,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(train: the embedded model's training split; FILE: UTF-8 text). Default: unweighted")
     c.add_argument("--calibration-sequences", type=int, default=256, metavar="N",
                    help="calibration windows of 256 tokens (default 256)")
+    c.add_argument("--bits-per-weight", type=float, default=None, metavar="B",
+                   help="--quant mixed: average stored bits per quantized weight, scales included (default 4.5, q4f16's size)")
+    c.add_argument("--mixed-schemes", default=None, metavar="S,S,...",
+                   help="--quant mixed: the schemes it chooses among per tensor (default q8f16,q4f16,cb4f16,cb3f16)")
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)

@@ -21,6 +21,7 @@ from runtime_stubs.errors import LlamaAotError
 from .frontend import Checkpoint, load_spec
 from .package import atomic_output_dir, copy_tokenizer, write_params
 from .quantization import CodebookScheme, get_scheme
+from .quantization.assignment import HEAD_MODULES, SchemeAssignment
 from runtime_stubs.integrity import write_checksums
 from runtime_stubs.package_format import FORMAT_VERSION, MANIFEST, PACKAGE_CONFIG
 
@@ -64,13 +65,18 @@ class CompileOptions:
     # "train" (the embedded model's training split) or a UTF-8 file; None: unweighted k-means
     calibration_data: str | None = None
     calibration_sequences: int = 256
+    # --quant mixed (compression/mixed_precision.py): the average stored bits per quantized weight (None: 4.5,
+    # q4f16's size) and the schemes it chooses among (None: q8f16, q4f16, cb4f16, cb3f16)
+    bits_per_weight: float | None = None
+    mixed_schemes: str | None = None
 
 
-def _int8_activations(options: CompileOptions, quant: str, target, dtype: str) -> bool:
+def _int8_activations(options: CompileOptions, quants: list[str], target, dtype: str) -> bool:
+    """Whether the projections of ``quants`` (the schemes in use) that have an int8 kernel get it."""
     from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
 
     isa = int8_dot_isa(target)
-    supported = dtype == "float32" and isa is not None and weight_offset(quant, isa) is not None
+    supported = dtype == "float32" and isa is not None and any(weight_offset(q, isa) is not None for q in quants)
     if options.int8_activations and not supported:
         raise LlamaAotError(
             "int8 activations need --quant q4f16 on a CPU target with an int8 dot product "
@@ -86,7 +92,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     from .export import export_executable, platform_of
     from .memory_plan import memory_plan
     from .model.llama import LlamaForCausalLM
-    from .model.weights import conversion_peak_bytes, converted_params, planned_params, weight_plan
+    from .model.weights import conversion_peak_bytes, converted_params, planned_params, quantized_modules, weight_plan
     from .pipeline import build_pipeline
     from schedules.cpu.params import CPUParams
     from schedules.report import collecting
@@ -95,13 +101,16 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
     spec = load_spec(model_dir)
-    scheme = get_scheme(options.quant)
+    mixed = _mixed_candidates(options)  # None unless --quant mixed
+    scheme = get_scheme("q4f16" if mixed else options.quant)  # mixed: q4f16 until the choice replaces it
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
-    if bt.device_api and isinstance(scheme, CodebookScheme):
-        raise LlamaAotError(f"--quant {scheme.name} has no {bt.device_api} kernels yet (the codebook schemes run on CPUs); "
-                            "build for the CPU (no --target vulkan / --device gpu) or use q4f16 on the GPU")
+    for s in mixed.values() if mixed else [scheme]:
+        if bt.device_api and isinstance(s, CodebookScheme):
+            raise LlamaAotError(f"--quant {s.name} has no {bt.device_api} kernels yet (the codebook schemes run on CPUs); "
+                                "build for the CPU (no --target vulkan / --device gpu) or use q4f16 on the GPU"
+                                + (" (--mixed-schemes q8f16,q4f16)" if mixed else ""))
     # CPU kernels: parameters derived from the SoC's cache facts (--soc) or this machine's (host targets)
     params = None if bt.device_api else CPUParams.for_build(target, facts_for_build(bt.soc, options.cpu_facts))
     if options.schedule_knobs:
@@ -111,7 +120,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     context_window = options.context_window or min(spec.max_position_embeddings, 4096)
     if options.prefill_chunk <= 0 or context_window <= 0:
         raise LlamaAotError("--prefill-chunk and --context-window must be positive")
-    dtype = bt.activation_dtype(scheme.name)
+    dtype = bt.activation_dtype(options.quant)
     kv_dtype = _kv_cache_dtype(options.kv_cache, dtype, bt.device_api)
     from .model.attention_window import resolve as resolve_window
 
@@ -124,17 +133,20 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
-        importance, calibration = _calibration(model_dir, options, scheme, head_scheme)  # before the build: bad data fails fast
-        plan = weight_plan(spec, scheme, head_scheme)
+        importance, calibration = _calibration(model_dir, options, *(mixed or {}).values(), scheme, head_scheme)
+        schemes = SchemeAssignment.uniform(scheme, head_scheme)
+        plan = weight_plan(spec, schemes)
+        mixed_record = None
+        if mixed:  # a scheme per tensor, by measured sensitivity under the budget (compression/mixed_precision.py)
+            schemes, mixed_record = _mixed_assignment(checkpoint, plan, mixed, importance, head_scheme, options)
+            plan = weight_plan(spec, schemes)
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
-        int8_activations = _int8_activations(options, scheme.name, target, dtype)
-        if isinstance(scheme, CodebookScheme) and not int8_activations:
-            logger.warning("%s has no LUT kernel for this target (cb4f16 has them on CPUs with VNNI or dotprod): its "
-                           "projections run the f32 fused-dequant kernels, 10x or more slower than q4f16 "
-                           "(docs/quantization.md)", scheme.name)
+        in_use = [s.name for s in schemes.schemes()]
+        int8_activations = _int8_activations(options, in_use, target, dtype)
+        _warn_slow_codebooks(schemes.schemes(), target if int8_activations else None)
         model = LlamaForCausalLM(
-            spec, scheme, head_scheme, dtype, target, int8_activations=int8_activations, schedule_params=params,
+            spec, schemes, dtype, target, int8_activations=int8_activations, schedule_params=params,
             window=window, kv_dtype=kv_dtype,
         )
         mod, named_params = model.export_tvm(spec=model.export_spec())
@@ -181,11 +193,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             "format_version": FORMAT_VERSION,
             "model": spec.to_json(),
             "quantization": {
-                "name": scheme.name,
-                "layout": scheme.layout(),
-                "embedding_and_lm_head": {"name": head_scheme.name, "layout": head_scheme.layout()},
-                # what weighted the codebooks' k-means (None: unweighted, or no codebook scheme)
+                **schemes.record(quantized_modules(plan)),  # the layouts, and the scheme of every module
+                # what weighted the codebooks' k-means or ranked a mixed choice (None: unweighted, no codebook)
                 "calibration": calibration,
+                **({"mixed": mixed_record} if mixed_record else {}),
             },
             "activation_dtype": dtype,
             # inputs of the q4 / cb4 projections and lm_head: rounded to int8 per row and group of 32
@@ -237,10 +248,14 @@ def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> tuple[di
     """(the Fisher importance per weight for codebook schemes, its record for llama-aot.json), both None without
     --calibration-data; a one-line error when calibration data is given to schemes that do not use it."""
     if options.calibration_data is None:
+        if options.quant == "mixed":
+            raise LlamaAotError("--quant mixed ranks each tensor by its Fisher-weighted error on calibration text: give "
+                                "--calibration-data FILE (UTF-8 text like the model's inputs; train: the embedded "
+                                "model's training split)")
         return None, None
-    if not any(isinstance(s, CodebookScheme) for s in schemes):
-        raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16); "
-                            f"{options.quant} does not use it: drop it")
+    if options.quant != "mixed" and not any(isinstance(s, CodebookScheme) for s in schemes):
+        raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16) and "
+                            f"ranks --quant mixed; {options.quant} does not use it: drop it")
     if options.calibration_sequences <= 0:
         raise LlamaAotError(f"--calibration-sequences must be positive, got {options.calibration_sequences}")
     from compression.fisher import DEFAULT_SEQ_LEN, fisher_importance
@@ -248,6 +263,55 @@ def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> tuple[di
     importance = fisher_importance(model_dir, options.calibration_data, options.calibration_sequences)
     return importance, {"importance": "fisher_diagonal", "data": options.calibration_data,
                         "sequences": options.calibration_sequences, "seq_len": DEFAULT_SEQ_LEN}
+
+
+def _mixed_candidates(options: CompileOptions) -> dict | None:
+    """--quant mixed: its candidate schemes by name (checked before any work); None for a uniform --quant, which
+    refuses the mixed-only options."""
+    from compression.mixed_precision import parse_candidates
+
+    if options.quant != "mixed":
+        if options.bits_per_weight is not None or options.mixed_schemes is not None:
+            raise LlamaAotError("--bits-per-weight and --mixed-schemes set up --quant mixed; add --quant mixed or drop them")
+        return None
+    bpw = options.bits_per_weight
+    if bpw is not None and not (0 < bpw <= 32):
+        raise LlamaAotError(f"--bits-per-weight must lie in (0, 32], got {bpw}")
+    return {n: get_scheme(n) for n in parse_candidates(options.mixed_schemes)}
+
+
+def _mixed_assignment(checkpoint, plan: dict, candidates: dict, importance: dict, head_scheme, options: CompileOptions):
+    """The per-module schemes --quant mixed chooses, and its record for llama-aot.json. The embedding and lm_head
+    are chosen too, unless --keep-embedding-precision fixed them (then they are outside the budget)."""
+    from compression import mixed_precision as mp
+    from .model.weights import quantized_modules
+
+    fixed = HEAD_MODULES if options.keep_embedding_precision else ()
+    modules = [m for m in quantized_modules(plan) if m not in fixed]
+    weights = sum(int(np.prod(checkpoint.info(n)[0])) for m in modules for n in plan[m].hf_names)
+    bpw = mp.DEFAULT_BITS_PER_WEIGHT if options.bits_per_weight is None else options.bits_per_weight
+    budget = int(bpw * weights / 8)
+    chosen = mp.allocate(mp.measure(checkpoint, plan, modules, candidates, importance), budget)
+    per_module = {m: candidates[o.scheme] for m, o in chosen.items()}
+    # every chosen module is listed; the body and head schemes answer only for the fixed head
+    schemes = SchemeAssignment(head_scheme, head_scheme, per_module, "mixed")
+    record = {"bits_per_weight_budget": bpw, "candidates": list(candidates), **mp.summary(chosen, weights),
+              "sensitivity": "fisher_weighted_squared_error"}
+    logger.info("mixed precision: %s", record)
+    return schemes, record
+
+
+def _warn_slow_codebooks(schemes, int8_target) -> None:
+    """One line when a codebook scheme in use gets no LUT kernel on this target (``int8_target``: the target
+    when int8 activations are on, else None)."""
+    from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
+
+    isa = int8_dot_isa(int8_target) if int8_target is not None else None
+    slow = [s.name for s in schemes if isinstance(s, CodebookScheme) and (isa is None or weight_offset(s.name, isa) is None)]
+    if slow:
+        logger.warning("%s has no LUT kernel for this target (cb4f16 has them on CPUs with VNNI or dotprod): its "
+                       "projections run the f32 fused-dequant kernels, 10x or more slower than q4f16 "
+                       "(docs/quantization.md)", ", ".join(slow))
 
 
 def _kv_cache_dtype(option: str | None, activation_dtype: str, device_api: str | None) -> str:

@@ -43,8 +43,7 @@ def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
 
     cfg = read_package_config(package_dir)
     model = cfg["model"]
-    body = get_scheme(cfg["quantization"]["name"])
-    head = get_scheme(cfg["quantization"]["embedding_and_lm_head"]["name"])
+    modules = cfg["quantization"]["modules"]  # the scheme of every quantized module (mixed or not)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for e in read_manifest(package_dir):
         raw = np.fromfile(Path(package_dir) / "params" / e["file"], dtype=e["dtype"], count=int(np.prod(e["shape"])), offset=e["offset"])
@@ -56,7 +55,7 @@ def dequantized_hf_weights(package_dir: Path) -> dict[str, np.ndarray]:
         if prefix.endswith("layernorm") or prefix == "norm":
             w = packed["weight"].astype(np.float32)
         else:
-            w = (head if prefix in ("embed_tokens", "lm_head") else body).dequantize(packed)
+            w = get_scheme(modules[prefix]).dequantize(packed)
         if prefix == "embed_tokens":
             out["model.embed_tokens.weight"] = w
         elif prefix == "lm_head":

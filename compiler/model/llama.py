@@ -25,7 +25,8 @@ from tvm.relax.frontend.nn import op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from ..frontend.spec import LayerSpec, ModelSpec
-from ..quantization import QuantizedEmbedding, QuantizedLinear, QuantScheme
+from ..quantization import QuantizedEmbedding, QuantizedLinear
+from ..quantization.assignment import SchemeAssignment
 from .fast_math import silu_mul_te
 from .kv_kernels import fast_cpu_attention, race_free_merge_state
 
@@ -33,13 +34,13 @@ from .kv_kernels import fast_cpu_attention, race_free_merge_state
 class Attention(nn.Module):
     """GQA self-attention: fused QKV projection, RoPE + paged attention inside the KV cache."""
 
-    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme: QuantScheme, dtype: str):
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme_of, dtype: str):
         self.num_heads = layer.num_attention_heads
         self.num_kv_heads = layer.num_key_value_heads
         self.head_dim = spec.head_dim
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = QuantizedLinear(spec.hidden_size, qkv_out, scheme, dtype)
-        self.o_proj = QuantizedLinear(self.num_heads * self.head_dim, spec.hidden_size, scheme, dtype)
+        self.qkv_proj = QuantizedLinear(spec.hidden_size, qkv_out, scheme_of("self_attn.qkv_proj"), dtype)
+        self.o_proj = QuantizedLinear(self.num_heads * self.head_dim, spec.hidden_size, scheme_of("self_attn.o_proj"), dtype)
 
     #: windowed models: the RoPE kernel (split + rotate) the model applies at the caller's positions
     rope_at_positions = None
@@ -72,10 +73,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward with gate and up projections fused into one matmul."""
 
-    def __init__(self, hidden: int, ffn: int, scheme: QuantScheme, dtype: str):
+    def __init__(self, hidden: int, ffn: int, scheme_of, dtype: str):
         self.ffn = ffn
-        self.gate_up_proj = QuantizedLinear(hidden, 2 * ffn, scheme, dtype)
-        self.down_proj = QuantizedLinear(ffn, hidden, scheme, dtype)
+        self.gate_up_proj = QuantizedLinear(hidden, 2 * ffn, scheme_of("mlp.gate_up_proj"), dtype)
+        self.down_proj = QuantizedLinear(ffn, hidden, scheme_of("mlp.down_proj"), dtype)
         #: CPU targets: SiLU through fast_math.exp2_poly (LLVM would call libm's expf once per lane)
         self.fast_silu = False
 
@@ -88,11 +89,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme: QuantScheme, dtype: str):
+    """``scheme_of(local path)``: the scheme of this layer's projection ``self_attn.qkv_proj`` etc."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, scheme_of, dtype: str):
         self.input_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
-        self.self_attn = Attention(spec, layer, scheme, dtype)
+        self.self_attn = Attention(spec, layer, scheme_of, dtype)
         self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
-        self.mlp = MLP(spec.hidden_size, layer.intermediate_size, scheme, dtype)
+        self.mlp = MLP(spec.hidden_size, layer.intermediate_size, scheme_of, dtype)
 
     def forward(self, x: nn.Tensor, cache: PagedKVCache, cache_layer_id: int, positions=None) -> nn.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cache, cache_layer_id, positions)
@@ -110,13 +113,13 @@ def _last_position(x: nn.Tensor) -> nn.Tensor:
 
 
 class LlamaForCausalLM(nn.Module):
-    """The whole model; ``dtype`` is the activation dtype (float32 on CPU targets)."""
+    """The whole model; ``dtype`` is the activation dtype (float32 on CPU targets); ``schemes`` says which scheme
+    packs each projection and the embedding (quantization/assignment.py)."""
 
     def __init__(
         self,
         spec: ModelSpec,
-        scheme: QuantScheme,
-        head_scheme: QuantScheme,
+        schemes: SchemeAssignment,
         dtype: str,
         target,
         int8_activations: bool = False,
@@ -130,12 +133,15 @@ class LlamaForCausalLM(nn.Module):
         self.target = target
         self.schedule_params = schedule_params
         self.window = window  # attention_window.AttentionWindow or None
-        self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, head_scheme, dtype)
-        self.layers = nn.ModuleList([DecoderLayer(spec, layer, scheme, dtype) for layer in spec.layers])
+        self.embed_tokens = QuantizedEmbedding(spec.vocab_size, spec.hidden_size, schemes("embed_tokens"), dtype)
+        self.layers = nn.ModuleList([
+            DecoderLayer(spec, layer, lambda local, i=i: schemes(f"layers.{i}.{local}"), dtype)
+            for i, layer in enumerate(spec.layers)
+        ])
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
             import functools
 
-            from schedules.cpu.int8_dot import int8_dot_isa
+            from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
             from schedules.cpu.int8_gemm import derived_int8_matmul
             from schedules.cpu.params import CPUParams, software_prefetch_allowed
 
@@ -148,17 +154,21 @@ class LlamaForCausalLM(nn.Module):
             from schedules.tuning.apply import tuned_int8_matmul
 
             int8_matmul_func = tuned_int8_matmul(int8_matmul_func)
-            for layer in self.layers:
+            isa = int8_dot_isa(target)
+            for layer in self.layers:  # the projections whose scheme has an int8 kernel (all of them unless mixed)
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-                    lin.int8_kernel = int8_matmul_func
+                    if weight_offset(lin.scheme.name, isa) is not None:
+                        lin.int8_kernel = int8_matmul_func
         if target is not None and target.kind.name == "llvm":
             for layer in self.layers:
                 layer.mlp.fast_silu = True
         self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False, dtype=dtype)
         if not spec.tie_word_embeddings:
-            self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, head_scheme, "float32")
+            self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, schemes("lm_head"), "float32")
         if int8_activations:
-            (self.embed_tokens if spec.tie_word_embeddings else self.lm_head).int8_kernel = int8_matmul_func
+            head = self.embed_tokens if spec.tie_word_embeddings else self.lm_head
+            if weight_offset(head.scheme.name, isa) is not None:
+                head.int8_kernel = int8_matmul_func
         # layers sharing head counts (and, with per-layer windows, windowed or not) share one KV cache
         if self.kv_dtype != dtype:
             for layer in self.layers:

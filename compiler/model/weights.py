@@ -13,6 +13,7 @@ import numpy as np
 
 from ..frontend.spec import ModelSpec
 from ..quantization import QuantScheme
+from ..quantization.assignment import SchemeAssignment
 
 
 @dataclass(frozen=True)
@@ -23,26 +24,28 @@ class WeightSource:
     scheme: QuantScheme | None
 
 
-def weight_plan(spec: ModelSpec, scheme: QuantScheme, head_scheme: QuantScheme) -> dict[str, WeightSource]:
-    """Module path in our model -> where its weights come from."""
-    plan = {"embed_tokens": WeightSource(("model.embed_tokens.weight",), head_scheme)}
+def weight_plan(spec: ModelSpec, schemes: SchemeAssignment) -> dict[str, WeightSource]:
+    """Module path in our model -> where its weights come from, packed by ``schemes(path)``."""
+    plan = {"embed_tokens": WeightSource(("model.embed_tokens.weight",), schemes("embed_tokens"))}
     for i in range(spec.num_layers):
         hf = f"model.layers.{i}"
-        ours = f"layers.{i}"
-        plan[f"{ours}.self_attn.qkv_proj"] = WeightSource(
-            tuple(f"{hf}.self_attn.{p}_proj.weight" for p in "qkv"), scheme
-        )
-        plan[f"{ours}.self_attn.o_proj"] = WeightSource((f"{hf}.self_attn.o_proj.weight",), scheme)
-        plan[f"{ours}.mlp.gate_up_proj"] = WeightSource(
-            (f"{hf}.mlp.gate_proj.weight", f"{hf}.mlp.up_proj.weight"), scheme
-        )
-        plan[f"{ours}.mlp.down_proj"] = WeightSource((f"{hf}.mlp.down_proj.weight",), scheme)
-        plan[f"{ours}.input_layernorm"] = WeightSource((f"{hf}.input_layernorm.weight",), None)
-        plan[f"{ours}.post_attention_layernorm"] = WeightSource((f"{hf}.post_attention_layernorm.weight",), None)
+        for ours, parts in (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                            ("self_attn.o_proj", ("self_attn.o_proj",)),
+                            ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")),
+                            ("mlp.down_proj", ("mlp.down_proj",))):
+            path = f"layers.{i}.{ours}"
+            plan[path] = WeightSource(tuple(f"{hf}.{p}.weight" for p in parts), schemes(path))
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            plan[f"layers.{i}.{norm}"] = WeightSource((f"{hf}.{norm}.weight",), None)
     plan["norm"] = WeightSource(("model.norm.weight",), None)
     if not spec.tie_word_embeddings:
-        plan["lm_head"] = WeightSource(("lm_head.weight",), head_scheme)
+        plan["lm_head"] = WeightSource(("lm_head.weight",), schemes("lm_head"))
     return plan
+
+
+def quantized_modules(plan: dict[str, WeightSource]) -> list[str]:
+    """The plan's modules that a scheme packs, in plan order."""
+    return [m for m, source in plan.items() if source.scheme is not None]
 
 
 def converted_params(

@@ -74,13 +74,14 @@ def build_module(model_dir, options, tt):
     from compiler.model.llama import LlamaForCausalLM
     from compiler.pipeline import pass_list
     from compiler.quantization import get_scheme
+    from compiler.quantization.assignment import SchemeAssignment
 
     spec = load_spec(model_dir)
     scheme = get_scheme(options.quant)
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     dtype = tt.build.activation_dtype(scheme.name)
-    int8 = _int8_activations(options, scheme.name, tt.target, dtype)
-    model = LlamaForCausalLM(spec, scheme, head_scheme, dtype, tt.target, int8_activations=int8)
+    int8 = _int8_activations(options, [scheme.name], tt.target, dtype)
+    model = LlamaForCausalLM(spec, SchemeAssignment.uniform(scheme, head_scheme), dtype, tt.target, int8_activations=int8)
     mod, named_params = model.export_tvm(spec=model.export_spec())
     weight_bytes = sum(int(np.prod([int(d) for d in p.shape])) * np.dtype(p.dtype).itemsize for _, p in named_params)
     try:  # the pipeline's passes with this build's CPU params (as compile passes them)

@@ -23,11 +23,12 @@ from compiler.frontend import Checkpoint, load_spec
 from compiler.model.weights import conversion_peak_bytes, converted_params, planned_params, weight_plan
 from compiler.package import write_params
 from compiler.quantization import get_scheme
+from compiler.quantization.assignment import SchemeAssignment
 
 src, out, quant = sys.argv[1:]
 spec = load_spec(src)
 scheme = get_scheme(quant)
-plan = weight_plan(spec, scheme, scheme)
+plan = weight_plan(spec, SchemeAssignment.uniform(scheme))
 with Checkpoint(src) as ck:
     ck.validate(spec)
     shapes, dtypes = planned_params(ck, plan, "float32")
@@ -87,12 +88,13 @@ def test_planned_params_equal_the_models(quant):
     from compiler.model.llama import LlamaForCausalLM
     from compiler.model.weights import planned_params, weight_plan
     from compiler.quantization import get_scheme
+    from compiler.quantization.assignment import SchemeAssignment
 
     spec = load_spec(DEFAULT_MODEL)
     scheme = get_scheme(quant)
-    model = LlamaForCausalLM(spec, scheme, scheme, "float32", Target({"kind": "llvm"}))
+    model = LlamaForCausalLM(spec, SchemeAssignment.uniform(scheme), "float32", Target({"kind": "llvm"}))
     _, named = model.export_tvm(spec=model.export_spec())
     with Checkpoint(DEFAULT_MODEL) as ck:
-        shapes, dtypes = planned_params(ck, weight_plan(spec, scheme, scheme), "float32")
+        shapes, dtypes = planned_params(ck, weight_plan(spec, SchemeAssignment.uniform(scheme)), "float32")
     assert shapes == {n: tuple(int(d) for d in p.shape) for n, p in named}
     assert dtypes == {n: p.dtype for n, p in named}

@@ -158,12 +158,13 @@ def tiny_model_build(quant: str = "q4f16"):
     from compiler.model.llama import LlamaForCausalLM
     from compiler.pipeline import build_pipeline
     from compiler.quantization import get_scheme
+    from compiler.quantization.assignment import SchemeAssignment
     from targets.backends.opencl import compile_opencl
 
     target = opencl_target()
     spec = load_spec(TINY)
     scheme = get_scheme(quant)
-    model = LlamaForCausalLM(spec, scheme, scheme, "float16", target)
+    model = LlamaForCausalLM(spec, SchemeAssignment.uniform(scheme), "float16", target)
     mod, _ = model.export_tvm(spec=model.export_spec())
     return compile_opencl(mod, target, relax_pipeline=build_pipeline(target)), spec
 
