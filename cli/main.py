@@ -37,6 +37,7 @@ def _cmd_compile(args) -> int:
         calibration_sequences=args.calibration_sequences,
         bits_per_weight=args.bits_per_weight,
         mixed_schemes=args.mixed_schemes,
+        sensitivity=args.sensitivity,
     )
     t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--quant mixed: average stored bits per quantized weight, scales included (default 4.5, q4f16's size)")
     c.add_argument("--mixed-schemes", default=None, metavar="S,S,...",
                    help="--quant mixed: the schemes it chooses among per tensor (default q8f16,q4f16,cb4f16,cb3f16)")
+    c.add_argument("--sensitivity", default=None, metavar="fisher|loss",
+                   help="--quant mixed: rank tensors by their Fisher-weighted error (fisher, default) or by the "
+                        "calibration loss each one alone adds (loss: one forward pass per tensor and scheme)")
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)

@@ -69,6 +69,7 @@ class CompileOptions:
     # q4f16's size) and the schemes it chooses among (None: q8f16, q4f16, cb4f16, cb3f16)
     bits_per_weight: float | None = None
     mixed_schemes: str | None = None
+    sensitivity: str | None = None  # --quant mixed: "fisher" (default: the Fisher-weighted error) or "loss"
 
 
 def _int8_activations(options: CompileOptions, quants: list[str], target, dtype: str) -> bool:
@@ -138,7 +139,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         plan = weight_plan(spec, schemes)
         mixed_record = None
         if mixed:  # a scheme per tensor, by measured sensitivity under the budget (compression/mixed_precision.py)
-            schemes, mixed_record = _mixed_assignment(checkpoint, plan, mixed, importance, head_scheme, options)
+            schemes, mixed_record = _mixed_assignment(model_dir, checkpoint, plan, mixed, importance, head_scheme, options)
             plan = weight_plan(spec, schemes)
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
@@ -271,16 +272,20 @@ def _mixed_candidates(options: CompileOptions) -> dict | None:
     from compression.mixed_precision import parse_candidates
 
     if options.quant != "mixed":
-        if options.bits_per_weight is not None or options.mixed_schemes is not None:
-            raise LlamaAotError("--bits-per-weight and --mixed-schemes set up --quant mixed; add --quant mixed or drop them")
+        if options.bits_per_weight is not None or options.mixed_schemes is not None or options.sensitivity is not None:
+            raise LlamaAotError("--bits-per-weight, --mixed-schemes and --sensitivity set up --quant mixed; add --quant "
+                                "mixed or drop them")
         return None
     bpw = options.bits_per_weight
     if bpw is not None and not (0 < bpw <= 32):
         raise LlamaAotError(f"--bits-per-weight must lie in (0, 32], got {bpw}")
+    if options.sensitivity not in (None, "fisher", "loss"):
+        raise LlamaAotError(f"--sensitivity takes fisher or loss, got {options.sensitivity!r}")
     return {n: get_scheme(n) for n in parse_candidates(options.mixed_schemes)}
 
 
-def _mixed_assignment(checkpoint, plan: dict, candidates: dict, importance: dict, head_scheme, options: CompileOptions):
+def _mixed_assignment(model_dir, checkpoint, plan: dict, candidates: dict, importance: dict, head_scheme,
+                      options: CompileOptions):
     """The per-module schemes --quant mixed chooses, and its record for llama-aot.json. The embedding and lm_head
     are chosen too, unless --keep-embedding-precision fixed them (then they are outside the budget)."""
     from compression import mixed_precision as mp
@@ -291,12 +296,19 @@ def _mixed_assignment(checkpoint, plan: dict, candidates: dict, importance: dict
     weights = sum(int(np.prod(checkpoint.info(n)[0])) for m in modules for n in plan[m].hf_names)
     bpw = mp.DEFAULT_BITS_PER_WEIGHT if options.bits_per_weight is None else options.bits_per_weight
     budget = int(bpw * weights / 8)
-    chosen = mp.allocate(mp.measure(checkpoint, plan, modules, candidates, importance), budget)
+    cost, sensitivity = None, "fisher_weighted_squared_error"
+    if options.sensitivity == "loss":
+        from compression.fisher import DEFAULT_SEQ_LEN
+
+        windows = min(mp.LOSS_SEQUENCES, options.calibration_sequences)
+        cost = mp.LossDelta(model_dir, options.calibration_data, windows, DEFAULT_SEQ_LEN)
+        sensitivity = f"calibration_loss_delta_{windows}x{DEFAULT_SEQ_LEN}"
+    chosen = mp.allocate(mp.measure(checkpoint, plan, modules, candidates, importance, cost=cost), budget)
     per_module = {m: candidates[o.scheme] for m, o in chosen.items()}
     # every chosen module is listed; the body and head schemes answer only for the fixed head
     schemes = SchemeAssignment(head_scheme, head_scheme, per_module, "mixed")
     record = {"bits_per_weight_budget": bpw, "candidates": list(candidates), **mp.summary(chosen, weights),
-              "sensitivity": "fisher_weighted_squared_error"}
+              "sensitivity": sensitivity}
     logger.info("mixed precision: %s", record)
     return schemes, record
 

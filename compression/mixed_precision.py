@@ -30,6 +30,9 @@ from runtime_stubs.errors import LlamaAotError
 DEFAULT_CANDIDATES = ("q8f16", "q4f16", "cb4f16", "cb3f16")
 #: the default budget: q4f16's size (4 bits + one fp16 scale per 32 weights)
 DEFAULT_BITS_PER_WEIGHT = 4.5
+#: calibration windows the loss-delta sensitivity evaluates every tensor and scheme on (fixed: the windows are
+#: the same for every candidate, so the differences are paired and their noise far below the loss's own)
+LOSS_SEQUENCES = 64
 #: budget resolution of the knapsack: 1/8192 of the budget per step (the rounding loses < 0.02% per tensor)
 BUDGET_STEPS = 8192
 
@@ -44,11 +47,13 @@ class Option:
 
 
 def measure(checkpoint, plan: dict, modules: list[str], candidates: dict, importance: dict,
-            progress: bool = True) -> dict[str, list[Option]]:
+            progress: bool = True, cost=None) -> dict[str, list[Option]]:
     """Module -> its options, packing every module's weight with every candidate scheme that can store it.
 
     ``plan``: the weight plan (module -> WeightSource, for the HF tensor names); ``candidates``: name -> scheme;
-    ``importance``: HF name -> Fisher diagonal."""
+    ``importance``: HF name -> Fisher diagonal (it weights the codebooks' k-means, as in a calibrated compile).
+    ``cost(hf_names, w, deq)``: the cost of replacing ``w`` by ``deq``; default the Fisher-weighted squared error
+    (``LossDelta`` measures the calibration loss instead)."""
     options: dict[str, list[Option]] = {}
     for module in tqdm(modules, desc="mixed precision: measure", unit="tensor", disable=not progress):
         names = plan[module].hf_names
@@ -61,12 +66,64 @@ def measure(checkpoint, plan: dict, modules: list[str], candidates: dict, import
             except LlamaAotError:
                 continue  # this scheme cannot store this shape (e.g. K not a multiple of its group)
             packed = scheme.pack(w, importance=h) if getattr(scheme, "uses_importance", False) else scheme.pack(w)
-            err = w - scheme.dequantize(packed)
-            found.append(Option(name, sum(int(a.nbytes) for a in packed.values()), 0.5 * float(np.dot(h.ravel(), (err * err).ravel()))))
+            deq = scheme.dequantize(packed)
+            if cost is None:
+                err = w - deq
+                c = 0.5 * float(np.dot(h.ravel(), (err * err).ravel()))
+            else:
+                c = cost(names, w, deq)
+            found.append(Option(name, sum(int(a.nbytes) for a in packed.values()), c))
         if not found:
             raise LlamaAotError(f"no scheme of --mixed-schemes can store {module} ({list(w.shape)}); add q8f16 or q4f16")
         options[module] = found
     return options
+
+
+class LossDelta:
+    """``--sensitivity loss``: a tensor's cost is the increase of the calibration loss (nats per token) when it
+    alone is replaced by its dequantized weights in the float model (transformers), on ``LOSS_SEQUENCES`` fixed
+    windows of the calibration text. Exact for each tensor where the Fisher estimate is second-order, at one
+    forward pass over the windows per tensor and scheme (the embedded model: about a minute)."""
+
+    def __init__(self, model_dir, data: str, sequences: int, seq_len: int, seed: int = 0):
+        import torch
+
+        from evaluation.reference import reference_model
+        from .distill import batch_at, token_stream
+
+        stream = token_stream(model_dir, data)
+        self.torch = torch
+        self.model = reference_model(model_dir).float().train(False)
+        self.params = dict(self.model.named_parameters())
+        self.windows = torch.cat([batch_at(stream, step, seed, 1, seq_len) for step in range(sequences)])
+        self.base = self._loss()
+
+    def _loss(self) -> float:
+        torch = self.torch
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for x in self.windows.split(16):
+                logits = self.model(input_ids=x[:, :-1], use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                         x[:, 1:].reshape(-1), reduction="sum")
+                total, count = total + float(loss), count + x[:, 1:].numel()
+        return total / count
+
+    def __call__(self, hf_names, w: np.ndarray, deq: np.ndarray) -> float:
+        torch = self.torch
+        saved, row = [], 0
+        with torch.no_grad():
+            for n in hf_names:  # a fused module's rows are its HF tensors' rows, in order
+                p = self.params[n]
+                saved.append(p.detach().clone())
+                p.copy_(torch.from_numpy(np.ascontiguousarray(deq[row:row + p.shape[0]])))
+                row += p.shape[0]
+        try:
+            return self._loss() - self.base
+        finally:
+            with torch.no_grad():
+                for n, old in zip(hf_names, saved):
+                    self.params[n].copy_(old)
 
 
 def allocate(options: dict[str, list[Option]], budget_bytes: int) -> dict[str, Option]:

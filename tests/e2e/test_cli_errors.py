@@ -67,6 +67,7 @@ CASES = {
     "calibration_without_tokenizer": (None, ["--quant", "cb4f16", "--calibration-data", "train"], "no tokenizer.json"),
     "mixed_without_calibration": (None, ["--quant", "mixed"], "--calibration-data"),
     "bits_without_mixed": (None, ["--bits-per-weight", "4"], "--quant mixed"),
+    "sensitivity_without_mixed": (None, ["--sensitivity", "loss"], "--quant mixed"),
     "mixed_codebook_on_gpu": (None, ["--quant", "mixed", "--target", "vulkan"], "--mixed-schemes q8f16,q4f16"),
     "calibration_sequences": (None, ["--quant", "cb4f16", "--calibration-data", "train", "--calibration-sequences", "0"],
                               "must be positive"),

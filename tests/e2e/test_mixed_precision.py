@@ -81,6 +81,7 @@ def test_mixed_with_int8_activations_and_a_fixed_embedding(tmp_path):
     (["--bits-per-weight", "1.0"], "raise --bits-per-weight"),
     (["--mixed-schemes", "q4f16,q9f16"], "--mixed-schemes"),
     (["--bits-per-weight", "-2"], "(0, 32]"),
+    (["--sensitivity", "vibes"], "fisher or loss"),
 ])
 def test_mixed_refuses_bad_options(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -88,3 +89,34 @@ def test_mixed_refuses_bad_options(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and err[-1].startswith("error: ") and message in err[-1], err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_loss_sensitivity_is_the_calibration_loss_one_tensor_adds():
+    """--sensitivity loss: the cost is transformers' own loss (its ``labels=`` path) on the windows with that
+    tensor dequantized, minus the float model's; the model is restored after every measurement."""
+    import torch
+
+    from compiler.frontend import Checkpoint
+    from compiler.quantization import get_scheme
+    from compression.mixed_precision import LossDelta
+
+    cost = LossDelta(DEFAULT_MODEL, "train", sequences=4, seq_len=64)
+    names = ("model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight")  # a fused module
+    with Checkpoint(DEFAULT_MODEL) as ck:
+        w = np.concatenate([ck.read(n) for n in names])
+    deq = {q: get_scheme(q).dequantize(get_scheme(q).pack(w)) for q in ("q8f16", "cb3f16")}
+    got = {q: cost(names, w, d) for q, d in deq.items()}
+    assert cost(names, w, w) == pytest.approx(0, abs=1e-6)  # restored, and its own weights cost nothing
+
+    def hf_loss(weights):
+        model = reference_model(DEFAULT_MODEL, weights)
+        with torch.no_grad():  # transformers shifts the labels itself
+            return float(np.mean([float(model(input_ids=x[None], labels=x[None]).loss) for x in cost.windows]))
+
+    base = hf_loss(None)
+    for q, d in deq.items():
+        f = d.shape[0] // 2
+        weights = {k: v.float() for k, v in reference_model(DEFAULT_MODEL).state_dict().items()}
+        weights.update({names[0]: torch.from_numpy(d[:f].copy()), names[1]: torch.from_numpy(d[f:].copy())})
+        assert got[q] == pytest.approx(hf_loss(weights) - base, rel=0.02, abs=1e-5)
+    assert 0 < got["q8f16"] < got["cb3f16"]
