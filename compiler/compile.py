@@ -134,7 +134,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     with atomic_output_dir(Path(out), overwrite=options.force) as tmp, Checkpoint(model_dir) as checkpoint, \
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
-        importance, calibration = _calibration(model_dir, options, *(mixed or {}).values(), scheme, head_scheme)
+        importance, calibration = _calibration(model_dir, options, scheme, head_scheme)
         schemes = SchemeAssignment.uniform(scheme, head_scheme)
         plan = weight_plan(spec, schemes)
         mixed_record = None
@@ -143,9 +143,9 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             plan = weight_plan(spec, schemes)
         # --max-memory: refused before the Relax model is built (the estimate needs only the checkpoint)
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
-        in_use = [s.name for s in schemes.schemes()]
-        int8_activations = _int8_activations(options, in_use, target, dtype)
-        _warn_slow_codebooks(schemes.schemes(), target if int8_activations else None)
+        in_use = schemes.schemes(quantized_modules(plan))  # a mix's placeholder body scheme is not among them
+        int8_activations = _int8_activations(options, [s.name for s in in_use], target, dtype)
+        _warn_slow_codebooks(in_use, target if int8_activations else None)
         model = LlamaForCausalLM(
             spec, schemes, dtype, target, int8_activations=int8_activations, schedule_params=params,
             window=window, kv_dtype=kv_dtype,
@@ -306,7 +306,7 @@ def _mixed_assignment(model_dir, checkpoint, plan: dict, candidates: dict, impor
     chosen = mp.allocate(mp.measure(checkpoint, plan, modules, candidates, importance, cost=cost), budget)
     per_module = {m: candidates[o.scheme] for m, o in chosen.items()}
     # every chosen module is listed; the body and head schemes answer only for the fixed head
-    schemes = SchemeAssignment(head_scheme, head_scheme, per_module, "mixed")
+    schemes = SchemeAssignment(head_scheme, head_scheme, per_module)
     record = {"bits_per_weight_budget": bpw, "candidates": list(candidates), **mp.summary(chosen, weights),
               "sensitivity": sensitivity}
     logger.info("mixed precision: %s", record)

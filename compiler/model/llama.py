@@ -141,7 +141,7 @@ class LlamaForCausalLM(nn.Module):
         if int8_activations:  # projections round their inputs to int8 (schedules/cpu/int8_gemm.py, int8_gemv.py)
             import functools
 
-            from schedules.cpu.int8_dot import int8_dot_isa, weight_offset
+            from schedules.cpu.int8_dot import int8_dot_isa
             from schedules.cpu.int8_gemm import derived_int8_matmul
             from schedules.cpu.params import CPUParams, software_prefetch_allowed
 
@@ -154,11 +154,11 @@ class LlamaForCausalLM(nn.Module):
             from schedules.tuning.apply import tuned_int8_matmul
 
             int8_matmul_func = tuned_int8_matmul(int8_matmul_func)
-            isa = int8_dot_isa(target)
-            for layer in self.layers:  # the projections whose scheme has an int8 kernel (all of them unless mixed)
+            # every projection gets the factory; it returns None for a scheme without an int8 kernel (a mix's q8 /
+            # cb3 tensors), which then keeps the f32 fused-dequant matmul (kernels.matmul_op)
+            for layer in self.layers:
                 for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-                    if weight_offset(lin.scheme.name, isa) is not None:
-                        lin.int8_kernel = int8_matmul_func
+                    lin.int8_kernel = int8_matmul_func
         if target is not None and target.kind.name == "llvm":
             for layer in self.layers:
                 layer.mlp.fast_silu = True
@@ -166,9 +166,7 @@ class LlamaForCausalLM(nn.Module):
         if not spec.tie_word_embeddings:
             self.lm_head = QuantizedLinear(spec.hidden_size, spec.vocab_size, schemes("lm_head"), "float32")
         if int8_activations:
-            head = self.embed_tokens if spec.tie_word_embeddings else self.lm_head
-            if weight_offset(head.scheme.name, isa) is not None:
-                head.int8_kernel = int8_matmul_func
+            (self.embed_tokens if spec.tie_word_embeddings else self.lm_head).int8_kernel = int8_matmul_func
         # layers sharing head counts (and, with per-layer windows, windowed or not) share one KV cache
         if self.kv_dtype != dtype:
             for layer in self.layers:

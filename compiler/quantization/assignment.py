@@ -25,32 +25,34 @@ class SchemeAssignment:
     body: QuantScheme
     head: QuantScheme
     per_module: Mapping[str, QuantScheme] = field(default_factory=dict)
-    #: what ``llama-aot.json`` calls the whole assignment: the body scheme's name, or "mixed"
-    name: str = ""
 
     @classmethod
     def uniform(cls, body: QuantScheme, head: QuantScheme | None = None) -> "SchemeAssignment":
-        return cls(body, head or body, {}, body.name)
+        return cls(body, head or body)
+
+    @property
+    def name(self) -> str:
+        """What ``llama-aot.json`` calls the whole assignment: the body scheme's name, or "mixed"."""
+        return "mixed" if self.per_module else self.body.name
 
     def __call__(self, module: str) -> QuantScheme:
         if module in self.per_module:
             return self.per_module[module]
         return self.head if module in HEAD_MODULES else self.body
 
-    def schemes(self) -> list[QuantScheme]:
-        """Every scheme in use, once each, by name."""
-        found = {s.name: s for s in (self.body, self.head, *self.per_module.values())}
+    def schemes(self, modules: list[str]) -> list[QuantScheme]:
+        """The schemes these modules use, once each, by name."""
+        found = {self(m).name: self(m) for m in modules}
         return [found[n] for n in sorted(found)]
 
     def record(self, modules: list[str]) -> dict[str, Any]:
         """The ``quantization`` keys of ``llama-aot.json`` for these quantized modules: the layout of every scheme
         in use and the scheme of each module (what a reader dequantizes each tensor with)."""
-        used = sorted({self(m).name for m in modules})
         head = self("embed_tokens")
         return {
-            "name": self.name or self.body.name,
+            "name": self.name,
             "layout": self.body.layout() if not self.per_module else
-            {"scheme": "mixed", "family": "mixed", "schemes": {s.name: s.layout() for s in self.schemes() if s.name in used}},
+            {"scheme": "mixed", "family": "mixed", "schemes": {s.name: s.layout() for s in self.schemes(modules)}},
             "embedding_and_lm_head": {"name": head.name, "layout": head.layout()},
             "modules": {m: self(m).name for m in modules},
         }
