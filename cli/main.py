@@ -38,6 +38,7 @@ def _cmd_compile(args) -> int:
         bits_per_weight=args.bits_per_weight,
         mixed_schemes=args.mixed_schemes,
         sensitivity=args.sensitivity,
+        activation_sparsity=args.activation_sparsity,
     )
     t0 = time.perf_counter()
     out = compile_model(args.model_dir, args.output, options)
@@ -386,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sensitivity", default=None, metavar="fisher|loss",
                    help="--quant mixed: rank tensors by their Fisher-weighted error (fisher, default) or by the "
                         "calibration loss each one alone adds (loss: one forward pass per tensor and scheme)")
+    c.add_argument("--activation-sparsity", type=float, default=None, metavar="P",
+                   help="zero the fraction P of every projection's inputs by a magnitude threshold calibrated on "
+                        "--calibration-data; decode then skips their weight rows (q4f16, CPU; docs/quantization.md)")
     c.add_argument("--tuned", default=None, metavar="DB",
                    help="apply the records of a `llama-aot tune` database directory (its file for this target)")
     c.set_defaults(func=_cmd_compile)

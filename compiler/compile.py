@@ -70,6 +70,10 @@ class CompileOptions:
     bits_per_weight: float | None = None
     mixed_schemes: str | None = None
     sensitivity: str | None = None  # --quant mixed: "fisher" (default: the Fisher-weighted error) or "loss"
+    # the fraction of each projection's inputs zeroed by a calibrated magnitude threshold (TEAL-style; q4f16 on
+    # CPUs: the projections are stored K-major and the decode GEMV skips the zeroed inputs' weight rows,
+    # compression/activation_sparsity.py); None: dense
+    activation_sparsity: float | None = None
 
 
 def _int8_activations(options: CompileOptions, quants: list[str], target, dtype: str) -> bool:
@@ -107,6 +111,7 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
     head_scheme = get_scheme("q0f16") if options.keep_embedding_precision else scheme
     bt = build_target.resolve(options.target, options.soc, options.device, options.num_threads, options.vulkan_profile)
     target = bt.tvm_target()
+    _check_activation_sparsity(options, bt.device_api)
     for s in mixed.values() if mixed else [scheme]:
         if bt.device_api and isinstance(s, CodebookScheme):
             raise LlamaAotError(f"--quant {s.name} has no {bt.device_api} kernels yet (the codebook schemes run on CPUs); "
@@ -135,8 +140,10 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
             tuning_records(options) as tuning:
         checkpoint.validate(spec)
         importance, calibration = _calibration(model_dir, options, scheme, head_scheme)
-        schemes = SchemeAssignment.uniform(scheme, head_scheme)
-        plan = weight_plan(spec, schemes)
+        thresholds, sparsity_record = _sparse_inputs(model_dir, options)
+        # --activation-sparsity: the projections stored K-major (q4f16k), the embedding / lm_head as they were
+        schemes = SchemeAssignment.uniform(get_scheme("q4f16k") if thresholds else scheme, head_scheme)
+        plan = weight_plan(spec, schemes, thresholds)
         mixed_record = None
         if mixed:  # a scheme per tensor, by measured sensitivity under the budget (compression/mixed_precision.py)
             schemes, mixed_record = _mixed_assignment(model_dir, checkpoint, plan, mixed, importance, head_scheme, options)
@@ -145,10 +152,12 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
         in_use = schemes.schemes(quantized_modules(plan))  # a mix's placeholder body scheme is not among them
         int8_activations = _int8_activations(options, [s.name for s in in_use], target, dtype)
+        if sparsity_record is not None:
+            sparsity_record["decode_kernel"] = _sparse_decode_kernel(target, int8_activations)
         _warn_slow_codebooks(in_use, target if int8_activations else None)
         model = LlamaForCausalLM(
             spec, schemes, dtype, target, int8_activations=int8_activations, schedule_params=params,
-            window=window, kv_dtype=kv_dtype,
+            window=window, kv_dtype=kv_dtype, activation_sparsity=thresholds is not None,
         )
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
@@ -200,6 +209,8 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
                 **({"mixed": mixed_record} if mixed_record else {}),
             },
             "activation_dtype": dtype,
+            # the projections' input thresholds and how they were calibrated (None: dense)
+            "activation_sparsity": sparsity_record,
             # inputs of the q4 / cb4 projections and lm_head: rounded to int8 per row and group of 32
             # (schedules/cpu/int8_gemm.py); "activation_dtype" otherwise
             "projection_activations": "int8_group32" if int8_activations else dtype,
@@ -255,8 +266,11 @@ def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> tuple[di
                                 "model's training split)")
         return None, None
     if options.quant != "mixed" and not any(isinstance(s, CodebookScheme) for s in schemes):
-        raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16) and "
-                            f"ranks --quant mixed; {options.quant} does not use it: drop it")
+        if options.activation_sparsity is not None:
+            return None, None  # the thresholds' calibration (_sparse_inputs) is its only use
+        raise LlamaAotError(f"--calibration-data weights codebook quantization (--quant cb8f16, cb4f16, cb3f16), "
+                            f"ranks --quant mixed and calibrates --activation-sparsity; {options.quant} does not use "
+                            f"it: drop it")
     if options.calibration_sequences <= 0:
         raise LlamaAotError(f"--calibration-sequences must be positive, got {options.calibration_sequences}")
     from compression.fisher import DEFAULT_SEQ_LEN, fisher_importance
@@ -264,6 +278,59 @@ def _calibration(model_dir: Path, options: CompileOptions, *schemes) -> tuple[di
     importance = fisher_importance(model_dir, options.calibration_data, options.calibration_sequences)
     return importance, {"importance": "fisher_diagonal", "data": options.calibration_data,
                         "sequences": options.calibration_sequences, "seq_len": DEFAULT_SEQ_LEN}
+
+
+def _check_activation_sparsity(options: CompileOptions, device_api: str | None) -> None:
+    """--activation-sparsity's one-line errors, before any work."""
+    p = options.activation_sparsity
+    if p is None:
+        return
+    if not 0.0 < p < 1.0:
+        raise LlamaAotError(f"--activation-sparsity is the fraction of projection inputs zeroed: a number strictly "
+                            f"between 0 and 1 (e.g. 0.4), got {p}")
+    if options.quant != "q4f16":
+        raise LlamaAotError(f"--activation-sparsity needs --quant q4f16 (its K-major layout is q4f16's), got "
+                            f"--quant {options.quant}")
+    if device_api:
+        raise LlamaAotError(f"--activation-sparsity has CPU kernels only; build for the CPU (no --device "
+                            f"{device_api} / --target vulkan)")
+    if options.calibration_data is None:
+        raise LlamaAotError("--activation-sparsity calibrates each projection's threshold on text: give "
+                            "--calibration-data FILE (UTF-8 text like the model's inputs; train: the embedded model's "
+                            "training split)")
+    if options.calibration_sequences <= 0:
+        raise LlamaAotError(f"--calibration-sequences must be positive, got {options.calibration_sequences}")
+
+
+def _sparse_inputs(model_dir: Path, options: CompileOptions) -> tuple[dict | None, dict | None]:
+    """(module -> calibrated input threshold, the record for llama-aot.json), or (None, None) when dense."""
+    if options.activation_sparsity is None:
+        return None, None
+    from compression import activation_sparsity as sp
+    from compression.fisher import DEFAULT_SEQ_LEN
+
+    sequences = min(options.calibration_sequences, sp.DEFAULT_SEQUENCES)
+    thresholds = sp.calibrate_thresholds(model_dir, options.calibration_data, options.activation_sparsity,
+                                         sequences, DEFAULT_SEQ_LEN)
+    return thresholds, {
+        "target_sparsity": options.activation_sparsity,
+        "calibration": {"data": options.calibration_data, "sequences": sequences, "seq_len": DEFAULT_SEQ_LEN,
+                        "threshold": "quantile of |input| in the float model"},
+        "thresholds": thresholds,
+    }
+
+
+def _sparse_decode_kernel(target, int8_activations: bool) -> str:
+    """What decode runs for the thresholded projections: the row-skipping int8 GEMV (schedules/cpu/sparse_gemv.py),
+    or, logged, the dense f32 GEMV on the masked input (same zeros, nothing skipped)."""
+    from schedules.cpu.int8_dot import int8_dot_isa
+
+    isa = int8_dot_isa(target)
+    if isa is not None and int8_activations:
+        return f"sparse_gemv_int8_{isa}"
+    logger.warning("--activation-sparsity: %s, so decode masks the inputs of the dense f32 GEMV: no weight read "
+                   "is skipped", "this target has no int8 dot product" if isa is None else "--f32-activations")
+    return "masked_dense_f32"
 
 
 def _mixed_candidates(options: CompileOptions) -> dict | None:

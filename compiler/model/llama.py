@@ -126,6 +126,7 @@ class LlamaForCausalLM(nn.Module):
         schedule_params=None,
         window=None,
         kv_dtype: str | None = None,
+        activation_sparsity: bool = False,
     ):
         self.spec = spec
         self.dtype = dtype
@@ -157,8 +158,15 @@ class LlamaForCausalLM(nn.Module):
             # every projection gets the factory; it returns None for a scheme without an int8 kernel (a mix's q8 /
             # cb3 tensors), which then keeps the f32 fused-dequant matmul (kernels.matmul_op)
             for layer in self.layers:
-                for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+                for lin in _projections(layer):
                     lin.int8_kernel = int8_matmul_func
+        if activation_sparsity:  # thresholded projection inputs (compression/activation_sparsity.py)
+            # the row-skipping GEMV rounds the active inputs to int8: only where the projections do (not with
+            # --f32-activations, whose decode then masks the inputs of the dense f32 GEMV: same zeros, no skip)
+            factory = _sparse_gemv_factory(target, schedule_params) if int8_activations else None
+            for layer in self.layers:
+                for lin in _projections(layer):
+                    lin.sparsify_input(factory)
         if target is not None and target.kind.name == "llvm":
             for layer in self.layers:
                 layer.mlp.fast_silu = True
@@ -309,6 +317,26 @@ class LlamaForCausalLM(nn.Module):
                 "$": {"param_mode": "none", "effect_mode": "none"},
             }
         return spec
+
+
+def _projections(layer: DecoderLayer) -> tuple:
+    return (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+
+
+def _sparse_gemv_factory(target, schedule_params):
+    """The row-skipping decode GEMV's factory for ``target`` (CPUs with an int8 dot product), else None: the
+    projections then only mask their inputs (the same numbers, no weight read skipped)."""
+    import functools
+
+    from schedules.cpu.int8_dot import int8_dot_isa
+    from schedules.cpu.params import CPUParams, software_prefetch_allowed
+    from schedules.cpu.sparse_gemv import derived_sparse_gemv
+
+    isa = int8_dot_isa(target)
+    if isa is None:
+        return None
+    return functools.partial(derived_sparse_gemv, params=schedule_params or CPUParams.for_build(target), isa=isa,
+                             prefetch=software_prefetch_allowed(target))
 
 
 @contextlib.contextmanager

@@ -16,16 +16,24 @@ from ..quantization import QuantScheme
 from ..quantization.assignment import SchemeAssignment
 
 
+THRESHOLD = "input_threshold"  # the parameter suffix of a projection's input threshold (QuantizedLinear)
+
+
 @dataclass(frozen=True)
 class WeightSource:
     """One module's weights: HF tensors to concatenate, and the scheme that packs them (None = raw f32)."""
 
     hf_names: tuple[str, ...]
     scheme: QuantScheme | None
+    #: --activation-sparsity: the calibrated threshold of this projection's input (its ``input_threshold``)
+    input_threshold: float | None = None
 
 
-def weight_plan(spec: ModelSpec, schemes: SchemeAssignment) -> dict[str, WeightSource]:
-    """Module path in our model -> where its weights come from, packed by ``schemes(path)``."""
+def weight_plan(spec: ModelSpec, schemes: SchemeAssignment, thresholds: dict[str, float] | None = None
+                ) -> dict[str, WeightSource]:
+    """Module path in our model -> where its weights come from, packed by ``schemes(path)``; ``thresholds``:
+    the projections' input thresholds (--activation-sparsity)."""
+    thresholds = thresholds or {}
     plan = {"embed_tokens": WeightSource(("model.embed_tokens.weight",), schemes("embed_tokens"))}
     for i in range(spec.num_layers):
         hf = f"model.layers.{i}"
@@ -34,7 +42,7 @@ def weight_plan(spec: ModelSpec, schemes: SchemeAssignment) -> dict[str, WeightS
                             ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")),
                             ("mlp.down_proj", ("mlp.down_proj",))):
             path = f"layers.{i}.{ours}"
-            plan[path] = WeightSource(tuple(f"{hf}.{p}.weight" for p in parts), schemes(path))
+            plan[path] = WeightSource(tuple(f"{hf}.{p}.weight" for p in parts), schemes(path), thresholds.get(path))
         for norm in ("input_layernorm", "post_attention_layernorm"):
             plan[f"layers.{i}.{norm}"] = WeightSource((f"{hf}.{norm}.weight",), None)
     plan["norm"] = WeightSource(("model.norm.weight",), None)
@@ -76,6 +84,8 @@ def converted_params(
             else:
                 packed = source.scheme.pack(w)
             fields = {} if source.scheme is None else source.scheme.manifest_fields(*w.shape)
+            if source.input_threshold is not None:
+                packed[THRESHOLD] = np.array([source.input_threshold], dtype=np.float32)
             current_prefix = prefix
         arr = packed.pop(suffix)
         yield name, np.ascontiguousarray(arr.astype(param_dtypes[name], copy=False)), fields.get(suffix, {})
@@ -95,6 +105,8 @@ def planned_params(checkpoint, plan: dict[str, WeightSource], dtype: str) -> tup
         for suffix, (shape, param_dtype) in source.scheme.param_specs(n, int(first[-1])).items():
             shapes[f"{prefix}.{suffix}"] = tuple(int(x) for x in shape)
             dtypes[f"{prefix}.{suffix}"] = param_dtype
+        if source.input_threshold is not None:
+            shapes[f"{prefix}.{THRESHOLD}"], dtypes[f"{prefix}.{THRESHOLD}"] = (1,), "float32"
     return shapes, dtypes
 
 

@@ -19,6 +19,7 @@ from runtime_stubs.errors import LlamaAotError
 from .base import QuantScheme
 from .codebook import CodebookScheme, make_codebook
 from .group import Q4F16Scheme, Q8F16Scheme, make_q4f16, make_q8f16
+from .kmajor import Q4F16KScheme, make_q4f16k
 from .q0 import NoQuantScheme, make_q0
 
 _FACTORIES: dict[str, Callable[..., QuantScheme]] = {
@@ -26,6 +27,7 @@ _FACTORIES: dict[str, Callable[..., QuantScheme]] = {
     "q0f16": make_q0,
     "q8f16": make_q8f16,
     "q4f16": make_q4f16,
+    "q4f16k": make_q4f16k,  # q4f16 stored K-major: the projections of --activation-sparsity
     "cb8f16": make_codebook,
     "cb4f16": make_codebook,
     "cb3f16": make_codebook,
@@ -83,6 +85,7 @@ __all__ = [
     "CodebookScheme",
     "LlamaAotError",
     "NoQuantScheme",
+    "Q4F16KScheme",
     "Q4F16Scheme",
     "Q8F16Scheme",
     "QuantScheme",

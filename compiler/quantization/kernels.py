@@ -78,6 +78,16 @@ def matmul_op(scheme: QuantScheme, out_features: int, in_features: int, out_dtyp
     return nn.op.tensor_expr_op(fn, MATMUL_BLOCK, [x, *packed])
 
 
+def sparsify_te(x, threshold):
+    """``x`` with the entries of magnitude <= ``threshold[0]`` set to zero (--activation-sparsity, where no
+    row-skipping kernel applies: prefill rows, compression/activation_sparsity.py)."""
+    from tvm import te, tirx  # pylint: disable=import-outside-toplevel
+
+    zero = tirx.const(0, x.dtype)
+    return te.compute(x.shape, lambda *i: tirx.Select(te.abs(x[i]) > threshold[0].astype(x.dtype), x[i], zero),
+                      name="sparsify_input")
+
+
 def dequant_take_te(scheme: QuantScheme, vocab_size: int, hidden_size: int, out_dtype: str):
     """TE function ``(ids, *packed) -> out`` for ``out[..., h] = deq(W)[ids[...], h]``.
 

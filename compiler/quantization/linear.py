@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm.relax.frontend import nn
 
 from .base import QuantScheme
-from .kernels import check_compute_dtype, matmul_op, static_last_dim
+from .kernels import check_compute_dtype, matmul_op, sparsify_te, static_last_dim
 
 
 class QuantizedLinear(nn.Module):
@@ -38,6 +38,10 @@ class QuantizedLinear(nn.Module):
         #: by the model when activations are rounded to int8 (schedules/cpu/int8_gemm.py:int8_matmul_func).
         #: None (or a None result): the fused-dequant TE matmul.
         self.int8_kernel = None
+        #: --activation-sparsity: inputs with |x| <= ``input_threshold`` count as zero; ``sparse_kernel``
+        #: ``(scheme, N, K, leading shape) -> PrimFunc | None`` skips their weight rows (schedules/cpu/sparse_gemv.py)
+        self.sparse_input = False
+        self.sparse_kernel = None
         for suffix, (shape, dtype) in scheme.param_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
 
@@ -46,8 +50,23 @@ class QuantizedLinear(nn.Module):
         names = self.scheme.param_names(self.out_features, self.in_features)
         return [getattr(self, s) for s in names]
 
+    def sparsify_input(self, sparse_kernel=None) -> None:
+        """Threshold this projection's input (a float32 ``input_threshold`` parameter, after the packed ones)."""
+        self.sparse_input = True
+        self.sparse_kernel = sparse_kernel
+        self.input_threshold = nn.Parameter((1,), "float32")
+
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         static_last_dim(x.shape, self.in_features, f"QuantizedLinear({self.scheme.name})")
+        if self.sparse_input:
+            rows = tuple(x.shape[:-1])
+            func = None
+            if self.sparse_kernel is not None and x.dtype == "float32" == self.compute_dtype:
+                func = self.sparse_kernel(self.scheme, self.out_features, self.in_features, rows)
+            if func is not None:
+                out = nn.Tensor.placeholder((*rows, self.out_features), "float32")
+                return nn.op.tensor_ir_op(func, "sparse_gemv", [x, self.input_threshold, *self.packed_params()], out)
+            x = nn.op.tensor_expr_op(sparsify_te, "sparsify_input", [x, self.input_threshold])
         return matmul_op(self.scheme, self.out_features, self.in_features, self.compute_dtype, x, self.packed_params(), self.int8_kernel)
 
     def to(self, dtype: str | None = None) -> None:  # pylint: disable=invalid-name

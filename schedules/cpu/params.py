@@ -98,6 +98,8 @@ class CPUParams:
     int8_gemm_mr: int | None = None  # int8 GEMM: activation rows of the register tile
     int8_gemm_nrv: int | None = None  # int8 GEMM: dot-product vectors (columns) of the register tile
     int8_gemm_nt: int | None = None  # int8 GEMM: weight columns per parallel task (panel width)
+    sparse_splits: int | None = None  # activation-sparse GEMV: parallel ranges of K
+    sparse_prefetch_quads: int | None = None  # activation-sparse GEMV: quads of active rows prefetched ahead (0 = off)
     attn_query_vectors: int | None = None  # prefill attention: query vectors (rows x group heads) per tile
     attn_decode_tile_pages: int | None = None  # decode attention: KV pages per online-softmax step
     attn_decode_splits: int | None = None  # decode attention: context splits per KV head (flash-decoding)
@@ -361,6 +363,32 @@ class CPUParams:
             return self.int8_prefetch_locality
         return 0 if self.stream_prefetch == "nta" else 3
 
+    # --- activation-sparse GEMV (sparse_gemv.py) ------------------------------------------------
+    def sparse_gemv_splits(self) -> int:
+        """Parallel ranges of K of the sparse GEMV: one per core, each streaming whole rows (sparse_gemv.py says
+        why K and not N is split)."""
+        return self.sparse_splits if self.sparse_splits is not None else self.num_cores
+
+    def sparse_gemv_prefetch_quads(self, n: int) -> int:
+        """How many quads of active rows ahead the sparse GEMV prefetches: a quarter of L1d in flight, as the
+        int8 GEMV (int8_gemv_prefetch_bytes), over the 4 x N / 2 bytes one quad reads, at least one; 0 where
+        the facts say no software prefetch."""
+        if self.sparse_prefetch_quads is not None:
+            return self.sparse_prefetch_quads
+        nbytes = self.int8_gemv_prefetch_bytes()
+        return max(1, nbytes // (2 * n)) if nbytes else 0
+
+    def sparse_gemv_prefetch_locality(self) -> int:
+        """Locality of the sparse GEMV's weight prefetch: into L2 (LLVM locality 2, prefetcht1), whatever the
+        facts' stream kind. Why: a quad's four row streams and the prefetches ahead of them would share the L1d's
+        miss buffers; a prefetch that fills L1d (t0, and nta, which fills L1d too) stalled the demand loads
+        behind it. Measured on Zen 4 (AMD EPYC, family 25 model 17; 2 threads, K 8192 x N 2048 from DRAM):
+        prefetcht0 1.1 ms, prefetchnta 1.3 ms, prefetcht1 0.53 ms (the int8 GEMV, one stream per thread, is
+        fastest with nta there)."""
+        if self.int8_prefetch_locality is not None:
+            return self.int8_prefetch_locality
+        return 2
+
     def int8_gemm_panel_cols(self, k: int, n: int, col_multiple: int, max_cols: int = 64) -> int:
         """Weight columns per parallel task of the int8 GEMM: its panel (K bytes of nibbles-as-u8 per column
         plus K/32 f32 scales, i.e. 1.125 K bytes) is re-read by every row tile, so it must stay in L2: all
@@ -507,6 +535,9 @@ class CPUParams:
             ("int8_gemv_prefetch_bytes", self.int8_gemv_prefetch_bytes(), src("int8_prefetch_bytes") or "a quarter of L1d (see int8_gemv_prefetch_bytes); 0 where the facts' stream_prefetch is none"),
             ("int8_gemv_prefetch_locality", self.int8_gemv_prefetch_locality(), src("int8_prefetch_locality") or f"0 (non-temporal) where the facts' stream_prefetch is nta, else 3; here {self.stream_prefetch!r}"),
             (f"int8_gemm_panel_cols_K{example_k}", self.int8_gemm_panel_cols(example_k, example_n, 16), src("int8_gemm_nt") or "1.125 K bytes per column in L2 x (ways - 1) / ways, >= 2 tasks per core"),
+            ("sparse_gemv_splits", self.sparse_gemv_splits(), src("sparse_splits") or "one range of K per core, whole rows each"),
+            ("sparse_gemv_prefetch_locality", self.sparse_gemv_prefetch_locality(), src("int8_prefetch_locality") or "2 (into L2): four row streams per quad share the L1d's miss buffers (see sparse_gemv_prefetch_locality)"),
+            (f"sparse_gemv_prefetch_quads_N{example_n}", self.sparse_gemv_prefetch_quads(example_n), src("sparse_prefetch_quads") or "L1d / 4 in flight over the 2 N bytes of one quad of rows, at least 1"),
             ("attn_prefill_query_vectors_d128_gqa4", 4 * self.attention_prefill_tile(128, 4)[0], src("attn_query_vectors") or "vector registers / 2 x f32 lanes (one key per scores pass), halved until the staged queries (QV x head_dim f32) fit L1d / 2"),
             ("attn_decode_tiling_d64_gqa4_kv8_f32", self.attention_decode_tiling(64, 4, 8, 4), "pages per softmax step: keys x (V row + group scores) in L1d / 2, at most L1d ways - 2 pages; splits: cores / gcd(KV heads, cores); prefetch: pages ahead, lines in flight in L1d / 4; heads per block: outputs in half the registers and under 1 KiB (see attention_decode_tiling)"),
             ("elementwise_parallel_min", 1 << 14, "elements below which a parallel launch (~2-5 us) costs more than the loop"),

@@ -69,6 +69,12 @@ CASES = {
     "bits_without_mixed": (None, ["--bits-per-weight", "4"], "--quant mixed"),
     "sensitivity_without_mixed": (None, ["--sensitivity", "loss"], "--quant mixed"),
     "mixed_codebook_on_gpu": (None, ["--quant", "mixed", "--target", "vulkan"], "--mixed-schemes q8f16,q4f16"),
+    "sparsity_out_of_range": (None, ["--activation-sparsity", "1.5", "--calibration-data", "train"], "strictly between 0 and 1"),
+    "sparsity_without_calibration": (None, ["--activation-sparsity", "0.4"], "--calibration-data"),
+    "sparsity_other_quant": (None, ["--activation-sparsity", "0.4", "--quant", "q8f16", "--calibration-data", "train"],
+                             "needs --quant q4f16"),
+    "sparsity_on_gpu": (None, ["--activation-sparsity", "0.4", "--target", "vulkan", "--calibration-data", "train"],
+                        "CPU kernels only"),
     "calibration_sequences": (None, ["--quant", "cb4f16", "--calibration-data", "train", "--calibration-sequences", "0"],
                               "must be positive"),
 }

@@ -88,7 +88,7 @@ def _weights(n, k, seed=0):
 
 
 def test_registry_names():
-    assert SCHEMES == ("q0f32", "q0f16", "q8f16", "q4f16", "cb8f16", "cb4f16", "cb3f16")
+    assert SCHEMES == ("q0f32", "q0f16", "q8f16", "q4f16", "q4f16k", "cb8f16", "cb4f16", "cb3f16")
     for name in SCHEMES:
         assert get_scheme(name).name == name
 
@@ -290,12 +290,12 @@ def test_q0_round_trips():
 
 
 def test_chunked_packing_is_identical(monkeypatch):
-    w = _weights(10, 128, seed=3)  # K = 128: planar q4 across chunks
+    w = _weights(16, 128, seed=3)  # K = 128: planar q4 across chunks; N = 16: q4f16k's 8-channel words
     full = {n: get_scheme(n).pack(w) for n in SCHEMES}
     monkeypatch.setattr(qbase, "PACK_ROW_CHUNK", 3)
     from compiler.quantization import group, q0
 
-    monkeypatch.setattr(group, "PACK_ROW_CHUNK", 3)
+    monkeypatch.setattr(group, "PACK_ROW_CHUNK", 3)  # (kmajor.py reads base's)
     monkeypatch.setattr(q0, "PACK_ROW_CHUNK", 3)
     for n in SCHEMES:
         chunked = get_scheme(n).pack(w)
