@@ -152,13 +152,17 @@ def compile_model(model_dir: str | Path, out: str | Path, options: CompileOption
         _check_compile_memory(options.max_memory, conversion_peak_bytes(checkpoint, plan, *planned_params(checkpoint, plan, dtype)))
         in_use = schemes.schemes(quantized_modules(plan))  # a mix's placeholder body scheme is not among them
         int8_activations = _int8_activations(options, [s.name for s in in_use], target, dtype)
-        if sparsity_record is not None:
-            sparsity_record["decode_kernel"] = _sparse_decode_kernel(target, int8_activations)
         _warn_slow_codebooks(in_use, target if int8_activations else None)
         model = LlamaForCausalLM(
             spec, schemes, dtype, target, int8_activations=int8_activations, schedule_params=params,
             window=window, kv_dtype=kv_dtype, activation_sparsity=thresholds is not None,
         )
+        if sparsity_record is not None:
+            sparsity_record["decode_kernel"] = model.sparse_decode_kernel
+            if model.sparse_decode_kernel == "masked_dense_f32":
+                logger.warning("--activation-sparsity without int8 activations (--f32-activations, or no int8 dot "
+                               "product on this target): decode masks the inputs of the dense f32 GEMV, no weight "
+                               "read is skipped")
         mod, named_params = model.export_tvm(spec=model.export_spec())
         param_names = [n for n, _ in named_params]
         param_dtypes = {n: p.dtype for n, p in named_params}
@@ -318,19 +322,6 @@ def _sparse_inputs(model_dir: Path, options: CompileOptions) -> tuple[dict | Non
                         "threshold": "quantile of |input| in the float model"},
         "thresholds": thresholds,
     }
-
-
-def _sparse_decode_kernel(target, int8_activations: bool) -> str:
-    """What decode runs for the thresholded projections: the row-skipping int8 GEMV (schedules/cpu/sparse_gemv.py),
-    or, logged, the dense f32 GEMV on the masked input (same zeros, nothing skipped)."""
-    from schedules.cpu.int8_dot import int8_dot_isa
-
-    isa = int8_dot_isa(target)
-    if isa is not None and int8_activations:
-        return f"sparse_gemv_int8_{isa}"
-    logger.warning("--activation-sparsity: %s, so decode masks the inputs of the dense f32 GEMV: no weight read "
-                   "is skipped", "this target has no int8 dot product" if isa is None else "--f32-activations")
-    return "masked_dense_f32"
 
 
 def _mixed_candidates(options: CompileOptions) -> dict | None:

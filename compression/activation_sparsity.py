@@ -87,13 +87,14 @@ def thresholded(model, thresholds: dict[str, float]):
 
     counts: dict[str, list[int]] = {}
 
-    def mask(path, t):
+    def mask(path, t, count):
         def hook(_module, args):
             x = args[0]
             small = x.abs() <= t
-            c = counts.setdefault(path, [0, 0])
-            c[0] += int(small.sum()) // len(SPARSE_INPUTS[path.split(".", 2)[2]])
-            c[1] += small.numel() // len(SPARSE_INPUTS[path.split(".", 2)[2]])
+            if count:  # once per shared input (its first HF module)
+                c = counts.setdefault(path, [0, 0])
+                c[0] += int(small.sum())
+                c[1] += small.numel()
             return (torch.where(small, torch.zeros_like(x), x),) + tuple(args[1:])
         return hook
 
@@ -102,8 +103,9 @@ def thresholded(model, thresholds: dict[str, float]):
         for ours, hf_names in SPARSE_INPUTS.items():
             path = f"layers.{i}.{ours}"
             if path in thresholds:
-                for hf in hf_names:
-                    handles.append(layer.get_submodule(hf).register_forward_pre_hook(mask(path, thresholds[path])))
+                for j, hf in enumerate(hf_names):
+                    handles.append(layer.get_submodule(hf).register_forward_pre_hook(
+                        mask(path, thresholds[path], j == 0)))
     try:
         yield counts
     finally:

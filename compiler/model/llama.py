@@ -164,6 +164,9 @@ class LlamaForCausalLM(nn.Module):
             # the row-skipping GEMV rounds the active inputs to int8: only where the projections do (not with
             # --f32-activations, whose decode then masks the inputs of the dense f32 GEMV: same zeros, no skip)
             factory = _sparse_gemv_factory(target, schedule_params) if int8_activations else None
+            #: what decode runs for them (llama-aot.json's activation_sparsity.decode_kernel)
+            self.sparse_decode_kernel = (f"sparse_gemv_int8_{factory.keywords['isa']}" if factory
+                                         else "masked_dense_f32")
             for layer in self.layers:
                 for lin in _projections(layer):
                     lin.sparsify_input(factory)

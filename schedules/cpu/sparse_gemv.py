@@ -46,24 +46,12 @@ dense masked matmul.
 
 from __future__ import annotations
 
-from tvm import tirx
 from tvm.script import tirx as T
 
 from .int8_dot import GROUP, ISA_LANES, dot4
+from .int8_gemv import _NIBBLES, shuffle
 
 BLOCK = 128  # output channels per block: 16 words, 64 bytes of one row
-_NIBBLES = 0x0F0F0F0F
-
-
-def block_channel(byte: int, high: int) -> int:
-    """The channel (within its block of 128) whose nibble is the low (high = 0) or high half of block byte
-    ``byte`` = 16c + 4v + u: 64 high + 16v + 4c + u (see the module docstring)."""
-    c, v, u = byte // 16, (byte % 16) // 4, byte % 4
-    return 64 * high + 16 * v + 4 * c + u
-
-
-def _shuffle(vectors, idx):
-    return tirx.Shuffle(list(vectors), [tirx.IntImm("int32", i) for i in idx])
 
 
 def sparse_gemv_func(n_out: int, k_in: int, tasks: int, isa: str = "avx512vnni", x_shape: tuple = (1, 1),
@@ -92,7 +80,7 @@ def sparse_gemv_func(n_out: int, k_in: int, tasks: int, isa: str = "avx512vnni",
             for e in range(8 // width):
                 src = 16 * lane + (8 * high) + e * width
                 idx += list(range(src, src + width)) + list(range(4 * V + src, 4 * V + src + width))
-        return _shuffle([a, b], idx)
+        return shuffle([a, b], idx)
 
     def block_update(qweight, acc, rows, j, a4, w0, n0):
         """acc[n0 : n0 + 128] plus the dot products of quad j's four rows with their activations ``a4``.
@@ -110,7 +98,7 @@ def sparse_gemv_func(n_out: int, k_in: int, tasks: int, isa: str = "avx512vnni",
                     w4 = T.reinterpret(f"int32x{V}", unpack(ab[v // 2], cd[v // 2], 2, v % 2))
                     start = n0 + 64 * h + 16 * v + p * V
                     outs[64 * h + 16 * v + p * V] = dot4(isa, acc[T.ramp(start, 1, V)], w4, a4, V)
-        return _shuffle([outs[o] for o in sorted(outs)], range(BLOCK))
+        return shuffle([outs[o] for o in sorted(outs)], range(BLOCK))
 
     # pylint: disable=invalid-name,too-many-locals
     @T.prim_func(s_tir=True)
